@@ -1,0 +1,45 @@
+# The two commands of the README: `make run` and `make test`. Everything they need is
+# installed by them: the venv from constraints.txt, and Debian packages for the tests.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+CONFIG ?= config/dev.yaml
+
+.PHONY: run test setup system-deps lint typecheck pytest lock clean
+
+run: setup
+	PROVISIONER_CONFIG=$(CONFIG) $(BIN)/provisioner serve
+
+test: setup system-deps lint typecheck pytest
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $@
+
+system-deps:
+	scripts/install-system-deps
+
+lint: setup
+	$(BIN)/ruff check provisioner tests
+	$(BIN)/ruff format --check provisioner tests
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest
+
+# Re-pin every dependency to what a fresh install resolves today.
+lock:
+	rm -rf $(VENV)-lock
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(VENV)-lock/bin/pip freeze --exclude-editable | grep -v '^provisioner' > constraints.txt
+	rm -rf $(VENV)-lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""provisioner: number blocks shared across customer accounts, provisioned into Asterisk."""

@@ -1,0 +1,1 @@
+"""The HTTP API: parses requests, calls a use case, serializes the result. Nothing else."""

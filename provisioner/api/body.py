@@ -1,0 +1,62 @@
+"""Reading JSON request bodies: the right content type, an object, known fields only."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from provisioner.domain.errors import InvalidInput, ProblemError
+
+
+class UnsupportedMediaType(ProblemError):
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class Body:
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def only(self, *allowed: str) -> Body:
+        for name in self._data:
+            if name not in allowed:
+                raise InvalidInput(f"unknown field {name!r}", field=name, code="unknown_field")
+        return self
+
+    def text(self, name: str, *, max_length: int = 200) -> str:
+        value = self._data.get(name)
+        if value is None:
+            raise InvalidInput(f"{name} is required", field=name, code="missing_field")
+        return self._check(name, value, max_length)
+
+    def optional_text(self, name: str, *, max_length: int = 200) -> str | None:
+        value = self._data.get(name)
+        return None if value is None else self._check(name, value, max_length)
+
+    @staticmethod
+    def _check(name: str, value: Any, max_length: int) -> str:
+        if not isinstance(value, str):
+            raise InvalidInput(f"{name} must be a string", field=name, code="invalid_type")
+        if len(value) > max_length:
+            raise InvalidInput(
+                f"{name} is longer than {max_length} characters", field=name, code="too_long"
+            )
+        return value
+
+
+async def read_json(request: web.Request, *, allow_empty: bool = False) -> Body:
+    raw = await request.read()
+    if allow_empty and not raw.strip():
+        return Body({})
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("send the body as application/json")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ProblemError("the body is not valid JSON", code="malformed_json") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("the body must be a JSON object", code="invalid_body")
+    return Body(data)

@@ -1,0 +1,161 @@
+"""Middlewares: request ids, problem+json errors, API keys, and the unit of work.
+
+The unit of work is one database transaction per request. Idempotency records are
+claimed and stored inside that same transaction, so a request either happened with its
+recorded response or did not happen at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from provisioner.api import keys
+from provisioner.api.problems import from_error, problem_response
+from provisioner.db import idempotency
+from provisioner.domain.errors import Forbidden, InvalidInput, ProblemError, Unauthorized
+from provisioner.service.unit import Actor, Unit
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+UNIT = web.RequestKey("unit", Unit)
+API_KEY_NAME = web.RequestKey("api_key_name", str)
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_CUSTOMER = re.compile(r"^[A-Za-z0-9]{2,32}$")
+
+
+def _is_api(request: web.Request) -> bool:
+    return request.path.startswith("/v1/")
+
+
+@web.middleware
+async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    presented = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID] = presented if _SAFE_ID.match(presented) else uuid.uuid4().hex
+    response = await handler(request)
+    response.headers["X-Request-Id"] = request[REQUEST_ID]
+    return response
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as problem+json; nothing internal leaks."""
+    rid = request.get(REQUEST_ID)
+    try:
+        return await handler(request)
+    except ProblemError as error:
+        return from_error(error, rid)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "body_too_large",
+        }.get(exc.status, "http_error")
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return problem_response(
+            exc.status, code, exc.reason, exc.text or exc.reason, request_id=rid, headers=headers
+        )
+    except Exception:
+        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
+        return problem_response(
+            500,
+            "internal_error",
+            "Internal error",
+            "the request failed; quote the request id when reporting it",
+            request_id=rid,
+        )
+
+
+@web.middleware
+async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not _is_api(request):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Unauthorized("send Authorization: Bearer <api key>", code="missing_api_key")
+    key = request.app[keys.SETTINGS].api_key_for(presented.strip())
+    if key is None:
+        raise Unauthorized("unknown API key", code="unknown_api_key")
+    if request.method in MUTATING and key.role != "portal":
+        raise Forbidden(f"API key {key.name} ({key.role}) is read-only", code="read_only_key")
+    acting = request.headers.get("X-Acting-Customer")
+    if acting is not None and not _CUSTOMER.match(acting):
+        raise ProblemError(
+            "X-Acting-Customer must be a customer number",
+            field="X-Acting-Customer",
+            code="invalid_acting_customer",
+        )
+    request[API_KEY_NAME] = key.name
+    return await handler(request)
+
+
+async def _request_hash(request: web.Request) -> bytes:
+    raw = await request.read()
+    # The same JSON written with other spacing or key order is the same request.
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        raw = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    digest = hashlib.sha256(f"{request.method} {request.path}\n".encode())
+    digest.update(raw)
+    return digest.digest()
+
+
+@web.middleware
+async def unit_of_work(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not (_is_api(request) or request.path.startswith("/confirm/")):
+        return await handler(request)
+    app = request.app
+    actor = Actor(
+        name=request.get(API_KEY_NAME, "confirm-link"),
+        acting_customer=request.headers.get("X-Acting-Customer") if _is_api(request) else None,
+        request_id=request[REQUEST_ID],
+    )
+    idem_key = request.headers.get("Idempotency-Key") if request.method in MUTATING else None
+    if idem_key is not None and not _IDEMPOTENCY_KEY.match(idem_key):
+        raise ProblemError(
+            "Idempotency-Key must be 1 to 200 printable ASCII characters",
+            field="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
+    request_hash = await _request_hash(request) if idem_key else b""
+    async with app[keys.POOL].connection() as conn, conn.transaction():
+        now = app[keys.CLOCK]()
+        if idem_key is not None:
+            stored = await idempotency.claim(conn, actor.name, idem_key, request_hash, now)
+            if stored is not None:
+                if stored.request_hash != request_hash:
+                    raise InvalidInput(
+                        "this Idempotency-Key was used with another request",
+                        field="Idempotency-Key",
+                        code="idempotency_key_reused",
+                    )
+                assert stored.status is not None and stored.body is not None
+                return web.Response(
+                    status=stored.status,
+                    body=stored.body,
+                    content_type=stored.content_type or "application/json",
+                    headers={"Idempotent-Replayed": "true"},
+                )
+        request[UNIT] = Unit(
+            conn=conn, now=now, actor=actor, policy=app[keys.POLICY], mail=app[keys.COMPOSER]
+        )
+        response = await handler(request)
+        if idem_key is not None and isinstance(response, web.Response):
+            body = response.body if isinstance(response.body, bytes) else b""
+            await idempotency.store(
+                conn, actor.name, idem_key, response.status, response.content_type, body
+            )
+    return response

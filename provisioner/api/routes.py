@@ -1,0 +1,31 @@
+"""Every route of the service, in one place (the OpenAPI document lists the same)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from provisioner.api import confirm, handlers, system
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_routes(
+        [
+            web.get("/healthz", system.healthz),
+            web.get("/readyz", system.readyz),
+            web.get("/metrics", system.metrics),
+            web.get("/openapi.json", system.openapi),
+            web.put("/v1/accounts/{customer}", handlers.put_account),
+            web.get("/v1/accounts/{customer}", handlers.get_account),
+            web.put("/v1/accounts/{customer}/pbx", handlers.put_pbx),
+            web.get("/v1/accounts/{customer}/pbx", handlers.get_pbx),
+            web.put("/v1/accounts/{customer}/blocks/{block_id}", handlers.put_block),
+            web.get("/v1/accounts/{customer}/blocks", handlers.list_blocks),
+            web.post("/v1/blocks/{block_id}/mode", handlers.set_block_mode),
+            web.post("/v1/blocks/{block_id}/assignment", handlers.create_assignment),
+            web.get("/v1/blocks/{block_id}/assignment", handlers.get_assignment),
+            web.delete("/v1/blocks/{block_id}/assignment", handlers.reset_assignment),
+            web.get("/v1/assignments/{assignment_id}/events", handlers.assignment_events),
+            web.get("/confirm/{token}", confirm.show),
+            web.post("/confirm/{token}", confirm.confirm),
+        ]
+    )

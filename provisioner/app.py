@@ -1,0 +1,137 @@
+"""The aiohttp application: create_app does no I/O; cleanup contexts open and close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from provisioner.api import keys, middleware
+from provisioner.api.confirm import PAGES
+from provisioner.api.routes import add_routes
+from provisioner.clock import Clock, system_clock
+from provisioner.db import embedded, idempotency, outbox
+from provisioner.db.migrate import migrate
+from provisioner.db.pool import open_pool
+from provisioner.mail import sender
+from provisioner.mail.compose import Composer
+from provisioner.service import assignments
+from provisioner.service.unit import Actor, Policy, Unit
+from provisioner.settings import Settings
+from provisioner.web.pages import Pages
+from provisioner.workers import loop
+
+log = logging.getLogger(__name__)
+
+# Bodies are a few hundred bytes; 64 KiB leaves room and refuses abuse early.
+MAX_BODY = 64 * 1024
+# Idempotency records outlive any sane retry window of the portal.
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+DATABASE_URL = web.AppKey("database_url", str)
+RUN_WORKERS = web.AppKey("run_workers", bool)
+
+
+def create_app(
+    settings: Settings, *, clock: Clock = system_clock, run_workers: bool = True
+) -> web.Application:
+    app = web.Application(
+        client_max_size=MAX_BODY,
+        middlewares=[
+            middleware.request_id,
+            middleware.problems,
+            middleware.api_keys,
+            middleware.unit_of_work,
+        ],
+    )
+    app[keys.SETTINGS] = settings
+    app[keys.CLOCK] = clock
+    app[keys.COMPOSER] = Composer()
+    app[keys.POLICY] = Policy(
+        confirm_within_days=settings.confirm_within_days,
+        country=settings.country,
+        public_base_url=settings.public_base_url,
+    )
+    app[PAGES] = Pages()
+    app[RUN_WORKERS] = run_workers
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_workers)
+    add_routes(app)
+    return app
+
+
+async def database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url.value
+    url, _server = await asyncio.to_thread(embedded.start, settings.data_dir / "postgres")
+    return url
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    url = await database_url(settings)
+    pool = await open_pool(url, max_size=settings.database_pool_size)
+    try:
+        async with pool.connection() as conn:
+            await migrate(conn)
+        app[DATABASE_URL] = url
+        app[keys.POOL] = pool
+        yield
+    finally:
+        await pool.close()
+
+
+async def _workers(app: web.Application) -> AsyncIterator[None]:
+    if not app[RUN_WORKERS]:
+        yield
+        return
+    tasks = start_workers(
+        app[keys.SETTINGS],
+        app[keys.POOL],
+        app[DATABASE_URL],
+        app[keys.CLOCK],
+        app[keys.COMPOSER],
+        app[keys.POLICY],
+    )
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def start_workers(
+    settings: Settings,
+    pool: AsyncConnectionPool,
+    url: str,
+    clock: Clock,
+    composer: Composer,
+    policy: Policy,
+) -> list[asyncio.Task[None]]:
+    transport = sender.transport_for(settings.smtp, settings.data_dir)
+
+    async def send_mails() -> int:
+        return await sender.send_due(pool, transport, settings.smtp.sender, clock)
+
+    async def housekeeping() -> int:
+        async with pool.connection() as conn, conn.transaction():
+            now = clock()
+            unit = Unit(conn, now, Actor("system"), policy, composer)
+            expired = await assignments.expire_due(unit)
+            await idempotency.forget_before(conn, now - IDEMPOTENCY_TTL)
+        return expired
+
+    return [
+        asyncio.create_task(
+            loop.run("mail", send_mails, idle_seconds=5, url=url, channel=outbox.CHANNEL),
+            name="mail-sender",
+        ),
+        asyncio.create_task(
+            loop.run("housekeeping", housekeeping, idle_seconds=60), name="housekeeping"
+        ),
+    ]

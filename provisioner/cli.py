@@ -1,0 +1,164 @@
+"""The `provisioner` command: serve, migrate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from provisioner import settings as settings_module
+from provisioner.app import create_app, database_url
+from provisioner.clock import system_clock
+from provisioner.db.migrate import migrate
+from provisioner.db.pool import open_pool
+from provisioner.mail.compose import Composer
+from provisioner.service import accounts, blocks
+from provisioner.service.unit import Actor, Policy, Unit
+from provisioner.settings import Settings
+
+DEMO_OWNER, DEMO_TARGET, DEMO_BLOCK = "K200300", "K100200", "muc-main"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        return settings_module.load(args.config)
+    except settings_module.SettingsError as exc:
+        raise SystemExit(f"provisioner: configuration error: {exc}") from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(settings)
+    if not settings.api_keys:
+        logging.getLogger("provisioner").warning(
+            "no api_keys configured: every /v1 request will be refused with 401"
+        )
+    web.run_app(
+        create_app(settings),
+        host=settings.listen_host,
+        port=settings.listen_port,
+        access_log_format='%a "%r" %s %b %Tfs rid=%{X-Request-Id}o',
+    )
+    return 0
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    pool = await open_pool(await database_url(settings), max_size=1)
+    try:
+        async with pool.connection() as conn:
+            return await migrate(conn)
+    finally:
+        await pool.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(settings)
+    applied = asyncio.run(_migrate(settings))
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+async def _demo(settings: Settings) -> None:
+    pool = await open_pool(await database_url(settings), max_size=1)
+    try:
+        async with pool.connection() as conn:
+            await migrate(conn)
+            async with conn.transaction():
+                unit = Unit(
+                    conn,
+                    system_clock(),
+                    Actor("demo"),
+                    Policy(
+                        settings.confirm_within_days, settings.country, settings.public_base_url
+                    ),
+                    Composer(),
+                )
+                await accounts.put_account(
+                    unit, DEMO_TARGET, "Spree Logistik GmbH (Berlin)", "it@spree.example", "de"
+                )
+                await accounts.put_pbx(unit, DEMO_TARGET)
+                await accounts.put_account(
+                    unit, DEMO_OWNER, "Isar Logistik GmbH (München)", "admin@isar.example", "en"
+                )
+                await blocks.put_block(unit, DEMO_OWNER, DEMO_BLOCK, "+4989123456", "0-99", "pbx")
+    finally:
+        await pool.close()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(settings)
+    asyncio.run(_demo(settings))
+    base = settings.public_base_url
+    mail_hint = (
+        f"mails arrive at the SMTP server {settings.smtp.host}:{settings.smtp.port}"
+        if settings.smtp.host
+        else f"mails are written to {settings.data_dir / 'mail'}/*.eml"
+    )
+    print(
+        f"""Demo data is in place:
+  {DEMO_TARGET}  Spree Logistik GmbH (Berlin), has a cloud PBX
+  {DEMO_OWNER}  Isar Logistik GmbH (München), owns block {DEMO_BLOCK}: +49 89 123456 0-99, pbx mode
+
+The flow, with a portal API key in $KEY (the example config's is 'portal-dev-key'):
+
+  # 1. A asks to assign its Munich block to B's PBX; both get a mail ({mail_hint})
+  curl -sS -X POST {base}/v1/blocks/{DEMO_BLOCK}/assignment \\
+       -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
+       -H 'Idempotency-Key: demo-assign-1' -d '{{"target_customer": "{DEMO_TARGET}"}}'
+
+  # 2. Both open the link in their mail and press the button (or POST to it):
+  curl -sS -X POST {base}/confirm/<token from the owner's mail>
+  curl -sS -X POST {base}/confirm/<token from the target's mail>
+
+  # 3. The state, as the portal shows it ("active" once both confirmed)
+  curl -sS {base}/v1/blocks/{DEMO_BLOCK}/assignment -H "Authorization: Bearer $KEY"
+
+  # 4. Reset it, then read the audit trail
+  curl -sS -X DELETE {base}/v1/blocks/{DEMO_BLOCK}/assignment -H "Authorization: Bearer $KEY"
+  curl -sS {base}/v1/assignments/<assignment id>/events -H "Authorization: Bearer $KEY"
+"""
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="provisioner",
+        description="Provisioning backend for cloud PBXs: number blocks shared across accounts.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", help="YAML config file (default: $PROVISIONER_CONFIG; none: built-in defaults)"
+    )
+    commands = top.add_subparsers(dest="command", required=True)
+    for name, run, text in (
+        ("serve", cmd_serve, "run the HTTP API and the workers (mail, expiry)"),
+        ("migrate", cmd_migrate, "apply missing database migrations and exit"),
+        ("demo", cmd_demo, "create demo accounts and a block; print the curl commands of the flow"),
+    ):
+        commands.add_parser(name, parents=[common], help=text, description=text).set_defaults(
+            run=run
+        )
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Accounts and their cloud PBXs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg.rows import class_row
+
+from provisioner.db import Conn
+
+
+@dataclass(frozen=True)
+class Account:
+    customer: str
+    name: str
+    email: str
+    language: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Pbx:
+    id: int
+    customer: str
+    slug: str
+    created_at: datetime
+
+
+async def get(conn: Conn, customer: str, *, lock: bool = False) -> Account | None:
+    query = "SELECT * FROM accounts WHERE customer = %s" + (" FOR UPDATE" if lock else "")
+    async with conn.cursor(row_factory=class_row(Account)) as cur:
+        await cur.execute(query, (customer,))
+        return await cur.fetchone()
+
+
+async def upsert(
+    conn: Conn, customer: str, name: str, email: str, language: str, now: datetime
+) -> tuple[Account, bool]:
+    """Create or update; return the account and whether it was created."""
+    async with conn.cursor(row_factory=class_row(Account)) as cur:
+        await cur.execute(
+            "INSERT INTO accounts (customer, name, email, language, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (customer) DO NOTHING RETURNING *",
+            (customer, name, email, language, now, now),
+        )
+        created = await cur.fetchone()
+        if created is not None:
+            return created, True
+        await cur.execute(
+            "UPDATE accounts SET name = %s, email = %s, language = %s,"
+            " updated_at = CASE WHEN (name, email, language) = (%s, %s, %s)"
+            "                   THEN updated_at ELSE %s END"
+            " WHERE customer = %s RETURNING *",
+            (name, email, language, name, email, language, now, customer),
+        )
+        updated = await cur.fetchone()
+        assert updated is not None
+        return updated, False
+
+
+async def get_pbx(conn: Conn, customer: str) -> Pbx | None:
+    async with conn.cursor(row_factory=class_row(Pbx)) as cur:
+        await cur.execute("SELECT * FROM pbxes WHERE customer = %s", (customer,))
+        return await cur.fetchone()
+
+
+async def get_pbx_by_id(conn: Conn, pbx_id: int) -> Pbx | None:
+    async with conn.cursor(row_factory=class_row(Pbx)) as cur:
+        await cur.execute("SELECT * FROM pbxes WHERE id = %s", (pbx_id,))
+        return await cur.fetchone()
+
+
+async def create_pbx(conn: Conn, customer: str, slug: str, now: datetime) -> tuple[Pbx, bool]:
+    async with conn.cursor(row_factory=class_row(Pbx)) as cur:
+        await cur.execute(
+            "INSERT INTO pbxes (customer, slug, created_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (customer) DO NOTHING RETURNING *",
+            (customer, slug, now),
+        )
+        created = await cur.fetchone()
+    if created is not None:
+        return created, True
+    existing = await get_pbx(conn, customer)
+    assert existing is not None
+    return existing, False

@@ -1,0 +1,28 @@
+"""The apply queue: which PBXs need their Asterisk config regenerated and applied."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from provisioner.db import Conn
+
+CHANNEL = "apply_queue"
+
+
+async def request(conn: Conn, pbx_id: int, reason: str, now: datetime) -> None:
+    """Ask for an apply of this PBX; coalesces with one already waiting."""
+    await conn.execute(
+        "INSERT INTO apply_queue (pbx_id, reason, requested_at, next_attempt_at)"
+        " VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (pbx_id) DO UPDATE SET generation = apply_queue.generation + 1,"
+        " reason = EXCLUDED.reason, requested_at = EXCLUDED.requested_at,"
+        " next_attempt_at = LEAST(apply_queue.next_attempt_at, EXCLUDED.next_attempt_at)",
+        (pbx_id, reason, now, now),
+    )
+    await conn.execute(f"NOTIFY {CHANNEL}")
+
+
+async def waiting(conn: Conn) -> list[tuple[int, str]]:
+    """(pbx_id, reason) of every waiting apply, oldest first."""
+    cur = await conn.execute("SELECT pbx_id, reason FROM apply_queue ORDER BY requested_at, pbx_id")
+    return [(row[0], row[1]) for row in await cur.fetchall()]

@@ -1,0 +1,25 @@
+"""Opening the connection pool: fail fast on a bad URL, log it without its password."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger(__name__)
+
+
+def masked(url: str) -> str:
+    """The URL with any password replaced, for logs."""
+    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(password=)[^\s&]*", r"\1***", url)
+
+
+async def open_pool(url: str, *, max_size: int = 10) -> AsyncConnectionPool:
+    pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False)
+    await pool.open(wait=True, timeout=30)
+    async with pool.connection() as conn:
+        await conn.execute("SELECT 1")
+    log.info("database pool open on %s", masked(url))
+    return pool

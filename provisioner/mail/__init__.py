@@ -1,0 +1,1 @@
+"""Mail: composing from jinja2 templates, and sending the outbox after commit."""

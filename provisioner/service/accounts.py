@@ -1,0 +1,76 @@
+"""Accounts and their cloud PBX."""
+
+from __future__ import annotations
+
+import re
+
+from provisioner.db import accounts as db_accounts
+from provisioner.db import apply_queue
+from provisioner.db import blocks as db_blocks
+from provisioner.db.accounts import Account, Pbx
+from provisioner.domain.errors import InvalidInput, NotFound
+from provisioner.service import usage
+from provisioner.service.unit import Unit
+
+CUSTOMER = re.compile(r"^[A-Za-z0-9]{2,32}$")
+# Deliberately plain: the portal validated the address already; this keeps out what
+# would break a mail header (spaces, line breaks, angle brackets, commas).
+EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+LANGUAGES = ("de", "en")
+
+
+def check_customer(customer: str, field: str = "customer") -> str:
+    if not CUSTOMER.match(customer):
+        raise InvalidInput(
+            "a customer number has 2 to 32 letters and digits",
+            field=field,
+            code="invalid_customer",
+        )
+    return customer
+
+
+async def require(u: Unit, customer: str, *, lock: bool = False) -> Account:
+    account = await db_accounts.get(u.conn, check_customer(customer), lock=lock)
+    if account is None:
+        raise NotFound(f"no account {customer}", code="account_not_found")
+    return account
+
+
+async def put_account(
+    u: Unit, customer: str, name: str, email: str, language: str
+) -> tuple[Account, bool]:
+    check_customer(customer)
+    u.actor.require_one_of(customer)
+    if not name.strip() or len(name) > 200 or any(ord(c) < 32 for c in name):
+        raise InvalidInput("name must be 1 to 200 printable characters", field="name")
+    if len(email) > 254 or not EMAIL.match(email):
+        raise InvalidInput("email is not a mail address", field="email", code="invalid_email")
+    if language not in LANGUAGES:
+        raise InvalidInput("language must be de or en", field="language")
+    return await db_accounts.upsert(u.conn, customer, name.strip(), email, language, u.now)
+
+
+async def get_account(u: Unit, customer: str) -> Account:
+    u.actor.require_one_of(customer)
+    return await require(u, customer)
+
+
+async def put_pbx(u: Unit, customer: str) -> tuple[Pbx, bool]:
+    u.actor.require_one_of(customer)
+    await require(u, customer, lock=True)
+    pbx, created = await db_accounts.create_pbx(u.conn, customer, customer.lower(), u.now)
+    if created:
+        for block in await db_blocks.of_owner(u.conn, customer):
+            if await usage.pbx_using(u.conn, block) == pbx.id:
+                await apply_queue.request(u.conn, pbx.id, "pbx created", u.now)
+                break
+    return pbx, created
+
+
+async def get_pbx(u: Unit, customer: str) -> Pbx:
+    u.actor.require_one_of(customer)
+    await require(u, customer)
+    pbx = await db_accounts.get_pbx(u.conn, customer)
+    if pbx is None:
+        raise NotFound(f"account {customer} has no cloud PBX", code="pbx_not_found")
+    return pbx

@@ -1,0 +1,127 @@
+"""Number blocks: created by their owner for good, switched between standard and PBX mode."""
+
+from __future__ import annotations
+
+import re
+
+from provisioner.db import accounts as db_accounts
+from provisioner.db import apply_queue
+from provisioner.db import assignments as db_assignments
+from provisioner.db import blocks as db_blocks
+from provisioner.db.blocks import BlockRow
+from provisioner.domain.errors import Conflict, InvalidInput, NotFound
+from provisioner.domain.numbers import parse_block
+from provisioner.service import accounts, usage
+from provisioner.service.unit import Unit
+
+BLOCK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODES = ("standard", "pbx")
+
+
+def check_block_id(block_id: str) -> str:
+    if not BLOCK_ID.match(block_id):
+        raise InvalidInput(
+            "a block id has 1 to 64 letters, digits, '.', '_' or '-'",
+            field="block_id",
+            code="invalid_block_id",
+        )
+    return block_id
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise InvalidInput("mode must be standard or pbx", field="mode", code="invalid_mode")
+    return mode
+
+
+async def require(u: Unit, block_id: str, *, lock: bool = False) -> BlockRow:
+    row = await db_blocks.get(u.conn, check_block_id(block_id), lock=lock)
+    if row is None:
+        raise NotFound(f"no block {block_id}", code="block_not_found")
+    return row
+
+
+async def put_block(
+    u: Unit, customer: str, block_id: str, number: str, range_text: str | None, mode: str
+) -> tuple[BlockRow, bool]:
+    """Create a block, or (same numbers) change its mode. Numbers and owner never change."""
+    check_block_id(block_id)
+    u.actor.require_one_of(customer)
+    check_mode(mode)
+    block = parse_block(number, range_text, u.policy.country)
+    await accounts.require(u, customer)
+    existing = await db_blocks.get(u.conn, block_id, lock=True)
+    if existing is not None:
+        if existing.owner != customer:
+            raise Conflict(
+                f"block {block_id} belongs to another account",
+                field="block_id",
+                code="block_owned_elsewhere",
+            )
+        if (existing.base_number, existing.range_first, existing.range_last) != (
+            block.base,
+            block.range_first,
+            block.range_last,
+        ):
+            raise Conflict(
+                f"the numbers of block {block_id} cannot change; create another block",
+                field="number",
+                code="block_numbers_immutable",
+            )
+        return await _set_mode(u, existing, mode), False
+    try:
+        row = await db_blocks.insert(u.conn, block_id, customer, block, mode, u.now)
+    except db_blocks.Overlap:
+        others = await db_blocks.overlapping(u.conn, block)
+        raise Conflict(
+            f"these numbers overlap block(s) {', '.join(others) or 'being created'}",
+            field="number",
+            code="numbers_overlap",
+        ) from None
+    if row is None:  # created by a concurrent request in between: treat as the update
+        return await put_block(u, customer, block_id, number, range_text, mode)
+    pbx_id = await usage.pbx_using(u.conn, row)
+    if pbx_id is not None:
+        await apply_queue.request(u.conn, pbx_id, f"block {block_id} created", u.now)
+    return row, True
+
+
+async def list_blocks(u: Unit, customer: str) -> list[BlockRow]:
+    u.actor.require_one_of(customer)
+    await accounts.require(u, customer)
+    return await db_blocks.of_owner(u.conn, customer)
+
+
+async def set_mode(u: Unit, block_id: str, mode: str) -> BlockRow:
+    check_mode(mode)
+    row = await require(u, block_id, lock=True)
+    u.actor.require_one_of(row.owner)
+    return await _set_mode(u, row, mode)
+
+
+async def _set_mode(u: Unit, row: BlockRow, mode: str) -> BlockRow:
+    if row.mode == mode:
+        return row
+    if mode == "standard" and await db_assignments.live_for_block(u.conn, row.id) is not None:
+        raise Conflict(
+            f"block {row.id} is assigned to another account's PBX (or about to be);"
+            " reset the assignment first",
+            field="mode",
+            code="block_in_use",
+        )
+    before = await usage.pbx_using(u.conn, row)
+    row = await db_blocks.set_mode(u.conn, row.id, mode, u.now)
+    after = await usage.pbx_using(u.conn, row)
+    for pbx_id in {before, after} - {None}:
+        assert pbx_id is not None
+        await apply_queue.request(u.conn, pbx_id, f"block {row.id} mode {mode}", u.now)
+    return row
+
+
+async def used_by(u: Unit, row: BlockRow) -> str | None:
+    """Customer number of the account whose PBX uses the block, if any."""
+    pbx_id = await usage.pbx_using(u.conn, row)
+    if pbx_id is None:
+        return None
+    pbx = await db_accounts.get_pbx_by_id(u.conn, pbx_id)
+    return pbx.customer if pbx else None

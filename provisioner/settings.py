@@ -1,0 +1,271 @@
+"""Settings: one YAML file, every key overridable by a PROVISIONER_<SECTION>_<KEY> env var.
+
+All keys are listed once in KEYS; loading, env overrides and the README's key table
+(checked by a test) all follow from that one list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class SettingsError(Exception):
+    """The configuration file or an env var holds something we cannot use."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value that must not end up in logs or reprs."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self.value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One documented configuration key."""
+
+    path: str
+    default: Any
+    parse: Callable[[Any], Any]
+    doc: str
+
+    @property
+    def env_var(self) -> str:
+        return "PROVISIONER_" + self.path.replace(".", "_").upper()
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str | int | float):
+        raise SettingsError(f"expected a string, got {type(value).__name__}")
+    return str(value)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"expected a whole number, got {value!r}") from None
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise SettingsError(f"expected true or false, got {value!r}")
+
+
+def _secret(value: Any) -> Secret:
+    return Secret("" if value is None else _str(value))
+
+
+def _list(value: Any) -> list[Any]:
+    # An env var carries a list as YAML/JSON text.
+    if isinstance(value, str):
+        value = yaml.safe_load(value) or []
+    if not isinstance(value, list):
+        raise SettingsError("expected a list")
+    return value
+
+
+KEYS: tuple[Key, ...] = (
+    Key("listen.host", "127.0.0.1", _str, "Address the HTTP API binds to."),
+    Key("listen.port", 8080, _int, "Port the HTTP API listens on."),
+    Key(
+        "public_base_url",
+        "http://127.0.0.1:8080",
+        _str,
+        "Base URL the confirm links in mails point to (the service's public address).",
+    ),
+    Key(
+        "database.url",
+        "",
+        _secret,
+        "PostgreSQL URL. Empty: start a private PostgreSQL (pgserver) in `data_dir/postgres`.",
+    ),
+    Key("database.pool_size", 10, _int, "Largest number of database connections per instance."),
+    Key("data_dir", "data", _str, "Folder for the embedded database and, without SMTP, mails."),
+    Key(
+        "smtp.host",
+        "",
+        _str,
+        "SMTP server. Empty: mails are written as .eml files to data_dir/mail.",
+    ),
+    Key("smtp.port", 25, _int, "SMTP port."),
+    Key("smtp.sender", "provisioner@localhost", _str, "From address of every mail."),
+    Key("smtp.username", "", _str, "SMTP login name; empty: no SMTP authentication."),
+    Key("smtp.password", "", _secret, "SMTP password."),
+    Key("smtp.starttls", False, _bool, "Upgrade the SMTP connection with STARTTLS."),
+    Key("smtp.timeout_seconds", 30, _int, "Give up on one SMTP delivery attempt after this long."),
+    Key(
+        "api_keys",
+        [],
+        _list,
+        "API keys: a list of `{name, role, key_sha256}`; role `portal` (read and write) or "
+        "`engineer` (read only). Only the SHA-256 hex digest of a key is configured.",
+    ),
+    Key(
+        "assignment.confirm_within_days",
+        7,
+        _int,
+        "Days both sides have to confirm an assignment before it expires.",
+    ),
+    Key(
+        "numbering.country",
+        "DE",
+        _str,
+        "ISO country of the operator's numbers; blocks outside it are refused.",
+    ),
+    Key("log.level", "INFO", _str, "Python log level."),
+)
+
+ROLES = ("portal", "engineer")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    role: str
+    key_sha256: str
+
+
+@dataclass(frozen=True)
+class Smtp:
+    host: str
+    port: int
+    sender: str
+    username: str
+    password: Secret
+    starttls: bool
+    timeout_seconds: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen_host: str
+    listen_port: int
+    public_base_url: str
+    database_url: Secret
+    database_pool_size: int
+    data_dir: Path
+    smtp: Smtp
+    api_keys: tuple[ApiKey, ...]
+    confirm_within_days: int
+    country: str
+    log_level: str
+
+    def api_key_for(self, presented: str) -> ApiKey | None:
+        digest = hashlib.sha256(presented.encode()).hexdigest()
+        for key in self.api_keys:
+            if key.key_sha256 == digest:
+                return key
+        return None
+
+
+def _lookup(tree: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _known_paths(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for name, value in tree.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, Mapping) and not any(k.path == path for k in KEYS):
+            paths.extend(_known_paths(value, path + "."))
+        else:
+            paths.append(path)
+    return paths
+
+
+def _api_keys(raw: list[Any]) -> tuple[ApiKey, ...]:
+    keys = []
+    for entry in raw:
+        if not isinstance(entry, Mapping):
+            raise SettingsError("api_keys: each entry needs name, role and key_sha256")
+        name, role = str(entry.get("name", "")), str(entry.get("role", ""))
+        digest = str(entry.get("key_sha256", "")).lower()
+        if not name or role not in ROLES:
+            raise SettingsError(f"api_keys: entry {name!r} needs a name and a role in {ROLES}")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise SettingsError(f"api_keys: {name}: key_sha256 must be 64 hex digits")
+        keys.append(ApiKey(name, role, digest))
+    return tuple(keys)
+
+
+def load(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the YAML file (if any), then apply env overrides, then validate."""
+    env = os.environ if env is None else env
+    path = path if path is not None else env.get("PROVISIONER_CONFIG") or None
+    tree: Mapping[str, Any] = {}
+    if path:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(tree, Mapping):
+            raise SettingsError(f"{path}: the top level must be a mapping")
+        unknown = sorted(set(_known_paths(tree)) - {k.path for k in KEYS})
+        if unknown:
+            raise SettingsError(f"{path}: unknown keys: {', '.join(unknown)}")
+
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        found, raw = _lookup(tree, key.path)
+        if key.env_var in env:
+            found, raw = True, env[key.env_var]
+        try:
+            values[key.path] = key.parse(raw if found and raw is not None else key.default)
+        except SettingsError as exc:
+            raise SettingsError(f"{key.path} ({key.env_var}): {exc}") from None
+
+    settings = Settings(
+        listen_host=values["listen.host"],
+        listen_port=values["listen.port"],
+        public_base_url=values["public_base_url"].rstrip("/"),
+        database_url=values["database.url"],
+        database_pool_size=values["database.pool_size"],
+        data_dir=Path(values["data_dir"]).resolve(),
+        smtp=Smtp(
+            host=values["smtp.host"],
+            port=values["smtp.port"],
+            sender=values["smtp.sender"],
+            username=values["smtp.username"],
+            password=values["smtp.password"],
+            starttls=values["smtp.starttls"],
+            timeout_seconds=values["smtp.timeout_seconds"],
+        ),
+        api_keys=_api_keys(values["api_keys"]),
+        confirm_within_days=values["assignment.confirm_within_days"],
+        country=values["numbering.country"].upper(),
+        log_level=values["log.level"].upper(),
+    )
+    if settings.confirm_within_days < 1:
+        raise SettingsError("assignment.confirm_within_days must be at least 1")
+    if not settings.public_base_url.startswith(("http://", "https://")):
+        raise SettingsError("public_base_url must start with http:// or https://")
+    return settings

@@ -1,0 +1,1 @@
+"""HTML pages for people: the confirm page a mail link opens."""

@@ -1,0 +1,1 @@
+"""Background workers that carry out, after commit, what transactions wrote to tables."""

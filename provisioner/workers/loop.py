@@ -1,0 +1,75 @@
+"""A worker loop: do work while there is some, then sleep until NOTIFY or a timeout.
+
+NOTIFY only shortens the wait; the periodic poll is what guarantees progress, so a
+lost notification or a database restart delays work and never drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[], Awaitable[int]]
+
+
+async def _listen(url: str, channel: str, wake: asyncio.Event) -> None:
+    retry = 1.0
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {channel}")
+                retry = 1.0
+                wake.set()  # anything notified while we were away is found by this pass
+                async for _ in conn.notifies():
+                    wake.set()
+        except psycopg.Error as exc:
+            log.warning("listener on %s lost (%s); reconnecting in %.0f s", channel, exc, retry)
+        await asyncio.sleep(retry)
+        retry = min(retry * 2, 30.0)
+
+
+async def run(
+    name: str,
+    step: Step,
+    *,
+    idle_seconds: float,
+    url: str | None = None,
+    channel: str | None = None,
+) -> None:
+    """Run `step` until it reports no work, then wait; forever, until cancelled."""
+    wake = asyncio.Event()
+    listener = (
+        asyncio.create_task(_listen(url, channel, wake), name=f"{name}-listen")
+        if url and channel
+        else None
+    )
+    failures = 0
+    try:
+        while True:
+            wake.clear()
+            try:
+                while await step() > 0:
+                    pass
+                failures = 0
+            except (psycopg.Error, OSError) as exc:
+                failures += 1
+                delay = min(2.0**failures, 30.0)
+                log.warning("%s: %s; retrying in %.0f s", name, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            except Exception:
+                log.exception("%s: unexpected error; retrying in 30 s", name)
+                await asyncio.sleep(30)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=idle_seconds)
+    finally:
+        if listener is not None:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
