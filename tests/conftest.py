@@ -1,0 +1,257 @@
+"""Shared fixtures: a real PostgreSQL, a real SMTP server, the service on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+from aiosmtpd.controller import Controller
+
+from provisioner import settings as settings_module
+from provisioner.app import create_app
+from provisioner.db import embedded
+from provisioner.db.migrate import migrate
+from provisioner.settings import ApiKey, Secret, Settings, Smtp
+
+PORTAL_KEY = "portal-test-key"
+ENGINEER_KEY = "engineer-test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- PostgreSQL -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """DATABASE_URL if set, else a private pgserver in a short /tmp path (socket limit)."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    folder = Path(tempfile.mkdtemp(prefix="prov-pg-", dir="/tmp"))
+    try:
+        url, server = embedded.start(folder / "pg", stop_at_exit=True)
+    except Exception as exc:  # the reason must be in the failure, never a skip
+        pytest.fail(f"cannot start the embedded PostgreSQL (pgserver): {exc}")
+    yield url
+    server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _with_db(url: str, dbname: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**info)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_url: str) -> str:
+    """A database with every migration applied, cloned for each test."""
+    name = f"prov_template_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    async def apply() -> None:
+        async with await psycopg.AsyncConnection.connect(_with_db(pg_url, name)) as conn:
+            await migrate(conn)
+
+    asyncio.run(apply())
+    return name
+
+
+@pytest.fixture
+def db_url(pg_url: str, template_db: str) -> Iterator[str]:
+    name = f"prov_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield _with_db(pg_url, name)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A plain connection to the test's database, for looking at what the service wrote."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+def snapshot(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table we own: to prove that a refused request changed nothing."""
+    tables = [
+        "accounts", "pbxes", "blocks", "block_spans", "assignments", "assignment_events",
+        "mail_outbox", "apply_queue", "idempotency_keys",
+    ]  # fmt: skip
+    return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in tables}
+
+
+# --- SMTP ----------------------------------------------------------------------------
+
+
+class Inbox:
+    """What a real SMTP server (aiosmtpd) received."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.messages: list[EmailMessage] = []
+        self.fail_next = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return "451 4.3.0 try again later"
+        message = BytesParser(policy=default_policy).parsebytes(envelope.content)
+        assert isinstance(message, EmailMessage)
+        self.messages.append(message)
+        return "250 OK"
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.messages) < count:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"expected {count} mails, got {len(self.messages)}")
+            await asyncio.sleep(0.02)
+        return self.messages
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.messages if m["To"] == address]
+
+
+def body_of(message: EmailMessage) -> str:
+    part = message.get_body(("plain",))
+    assert part is not None
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content.replace("\r\n", "\n")
+
+
+def confirm_link(message: EmailMessage) -> str:
+    match = re.search(r"https?://\S+/confirm/\S+", body_of(message))
+    assert match, body_of(message)
+    return match.group(0)
+
+
+@pytest.fixture
+def inbox() -> Iterator[Inbox]:
+    handler = Inbox(free_port())
+    controller = Controller(handler, hostname="127.0.0.1", port=handler.port)
+    controller.start()
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+# --- The service ---------------------------------------------------------------------
+
+
+@dataclass
+class FakeClock:
+    now: datetime = field(default_factory=lambda: datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_settings(db_url: str, *, smtp_host: str, smtp_port: int, port: int, data: Path) -> Settings:
+    base = settings_module.load(env={})
+    return replace(
+        base,
+        listen_port=port,
+        public_base_url=f"http://127.0.0.1:{port}",
+        database_url=Secret(db_url),
+        data_dir=data,
+        smtp=Smtp(smtp_host, smtp_port, "provisioner@operator.example", "", Secret(""), False, 5),
+        api_keys=(
+            ApiKey("portal-backend", "portal", hashlib.sha256(PORTAL_KEY.encode()).hexdigest()),
+            ApiKey("noc", "engineer", hashlib.sha256(ENGINEER_KEY.encode()).hexdigest()),
+        ),
+    )
+
+
+@pytest.fixture
+def settings(db_url: str, inbox: Inbox, tmp_path: Path) -> Settings:
+    return make_settings(
+        db_url, smtp_host="127.0.0.1", smtp_port=inbox.port, port=free_port(), data=tmp_path
+    )
+
+
+class Api:
+    """The test client, as the portal backend uses the API."""
+
+    def __init__(self, client: TestClient[Any, Any]) -> None:
+        self.client = client
+
+    async def call(
+        self, method: str, path: str, json: Any = None, *, key: str = PORTAL_KEY,
+        headers: dict[str, str] | None = None, data: Any = None,
+    ) -> ClientResponse:
+        all_headers = {"Authorization": f"Bearer {key}"} if key else {}
+        all_headers.update(headers or {})
+        return await self.client.request(method, path, json=json, data=data, headers=all_headers)
+
+    async def ok(self, method: str, path: str, json: Any = None, **kwargs: Any) -> Any:
+        response = await self.call(method, path, json, **kwargs)
+        body = await response.text()
+        assert response.status < 300, f"{method} {path}: {response.status} {body}"
+        return await response.json()
+
+    async def problem(
+        self, status: int, code: str, method: str, path: str, json: Any = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        response = await self.call(method, path, json, **kwargs)
+        text = await response.text()
+        assert response.status == status, f"{method} {path}: {response.status} {text}"
+        assert response.content_type == "application/problem+json", text
+        problem: dict[str, Any] = await response.json(content_type=None)
+        assert problem["code"] == code, problem
+        assert problem["status"] == status
+        assert "Traceback" not in text
+        return problem
+
+
+@pytest.fixture
+async def service(settings: Settings, clock: FakeClock) -> AsyncIterator[TestClient[Any, Any]]:
+    app = create_app(settings, clock=clock)
+    server = TestServer(app, host="127.0.0.1", port=settings.listen_port)
+    client: TestClient[Any, Any] = TestClient(server)
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def api(service: TestClient[Any, Any]) -> Api:
+    return Api(service)

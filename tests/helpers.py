@@ -1,0 +1,55 @@
+"""Building the standard scene of the flow tests through the public API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conftest import Api, Inbox, confirm_link
+
+OWNER = "K200300"  # Munich, owns the block
+TARGET = "K100200"  # Berlin, has the cloud PBX
+OTHER = "K300400"  # Cologne, has a PBX too
+BLOCK = "muc-main"
+OWNER_MAIL = "admin@isar.example"
+TARGET_MAIL = "it@spree.example"
+
+
+async def scene(api: Api) -> None:
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{TARGET}",
+        {"name": "Spree Logistik GmbH", "email": TARGET_MAIL, "language": "de"},
+    )
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx")
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{OWNER}",
+        {"name": "Isar Logistik GmbH", "email": OWNER_MAIL, "language": "en"},
+    )
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{OWNER}/blocks/{BLOCK}",
+        {"number": "+4989123456", "range": "0-99", "mode": "pbx"},
+    )
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{OTHER}",
+        {"name": "Rhein Logistik GmbH", "email": "it@rhein.example", "language": "de"},
+    )
+    await api.ok("PUT", f"/v1/accounts/{OTHER}/pbx")
+
+
+async def request_assignment(api: Api, inbox: Inbox) -> tuple[dict[str, Any], str, str]:
+    """Create the assignment; return it and the confirm links from the owner's and target's mail."""
+    before = len(inbox.messages)
+    assignment = await api.ok(
+        "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET}
+    )
+    await inbox.wait_for(before + 2)
+    owner_mail = [m for m in inbox.to(OWNER_MAIL) if "confirm" in m["Subject"].lower()][-1]
+    target_mail = [m for m in inbox.to(TARGET_MAIL) if "bestätigen" in m["Subject"]][-1]
+    return assignment, confirm_link(owner_mail), confirm_link(target_mail)
+
+
+def path_of(link: str) -> str:
+    return "/" + link.split("/", 3)[3]
