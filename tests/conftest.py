@@ -135,6 +135,17 @@ class Inbox:
             await asyncio.sleep(0.02)
         return self.messages
 
+    async def wait_for_message(self, id_part: str, timeout: float = 10.0) -> EmailMessage:
+        """The mail whose Message-ID contains `id_part` (kind, assignment id, side)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for message in self.messages:
+                if id_part in str(message["Message-ID"]):
+                    return message
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no mail {id_part} among {len(self.messages)}")
+            await asyncio.sleep(0.02)
+
     def to(self, address: str) -> list[EmailMessage]:
         return [m for m in self.messages if m["To"] == address]
 

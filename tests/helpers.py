@@ -41,13 +41,12 @@ async def scene(api: Api) -> None:
 
 async def request_assignment(api: Api, inbox: Inbox) -> tuple[dict[str, Any], str, str]:
     """Create the assignment; return it and the confirm links from the owner's and target's mail."""
-    before = len(inbox.messages)
     assignment = await api.ok(
         "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET}
     )
-    await inbox.wait_for(before + 2)
-    owner_mail = [m for m in inbox.to(OWNER_MAIL) if "confirm" in m["Subject"].lower()][-1]
-    target_mail = [m for m in inbox.to(TARGET_MAIL) if "bestätigen" in m["Subject"]][-1]
+    owner_mail = await inbox.wait_for_message(f"confirm_request.{assignment['id']}.owner")
+    target_mail = await inbox.wait_for_message(f"confirm_request.{assignment['id']}.target")
+    assert owner_mail["To"] == OWNER_MAIL and target_mail["To"] == TARGET_MAIL
     return assignment, confirm_link(owner_mail), confirm_link(target_mail)
 
 

@@ -18,6 +18,13 @@ log = logging.getLogger(__name__)
 Step = Callable[[], Awaitable[int]]
 
 
+def _reraise_if_cancelling() -> None:
+    """psycopg may turn a cancellation into its own error; shutdown must still win."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def _listen(url: str, channel: str, wake: asyncio.Event) -> None:
     retry = 1.0
     while True:
@@ -29,6 +36,7 @@ async def _listen(url: str, channel: str, wake: asyncio.Event) -> None:
                 async for _ in conn.notifies():
                     wake.set()
         except psycopg.Error as exc:
+            _reraise_if_cancelling()
             log.warning("listener on %s lost (%s); reconnecting in %.0f s", channel, exc, retry)
         await asyncio.sleep(retry)
         retry = min(retry * 2, 30.0)
@@ -55,20 +63,27 @@ async def run(
             wake.clear()
             try:
                 while await step() > 0:
-                    pass
+                    _reraise_if_cancelling()
+                _reraise_if_cancelling()
                 failures = 0
             except (psycopg.Error, OSError) as exc:
+                _reraise_if_cancelling()
                 failures += 1
                 delay = min(2.0**failures, 30.0)
                 log.warning("%s: %s; retrying in %.0f s", name, exc, delay)
                 await asyncio.sleep(delay)
                 continue
             except Exception:
+                _reraise_if_cancelling()
                 log.exception("%s: unexpected error; retrying in 30 s", name)
                 await asyncio.sleep(30)
                 continue
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives together with the wake-up, and shutdown would then hang.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=idle_seconds)
+                async with asyncio.timeout(idle_seconds):
+                    await wake.wait()
+            _reraise_if_cancelling()
     finally:
         if listener is not None:
             listener.cancel()

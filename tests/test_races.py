@@ -1,0 +1,135 @@
+"""Requests that really arrive together get exactly one consistent outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+from helpers import BLOCK, OTHER, OWNER, TARGET, path_of, request_assignment, scene
+
+from conftest import Api, Inbox
+
+ROUNDS = 5
+
+
+def events_of(db: psycopg.Connection[Any], assignment_id: str) -> list[tuple[str, str]]:
+    rows = db.execute(
+        "SELECT action, new_state FROM assignment_events WHERE assignment_id = %s ORDER BY id",
+        (assignment_id,),
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def outbox_subjects(db: psycopg.Connection[Any]) -> list[str]:
+    return [r[0] for r in db.execute("SELECT subject FROM mail_outbox ORDER BY id").fetchall()]
+
+
+async def test_two_confirmations_at_once(
+    api: Api, inbox: Inbox, db: psycopg.Connection[Any]
+) -> None:
+    await scene(api)
+    for _ in range(ROUNDS):
+        assignment, owner_link, target_link = await request_assignment(api, inbox)
+        # Each side clicks twice, all four at the same moment.
+        responses = await asyncio.gather(
+            *(api.client.post(path_of(link)) for link in (owner_link, target_link) * 2)
+        )
+        assert [r.status for r in responses] == [200] * 4
+        state = await api.ok("GET", f"/v1/blocks/{BLOCK}/assignment")
+        assert state["state"] == "active"
+        actions = events_of(db, assignment["id"])
+        assert actions[0] == ("created", "pending")
+        assert sorted(a for a, _ in actions[1:]) == ["owner_confirmed", "target_confirmed"]
+        assert actions[-1][1] == "active"
+        activation_mails = [s for s in outbox_subjects(db) if s.startswith(("Active", "Aktiv"))]
+        assert len(activation_mails) == 2 * (_ + 1)
+        await api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment")
+
+
+async def test_reset_racing_the_last_confirmation(
+    api: Api, inbox: Inbox, db: psycopg.Connection[Any]
+) -> None:
+    await scene(api)
+    outcomes = set()
+    for _ in range(ROUNDS):
+        assignment, owner_link, target_link = await request_assignment(api, inbox)
+        await api.client.post(path_of(owner_link))
+        reset, confirmed = await asyncio.gather(
+            api.call("DELETE", f"/v1/blocks/{BLOCK}/assignment"),
+            api.client.post(path_of(target_link)),
+        )
+        assert reset.status == 200  # the reset wins either way: pending or active, it resets
+        final = await api.ok("GET", f"/v1/blocks/{BLOCK}/assignment")
+        assert final["state"] == "reset"
+        actions = [a for a, _ in events_of(db, assignment["id"])]
+        assert actions[-1] == "reset"
+        # Either the confirmation came first (then it activated, and the reset undid it),
+        # or the reset came first (then the link showed a reset assignment).
+        if "target_confirmed" in actions:
+            assert actions == ["created", "owner_confirmed", "target_confirmed", "reset"]
+            assert confirmed.status == 200
+            outcomes.add("confirmed first")
+        else:
+            assert actions == ["created", "owner_confirmed", "reset"]
+            assert confirmed.status == 410
+            outcomes.add("reset first")
+    assert outcomes  # at least one consistent outcome was seen each round
+
+
+async def test_two_assignments_for_one_block_at_once(
+    api: Api, db: psycopg.Connection[Any]
+) -> None:
+    await scene(api)
+    for _ in range(ROUNDS):
+        responses = await asyncio.gather(
+            api.call("POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET}),
+            api.call("POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": OTHER}),
+            api.call("POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET}),
+        )
+        statuses = sorted(r.status for r in responses)
+        assert statuses == [201, 409, 409], statuses
+        live = db.execute(
+            "SELECT count(*) FROM assignments WHERE block_id = %s AND state = 'pending'", (BLOCK,)
+        ).fetchone()
+        assert live == (1,)
+        await api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment")
+    # Each created assignment mailed both sides, each refused one mailed nobody.
+    confirm_requests = [s for s in outbox_subjects(db) if s.startswith(("Please", "Bitte"))]
+    assert len(confirm_requests) == 2 * ROUNDS
+
+
+async def test_same_numbers_created_twice_at_once(api: Api, db: psycopg.Connection[Any]) -> None:
+    await scene(api)
+    responses = await asyncio.gather(
+        *(
+            api.call(
+                "PUT", f"/v1/accounts/{OWNER}/blocks/b{i}",
+                {"number": "+4930777000", "range": "0-9", "mode": "pbx"},
+            )  # fmt: skip
+            for i in range(4)
+        )
+    )
+    assert sorted(r.status for r in responses) == [201, 409, 409, 409]
+    count = db.execute("SELECT count(*) FROM blocks WHERE base_number = '+4930777000'").fetchone()
+    assert count == (1,)
+
+
+async def test_same_idempotency_key_at_once(api: Api, db: psycopg.Connection[Any]) -> None:
+    await scene(api)
+    headers = {"Idempotency-Key": "assign-once"}
+    responses = await asyncio.gather(
+        *(
+            api.call(
+                "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET},
+                headers=headers,
+            )  # fmt: skip
+            for _ in range(4)
+        )
+    )
+    bodies = [await r.json() for r in responses]
+    assert [r.status for r in responses] == [201] * 4
+    assert len({b["id"] for b in bodies}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 3
+    assert db.execute("SELECT count(*) FROM assignments").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM mail_outbox").fetchone() == (2,)
