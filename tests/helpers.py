@@ -41,9 +41,7 @@ async def scene(api: Api) -> None:
 
 async def request_assignment(api: Api, inbox: Inbox) -> tuple[dict[str, Any], str, str]:
     """Create the assignment; return it and the confirm links from the owner's and target's mail."""
-    assignment = await api.ok(
-        "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET}
-    )
+    assignment = await api.ok("POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET})
     owner_mail = await inbox.wait_for_message(f"confirm_request.{assignment['id']}.owner")
     target_mail = await inbox.wait_for_message(f"confirm_request.{assignment['id']}.target")
     assert owner_mail["To"] == OWNER_MAIL and target_mail["To"] == TARGET_MAIL

@@ -6,9 +6,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import BLOCK, OTHER, OWNER, TARGET, request_assignment, scene
-
 from conftest import ENGINEER_KEY, Api, Inbox, snapshot
+from helpers import BLOCK, OTHER, OWNER, TARGET, request_assignment, scene
 
 ACCOUNT = {"name": "Neu GmbH", "email": "neu@example.com", "language": "de"}
 
@@ -28,37 +27,198 @@ CASES: list[tuple[int, str, str, str, Any, dict[str, str]]] = [
     (404, "account_not_found", "PUT", "/v1/accounts/K999/pbx", None, {}),
     (404, "pbx_not_found", "GET", f"/v1/accounts/{OWNER}/pbx", None, {}),
     # blocks: malformed, non-geographic, foreign, overlapping, someone else's
-    (422, "invalid_number", "PUT", "/v1/accounts/K200300/blocks/b2", {"number": "089123", "mode": "pbx"}, {}),  # noqa: E501
-    (422, "invalid_number", "PUT", "/v1/accounts/K200300/blocks/b2", {"number": "+4930", "mode": "pbx"}, {}),  # noqa: E501
-    (422, "not_geographic", "PUT", "/v1/accounts/K200300/blocks/b2", {"number": "+4915112345678", "mode": "pbx"}, {}),  # noqa: E501
-    (422, "not_geographic", "PUT", "/v1/accounts/K200300/blocks/b2", {"number": "+498001234567", "mode": "pbx"}, {}),  # noqa: E501
-    (422, "foreign_number", "PUT", "/v1/accounts/K200300/blocks/b2", {"number": "+43151234567", "mode": "pbx"}, {}),  # noqa: E501
-    (422, "invalid_range", "PUT", "/v1/accounts/K200300/blocks/b2", {"number": "+4930123456", "range": "99-0", "mode": "pbx"}, {}),  # noqa: E501
-    (422, "invalid_range", "PUT", "/v1/accounts/K200300/blocks/b2", {"number": "+4930123456", "range": "0-99\n[x]", "mode": "pbx"}, {}),  # noqa: E501
-    (422, "invalid_mode", "PUT", "/v1/accounts/K200300/blocks/b2", {"number": "+4930123456", "mode": "x"}, {}),  # noqa: E501
-    (422, "invalid_block_id", "PUT", "/v1/accounts/K200300/blocks/-x", {"number": "+4930123456", "mode": "pbx"}, {}),  # noqa: E501
-    (409, "numbers_overlap", "PUT", "/v1/accounts/K200300/blocks/b2", {"number": "+498912345642", "mode": "pbx"}, {}),  # noqa: E501
-    (409, "numbers_overlap", "PUT", f"/v1/accounts/{OTHER}/blocks/b2", {"number": "+4989123456", "range": "50-59", "mode": "pbx"}, {}),  # noqa: E501
-    (409, "block_owned_elsewhere", "PUT", f"/v1/accounts/{OTHER}/blocks/{BLOCK}", {"number": "+4989123456", "range": "0-99", "mode": "pbx"}, {}),  # noqa: E501
-    (409, "block_numbers_immutable", "PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}", {"number": "+4989123456", "range": "0-9", "mode": "pbx"}, {}),  # noqa: E501
-    (404, "account_not_found", "PUT", "/v1/accounts/K777/blocks/b2", {"number": "+4930123456", "mode": "pbx"}, {}),  # noqa: E501
+    (
+        422,
+        "invalid_number",
+        "PUT",
+        "/v1/accounts/K200300/blocks/b2",
+        {"number": "089123", "mode": "pbx"},
+        {},
+    ),
+    (
+        422,
+        "invalid_number",
+        "PUT",
+        "/v1/accounts/K200300/blocks/b2",
+        {"number": "+4930", "mode": "pbx"},
+        {},
+    ),
+    (
+        422,
+        "not_geographic",
+        "PUT",
+        "/v1/accounts/K200300/blocks/b2",
+        {"number": "+4915112345678", "mode": "pbx"},
+        {},
+    ),
+    (
+        422,
+        "not_geographic",
+        "PUT",
+        "/v1/accounts/K200300/blocks/b2",
+        {"number": "+498001234567", "mode": "pbx"},
+        {},
+    ),
+    (
+        422,
+        "foreign_number",
+        "PUT",
+        "/v1/accounts/K200300/blocks/b2",
+        {"number": "+43151234567", "mode": "pbx"},
+        {},
+    ),
+    (
+        422,
+        "invalid_range",
+        "PUT",
+        "/v1/accounts/K200300/blocks/b2",
+        {"number": "+4930123456", "range": "99-0", "mode": "pbx"},
+        {},
+    ),
+    (
+        422,
+        "invalid_range",
+        "PUT",
+        "/v1/accounts/K200300/blocks/b2",
+        {"number": "+4930123456", "range": "0-99\n[x]", "mode": "pbx"},
+        {},
+    ),
+    (
+        422,
+        "invalid_mode",
+        "PUT",
+        "/v1/accounts/K200300/blocks/b2",
+        {"number": "+4930123456", "mode": "x"},
+        {},
+    ),
+    (
+        422,
+        "invalid_block_id",
+        "PUT",
+        "/v1/accounts/K200300/blocks/-x",
+        {"number": "+4930123456", "mode": "pbx"},
+        {},
+    ),
+    (
+        409,
+        "numbers_overlap",
+        "PUT",
+        "/v1/accounts/K200300/blocks/b2",
+        {"number": "+498912345642", "mode": "pbx"},
+        {},
+    ),
+    (
+        409,
+        "numbers_overlap",
+        "PUT",
+        f"/v1/accounts/{OTHER}/blocks/b2",
+        {"number": "+4989123456", "range": "50-59", "mode": "pbx"},
+        {},
+    ),
+    (
+        409,
+        "block_owned_elsewhere",
+        "PUT",
+        f"/v1/accounts/{OTHER}/blocks/{BLOCK}",
+        {"number": "+4989123456", "range": "0-99", "mode": "pbx"},
+        {},
+    ),
+    (
+        409,
+        "block_numbers_immutable",
+        "PUT",
+        f"/v1/accounts/{OWNER}/blocks/{BLOCK}",
+        {"number": "+4989123456", "range": "0-9", "mode": "pbx"},
+        {},
+    ),
+    (
+        404,
+        "account_not_found",
+        "PUT",
+        "/v1/accounts/K777/blocks/b2",
+        {"number": "+4930123456", "mode": "pbx"},
+        {},
+    ),
     (404, "block_not_found", "POST", "/v1/blocks/nope/mode", {"mode": "pbx"}, {}),
     (422, "invalid_mode", "POST", f"/v1/blocks/{BLOCK}/mode", {"mode": "PBX"}, {}),
     # assignments
-    (422, "target_not_found", "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": "K777"}, {}),  # noqa: E501
-    (422, "invalid_customer", "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": "K 7"}, {}),  # noqa: E501
-    (422, "target_is_owner", "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": OWNER}, {}),  # noqa: E501
-    (409, "target_has_no_pbx", "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": "K500600"}, {}),  # noqa: E501
-    (409, "block_not_pbx_mode", "POST", "/v1/blocks/ber-std/assignment", {"target_customer": OTHER}, {}),  # noqa: E501
+    (
+        422,
+        "target_not_found",
+        "POST",
+        f"/v1/blocks/{BLOCK}/assignment",
+        {"target_customer": "K777"},
+        {},
+    ),
+    (
+        422,
+        "invalid_customer",
+        "POST",
+        f"/v1/blocks/{BLOCK}/assignment",
+        {"target_customer": "K 7"},
+        {},
+    ),
+    (
+        422,
+        "target_is_owner",
+        "POST",
+        f"/v1/blocks/{BLOCK}/assignment",
+        {"target_customer": OWNER},
+        {},
+    ),
+    (
+        409,
+        "target_has_no_pbx",
+        "POST",
+        f"/v1/blocks/{BLOCK}/assignment",
+        {"target_customer": "K500600"},
+        {},
+    ),
+    (
+        409,
+        "block_not_pbx_mode",
+        "POST",
+        "/v1/blocks/ber-std/assignment",
+        {"target_customer": OTHER},
+        {},
+    ),
     (404, "block_not_found", "POST", "/v1/blocks/nope/assignment", {"target_customer": TARGET}, {}),
     (404, "assignment_not_found", "GET", f"/v1/blocks/{BLOCK}/assignment", None, {}),
     (404, "assignment_not_found", "DELETE", f"/v1/blocks/{BLOCK}/assignment", None, {}),
     (404, "assignment_not_found", "GET", "/v1/assignments/not-a-uuid/events", None, {}),
-    (404, "assignment_not_found", "GET", "/v1/assignments/00000000-0000-0000-0000-000000000000/events", None, {}),  # noqa: E501
+    (
+        404,
+        "assignment_not_found",
+        "GET",
+        "/v1/assignments/00000000-0000-0000-0000-000000000000/events",
+        None,
+        {},
+    ),
     # the portal acting for a customer who is no party
-    (403, "acting_customer_forbidden", "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET}, {"X-Acting-Customer": TARGET}),  # noqa: E501
-    (403, "acting_customer_forbidden", "PUT", f"/v1/accounts/{OWNER}", ACCOUNT, {"X-Acting-Customer": TARGET}),  # noqa: E501
-    (400, "invalid_acting_customer", "GET", f"/v1/accounts/{OWNER}", None, {"X-Acting-Customer": "x\ty"}),  # noqa: E501
+    (
+        403,
+        "acting_customer_forbidden",
+        "POST",
+        f"/v1/blocks/{BLOCK}/assignment",
+        {"target_customer": TARGET},
+        {"X-Acting-Customer": TARGET},
+    ),
+    (
+        403,
+        "acting_customer_forbidden",
+        "PUT",
+        f"/v1/accounts/{OWNER}",
+        ACCOUNT,
+        {"X-Acting-Customer": TARGET},
+    ),
+    (
+        400,
+        "invalid_acting_customer",
+        "GET",
+        f"/v1/accounts/{OWNER}",
+        None,
+        {"X-Acting-Customer": "x\ty"},
+    ),
     # transport-level mistakes
     (400, "invalid_idempotency_key", "PUT", "/v1/accounts/K9", ACCOUNT, {"Idempotency-Key": "a b"}),
     (404, "not_found", "GET", "/v1/nothing-here", None, {}),

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import psycopg
+from conftest import Api, FakeClock, Inbox, body_of, snapshot
 from helpers import (
     BLOCK,
     OWNER,
@@ -16,8 +17,6 @@ from helpers import (
     request_assignment,
     scene,
 )
-
-from conftest import Api, FakeClock, Inbox, body_of, snapshot
 
 
 async def confirm(api: Api, link: str) -> tuple[int, str]:
@@ -178,9 +177,7 @@ async def test_reset_while_active_by_the_target(
     await inbox.wait_for(6)
 
 
-async def test_expiry_without_both_confirmations(
-    api: Api, inbox: Inbox, clock: FakeClock
-) -> None:
+async def test_expiry_without_both_confirmations(api: Api, inbox: Inbox, clock: FakeClock) -> None:
     await scene(api)
     assignment, owner_link, target_link = await request_assignment(api, inbox)
     await confirm(api, owner_link)

@@ -6,9 +6,8 @@ import asyncio
 from typing import Any
 
 import psycopg
-from helpers import BLOCK, OWNER, TARGET, scene
-
 from conftest import ENGINEER_KEY, Api, Inbox, snapshot
+from helpers import BLOCK, OWNER, TARGET, scene
 
 
 async def test_retry_returns_the_first_response_and_sends_no_second_mail(
@@ -35,9 +34,7 @@ async def test_retry_returns_the_first_response_and_sends_no_second_mail(
     assert db.execute("SELECT count(*) FROM assignment_events").fetchone() == (1,)
 
 
-async def test_same_key_with_another_body_is_refused(
-    api: Api, db: psycopg.Connection[Any]
-) -> None:
+async def test_same_key_with_another_body_is_refused(api: Api, db: psycopg.Connection[Any]) -> None:
     await scene(api)
     headers = {"Idempotency-Key": "k1"}
     await api.ok("POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET},

@@ -6,9 +6,8 @@ import asyncio
 from typing import Any
 
 import psycopg
-from helpers import BLOCK, OTHER, OWNER, TARGET, path_of, request_assignment, scene
-
 from conftest import Api, Inbox
+from helpers import BLOCK, OTHER, OWNER, TARGET, path_of, request_assignment, scene
 
 ROUNDS = 5
 
@@ -77,9 +76,7 @@ async def test_reset_racing_the_last_confirmation(
     assert outcomes  # at least one consistent outcome was seen each round
 
 
-async def test_two_assignments_for_one_block_at_once(
-    api: Api, db: psycopg.Connection[Any]
-) -> None:
+async def test_two_assignments_for_one_block_at_once(api: Api, db: psycopg.Connection[Any]) -> None:
     await scene(api)
     for _ in range(ROUNDS):
         responses = await asyncio.gather(
@@ -104,9 +101,10 @@ async def test_same_numbers_created_twice_at_once(api: Api, db: psycopg.Connecti
     responses = await asyncio.gather(
         *(
             api.call(
-                "PUT", f"/v1/accounts/{OWNER}/blocks/b{i}",
+                "PUT",
+                f"/v1/accounts/{OWNER}/blocks/b{i}",
                 {"number": "+4930777000", "range": "0-9", "mode": "pbx"},
-            )  # fmt: skip
+            )
             for i in range(4)
         )
     )
@@ -121,9 +119,11 @@ async def test_same_idempotency_key_at_once(api: Api, db: psycopg.Connection[Any
     responses = await asyncio.gather(
         *(
             api.call(
-                "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET},
+                "POST",
+                f"/v1/blocks/{BLOCK}/assignment",
+                {"target_customer": TARGET},
                 headers=headers,
-            )  # fmt: skip
+            )
             for _ in range(4)
         )
     )

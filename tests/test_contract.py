@@ -1,0 +1,145 @@
+"""Promises to operators and the portal: OpenAPI matches the routes, every setting is
+documented, migrations apply to an empty database, the commands answer --help."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import psycopg
+import pytest
+import yaml
+from conftest import Api, Inbox
+from helpers import BLOCK, OWNER, TARGET, request_assignment, scene
+
+from provisioner import settings as settings_module
+from provisioner.api.system import openapi_document
+from provisioner.app import create_app
+from provisioner.db.migrate import migrate, migrations
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_openapi_lists_exactly_the_real_routes() -> None:
+    app = create_app(settings_module.load(env={}), run_workers=False)
+    real = set()
+    for route in app.router.routes():
+        if route.method in ("HEAD", "OPTIONS"):
+            continue
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter")
+        real.add((route.method.lower(), path))
+    documented = {
+        (method, path)
+        for path, item in openapi_document()["paths"].items()
+        for method in item
+        if method in ("get", "put", "post", "delete", "patch")
+    }
+    assert real == documented
+
+
+def test_served_openapi_is_the_committed_file() -> None:
+    committed = yaml.safe_load((ROOT / "provisioner/api/openapi.yaml").read_text())
+    assert committed == openapi_document()
+    assert committed["openapi"].startswith("3.1")
+
+
+async def test_responses_match_the_documented_schemas(api: Api, inbox: Inbox) -> None:
+    document = await api.ok("GET", "/openapi.json", key="")
+    schemas = document["components"]["schemas"]
+
+    def check(instance: Any, name: str) -> None:
+        # The components travel along so that $refs inside a schema resolve.
+        jsonschema.validate(instance, {**schemas[name], "components": document["components"]})
+
+    await scene(api)
+    check(await api.ok("GET", f"/v1/accounts/{OWNER}"), "Account")
+    check(await api.ok("GET", f"/v1/accounts/{TARGET}/pbx"), "Pbx")
+    for block in (await api.ok("GET", f"/v1/accounts/{OWNER}/blocks"))["blocks"]:
+        check(block, "Block")
+    assignment, _, _ = await request_assignment(api, inbox)
+    check(assignment, "Assignment")
+    check(await api.ok("GET", f"/v1/blocks/{BLOCK}/assignment"), "Assignment")
+    for event in (await api.ok("GET", f"/v1/assignments/{assignment['id']}/events"))["events"]:
+        check(event, "Event")
+    problem = await api.problem(404, "block_not_found", "GET", "/v1/blocks/x/assignment")
+    check(problem, "Problem")
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for key in settings_module.KEYS:
+        assert f"`{key.path}`" in readme, f"README does not document {key.path}"
+        assert f"`{key.env_var}`" in readme, f"README does not name {key.env_var}"
+
+
+def test_env_vars_override_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("listen:\n  port: 9000\nassignment:\n  confirm_within_days: 3\n")
+    loaded = settings_module.load(
+        config, env={"PROVISIONER_LISTEN_PORT": "9100", "PROVISIONER_SMTP_HOST": "mx.example"}
+    )
+    assert (loaded.listen_port, loaded.confirm_within_days) == (9100, 3)
+    assert loaded.smtp.host == "mx.example"
+
+
+def test_unknown_and_bad_settings_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("listen:\n  prot: 9000\n")
+    with pytest.raises(settings_module.SettingsError, match=r"listen\.prot"):
+        settings_module.load(config, env={})
+    with pytest.raises(settings_module.SettingsError, match="PROVISIONER_LISTEN_PORT"):
+        settings_module.load(env={"PROVISIONER_LISTEN_PORT": "eighty"})
+    bad_key = "api_keys:\n  - {name: x, role: admin, key_sha256: abc}\n"
+    config.write_text(bad_key)
+    with pytest.raises(settings_module.SettingsError, match="role"):
+        settings_module.load(config, env={})
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    loaded = settings_module.load(
+        env={"PROVISIONER_DATABASE_URL": "postgresql://u:hunter2@db/x",
+             "PROVISIONER_SMTP_PASSWORD": "hunter2"}
+    )  # fmt: skip
+    assert "hunter2" not in repr(loaded)
+
+
+async def test_migrations_apply_to_an_empty_database_and_again_do_nothing(pg_url: str) -> None:
+    name = "prov_migration_test"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    info = psycopg.conninfo.conninfo_to_dict(pg_url)
+    info["dbname"] = name
+    url = psycopg.conninfo.make_conninfo("", **info)
+    try:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            applied = await migrate(conn)
+            assert applied == [m[1] for m in migrations()]
+            assert await migrate(conn) == []
+            cur = await conn.execute("SELECT version FROM schema_migrations ORDER BY 1")
+            assert [r[0] for r in await cur.fetchall()] == [m[0] for m in migrations()]
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_migration_files_are_numbered_without_gaps() -> None:
+    versions = [m[0] for m in migrations()]
+    assert versions == list(range(1, len(versions) + 1))
+    for _, name, _ in migrations():
+        assert re.match(r"^\d{4}_[a-z0-9_]+\.sql$", name)
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "demo"])
+def test_every_command_answers_help(command: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "provisioner", command, "--help"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout

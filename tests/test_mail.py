@@ -1,0 +1,127 @@
+"""The outbox sender against a real SMTP server that is down, refuses, then works."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import FakeClock, Inbox, free_port
+from psycopg_pool import AsyncConnectionPool
+
+from provisioner.db import outbox
+from provisioner.mail import sender
+from provisioner.mail.compose import Composer, MailView
+from provisioner.settings import Secret, Smtp
+
+SENDER = "provisioner@operator.example"
+
+
+def smtp(port: int) -> Smtp:
+    return Smtp("127.0.0.1", port, SENDER, "", Secret(""), False, 5)
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[AsyncConnectionPool]:
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False)
+    await pool.open()
+    yield pool
+    await pool.close()
+
+
+async def enqueue(pool: AsyncConnectionPool, n: int, now: datetime) -> None:
+    async with pool.connection() as conn:
+        for i in range(n):
+            await outbox.enqueue(
+                conn, message_id=f"<m{i}@test>", recipient=f"r{i}@example.com",
+                subject=f"Subject {i}", body="Grüße\n", now=now,
+            )  # fmt: skip
+
+
+async def test_smtp_down_loses_nothing_and_sends_nothing_twice(
+    pool: AsyncConnectionPool, inbox: Inbox, clock: FakeClock, db: psycopg.Connection[Any]
+) -> None:
+    await enqueue(pool, 3, clock())
+    # 1. Nothing listens on this port: every attempt fails and is rescheduled.
+    down = sender.SmtpTransport(smtp(free_port()))
+    assert await sender.send_due(pool, down, SENDER, clock) == 3
+    rows = db.execute("SELECT attempts, sent_at, last_error FROM mail_outbox").fetchall()
+    assert all(r[0] == 1 and r[1] is None and "Connect" in r[2] for r in rows), rows
+    # Not due again before the backoff.
+    assert await sender.send_due(pool, down, SENDER, clock) == 0
+
+    # 2. The server is up but refuses the first mail with a temporary error.
+    up = sender.SmtpTransport(smtp(inbox.port))
+    inbox.fail_next = 1
+    clock.advance(seconds=6)
+    assert await sender.send_due(pool, up, SENDER, clock) == 3
+    assert len(inbox.messages) == 2
+    clock.advance(seconds=11)
+    assert await sender.send_due(pool, up, SENDER, clock) == 1
+    assert sorted(m["Message-ID"] for m in inbox.messages) == [
+        "<m0@test>",
+        "<m1@test>",
+        "<m2@test>",
+    ]
+
+    # 3. Everything is sent once; more passes send nothing.
+    clock.advance(hours=2)
+    assert await sender.send_due(pool, up, SENDER, clock) == 0
+    assert len(inbox.messages) == 3
+    assert db.execute("SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL").fetchone() == (0,)
+    assert inbox.messages[0].get_content().strip() == "Grüße"
+
+
+async def test_two_senders_never_send_the_same_mail(
+    pool: AsyncConnectionPool, inbox: Inbox, clock: FakeClock
+) -> None:
+    import asyncio
+
+    await enqueue(pool, 20, clock())
+    up = sender.SmtpTransport(smtp(inbox.port))
+    other = AsyncConnectionPool(pool.conninfo, min_size=1, max_size=2, open=False)
+    await other.open()
+    try:
+        counts = await asyncio.gather(
+            sender.send_due(pool, up, SENDER, clock), sender.send_due(other, up, SENDER, clock)
+        )
+    finally:
+        await other.close()
+    assert sum(counts) == 20
+    ids = [m["Message-ID"] for m in inbox.messages]
+    assert len(ids) == len(set(ids)) == 20
+
+
+async def test_without_smtp_mails_become_eml_files(
+    pool: AsyncConnectionPool, tmp_path: Path, clock: FakeClock
+) -> None:
+    await enqueue(pool, 2, clock())
+    files = sender.transport_for(Smtp("", 25, SENDER, "", Secret(""), False, 5), tmp_path)
+    assert await sender.send_due(pool, files, SENDER, clock) == 2
+    written = sorted((tmp_path / "mail").glob("*.eml"))
+    assert [p.name for p in written] == ["m0_test.eml", "m1_test.eml"]
+    assert b"Subject: Subject 0" in written[0].read_bytes()
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    assert sender.backoff(0) == timedelta(seconds=5)
+    assert sender.backoff(3) == timedelta(seconds=40)
+    assert sender.backoff(50) == timedelta(hours=1)
+
+
+@pytest.mark.parametrize("language", ["de", "en"])
+@pytest.mark.parametrize("kind", ["confirm_request", "activated", "reset", "expired"])
+def test_every_template_renders_and_has_one_line_subject(kind: str, language: str) -> None:
+    view = MailView(
+        recipient_name="Name\nBcc: evil@example.com", side="target", block_id="b",
+        block_text="+49 89 123456 0-99", first_number="+49891234560",
+        last_number="+498912345699", number_count=100, owner_name="Owner",
+        owner_customer="K1", target_name="Target\r\nX-Evil: 1", target_customer="K2",
+        expires_at=datetime(2026, 1, 1, tzinfo=UTC).isoformat(), confirm_url="http://x/confirm/t",
+    )  # fmt: skip
+    mail = Composer().compose(kind, language, view)
+    assert "\n" not in mail.subject and "\r" not in mail.subject
+    assert "+49 89 123456 0-99" in mail.subject + mail.body
