@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import shutil
 import socket
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +26,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from aiosmtpd.controller import Controller
+from panoramisk import Manager
 
 from provisioner import settings as settings_module
 from provisioner.app import create_app
@@ -31,14 +34,24 @@ from provisioner.db import embedded
 from provisioner.db.migrate import migrate
 from provisioner.settings import ApiKey, Secret, Settings, Smtp
 
+ROOT = Path(__file__).resolve().parent.parent
+LAB = ROOT / "asterisk-docker" / "lab"
 PORTAL_KEY = "portal-test-key"
 ENGINEER_KEY = "engineer-test-key"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 for TCP and UDP both (SIP and AMI ports of the lab)."""
+    while True:
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
 
 
 # --- PostgreSQL -----------------------------------------------------------------------
@@ -279,3 +292,76 @@ async def service(settings: Settings, clock: FakeClock) -> AsyncIterator[TestCli
 @pytest.fixture
 def api(service: TestClient[Any, Any]) -> Api:
     return Api(service)
+
+
+# --- The Asterisk lab ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A running lab Asterisk (asterisk-docker/lab) on free loopback ports."""
+
+    folder: Path
+    ami_port: int
+    sip_port: int
+    ami_user: str
+    ami_secret: str
+    output_dir: Path
+
+    def cli(self, command: str) -> str:
+        done = subprocess.run(
+            [str(LAB), "--dir", str(self.folder), "cli", command],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, f"lab cli {command!r}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """Bring a lab up for the session; a lab that cannot start FAILS the tests, with why."""
+    folder = Path(tempfile.mkdtemp(prefix="prov-lab-", dir="/var/tmp"))
+    up = [str(LAB), "--dir", str(folder), "up"]
+    up += ["--ami-port", str(free_port()), "--sip-port", str(free_port())]
+    try:
+        done = subprocess.run(up, capture_output=True, text=True, timeout=900, check=False)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the Asterisk lab did not start within 15 minutes: {exc}")
+    if done.returncode != 0:
+        pytest.fail(f"the Asterisk lab did not start:\n{done.stdout}{done.stderr}")
+    state = json.loads((folder / "lab.json").read_text())
+    try:
+        yield Lab(
+            folder=folder,
+            ami_port=state["ami_port"],
+            sip_port=state["sip_port"],
+            ami_user=state["ami_user"],
+            ami_secret=state["ami_secret"],
+            output_dir=Path(state["output_dir"]),
+        )
+    finally:
+        subprocess.run(
+            [str(LAB), "--dir", str(folder), "down"], capture_output=True, timeout=60, check=False
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+async def ami(lab: Lab) -> AsyncIterator[Manager]:
+    """An AMI connection (panoramisk) to the lab."""
+    manager = Manager(
+        loop=asyncio.get_running_loop(),
+        host="127.0.0.1",
+        port=lab.ami_port,
+        username=lab.ami_user,
+        secret=lab.ami_secret,
+        ping_delay=0,
+    )
+    try:
+        await asyncio.wait_for(manager.connect(), 10)
+    except Exception as exc:
+        pytest.fail(f"cannot log in to the lab's AMI on port {lab.ami_port}: {exc!r}")
+    try:
+        yield manager
+    finally:
+        manager.close()

@@ -1,0 +1,117 @@
+"""Real SIP peers: run a sipp scenario from tests/sipp/ and return what was said on the wire.
+
+A test asserts on SipResult (request and status lines, headers) and, when it fails,
+prints it: the SIP evidence of what happened.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCENARIOS = Path(__file__).resolve().parent / "sipp"
+SIPP = "/usr/bin/sipp"
+
+
+@dataclass(frozen=True)
+class SipMessage:
+    direction: str  # "sent" or "received"
+    first_line: str
+    headers: dict[str, str]
+
+    @property
+    def status(self) -> int | None:
+        match = re.match(r"SIP/2\.0 (\d{3})", self.first_line)
+        return int(match.group(1)) if match else None
+
+    @property
+    def method(self) -> str | None:
+        return None if self.first_line.startswith("SIP/2.0") else self.first_line.split(" ")[0]
+
+
+@dataclass
+class SipResult:
+    returncode: int
+    messages: list[SipMessage] = field(default_factory=list)
+    output: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def received_statuses(self) -> list[int]:
+        return [m.status for m in self.messages if m.direction == "received" and m.status]
+
+    def evidence(self) -> str:
+        lines = [f"sipp exit code {self.returncode}"]
+        for m in self.messages:
+            arrow = ">>" if m.direction == "sent" else "<<"
+            interesting = {
+                k: v for k, v in m.headers.items() if k in ("from", "to", "contact", "www-authenticate")
+            }
+            lines.append(f"{arrow} {m.first_line} {interesting}")
+        lines.append(self.output[-1500:])
+        return "\n".join(lines)
+
+
+def parse_trace(text: str) -> list[SipMessage]:
+    messages = []
+    for block in re.split(r"^-{10,}.*$", text, flags=re.M):
+        block = block.strip("\n")
+        head = re.match(r"^\w+ message (sent|received)[^\n]*\n+", block)
+        if not head:
+            continue
+        lines = block[head.end() :].splitlines()
+        if not lines:
+            continue
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if not line.strip():
+                break
+            name, _, value = line.partition(":")
+            headers.setdefault(name.strip().lower(), value.strip())
+        messages.append(SipMessage(head.group(1), lines[0].strip(), headers))
+    return messages
+
+
+def run_scenario(
+    scenario: str,
+    *,
+    remote_port: int,
+    service: str,
+    username: str | None = None,
+    password: str | None = None,
+    local_ip: str = "127.0.0.1",
+    local_port: int = 0,
+    variables: dict[str, str] | None = None,
+    timeout: float = 20.0,
+) -> SipResult:
+    """Run tests/sipp/<scenario>.xml once against Asterisk on 127.0.0.1:<remote_port>."""
+    if shutil.which(SIPP) is None:
+        raise AssertionError(f"{SIPP} is missing: install Debian's sip-tester (make test does)")
+    work = Path(tempfile.mkdtemp(prefix="prov-sipp-"))
+    trace = work / "messages.log"
+    args = [
+        SIPP, f"127.0.0.1:{remote_port}",
+        "-sf", str(SCENARIOS / f"{scenario}.xml"),
+        "-i", local_ip, "-p", str(local_port),
+        "-m", "1", "-s", service,
+        "-nostdin", "-trace_msg", "-message_file", str(trace),
+        "-timeout", f"{int(timeout)}s", "-timeout_error",
+    ]  # fmt: skip
+    if username is not None:
+        args += ["-au", username, "-ap", password or ""]
+    for name, value in (variables or {}).items():
+        args += ["-set", name, value]
+    try:
+        done = subprocess.run(
+            args, cwd=work, capture_output=True, text=True, timeout=timeout + 10, check=False
+        )
+        text = trace.read_text(errors="replace") if trace.exists() else ""
+        return SipResult(done.returncode, parse_trace(text), done.stdout + done.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
