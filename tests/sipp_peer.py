@@ -51,7 +51,9 @@ class SipResult:
         for m in self.messages:
             arrow = ">>" if m.direction == "sent" else "<<"
             interesting = {
-                k: v for k, v in m.headers.items() if k in ("from", "to", "contact", "www-authenticate")
+                k: v
+                for k, v in m.headers.items()
+                if k in ("from", "to", "contact", "www-authenticate")
             }
             lines.append(f"{arrow} {m.first_line} {interesting}")
         lines.append(self.output[-1500:])

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Lab
 from panoramisk import Manager
 from sipp_peer import run_scenario
-
-from conftest import Lab
 
 pytestmark = pytest.mark.lab
 
