@@ -13,15 +13,16 @@ from psycopg_pool import AsyncConnectionPool
 from provisioner.api import keys, middleware
 from provisioner.api.confirm import PAGES
 from provisioner.api.routes import add_routes
+from provisioner.asterisk.apply import apply_node
 from provisioner.clock import Clock, system_clock
-from provisioner.db import embedded, idempotency, outbox
+from provisioner.db import apply_queue, embedded, idempotency, outbox
 from provisioner.db.migrate import migrate
 from provisioner.db.pool import open_pool
 from provisioner.mail import sender
 from provisioner.mail.compose import Composer
 from provisioner.service import assignments
 from provisioner.service.unit import Actor, Policy, Unit
-from provisioner.settings import Settings
+from provisioner.settings import Node, Settings
 from provisioner.web.pages import Pages
 from provisioner.workers import loop
 
@@ -126,12 +127,24 @@ def start_workers(
             await idempotency.forget_before(conn, now - IDEMPOTENCY_TTL)
         return expired
 
+    mail = loop.run("mail", send_mails, idle_seconds=5, url=url, channel=outbox.CHANNEL)
+    chores = loop.run("housekeeping", housekeeping, idle_seconds=60)
     return [
-        asyncio.create_task(
-            loop.run("mail", send_mails, idle_seconds=5, url=url, channel=outbox.CHANNEL),
-            name="mail-sender",
-        ),
-        asyncio.create_task(
-            loop.run("housekeeping", housekeeping, idle_seconds=60), name="housekeeping"
-        ),
+        *(apply_worker(settings, pool, url, clock, node) for node in settings.nodes),
+        asyncio.create_task(mail, name="mail-sender"),
+        asyncio.create_task(chores, name="housekeeping"),
     ]
+
+
+def apply_worker(
+    settings: Settings, pool: AsyncConnectionPool, url: str, clock: Clock, node: Node
+) -> asyncio.Task[None]:
+    """The applier of one Asterisk node; woken by NOTIFY on the apply queue."""
+
+    async def step() -> int:
+        return await apply_node(pool, node, clock, retry_seconds=settings.apply_retry_seconds)
+
+    return asyncio.create_task(
+        loop.run(f"apply-{node.name}", step, idle_seconds=2, url=url, channel=apply_queue.CHANNEL),
+        name=f"apply-{node.name}",
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,20 @@ KEYS: tuple[Key, ...] = (
         "ISO country of the operator's numbers; blocks outside it are refused.",
     ),
     Key("log.level", "INFO", _str, "Python log level."),
+    Key(
+        "asterisk.nodes",
+        [],
+        _list,
+        "Asterisk nodes: a list of `{name, ami_host, ami_port, ami_username, ami_secret, "
+        "output_dir, carrier_host, carrier_port}`. A PBX is homed on one node (`default` "
+        "unless its PUT names another); the node's carrier SBC is where trunks send calls.",
+    ),
+    Key(
+        "asterisk.retry_seconds",
+        5,
+        _int,
+        "First delay before retrying an apply that failed (doubles up to 5 minutes).",
+    ),
 )
 
 ROLES = ("portal", "engineer")
@@ -145,6 +160,20 @@ class ApiKey:
     name: str
     role: str
     key_sha256: str
+
+
+@dataclass(frozen=True)
+class Node:
+    """One Asterisk node: its AMI, the folder its config includes, and its carrier SBC."""
+
+    name: str
+    ami_host: str
+    ami_port: int
+    ami_username: str
+    ami_secret: Secret
+    output_dir: Path
+    carrier_host: str
+    carrier_port: int
 
 
 @dataclass(frozen=True)
@@ -171,6 +200,11 @@ class Settings:
     confirm_within_days: int
     country: str
     log_level: str
+    nodes: tuple[Node, ...] = ()
+    apply_retry_seconds: int = 5
+
+    def node(self, name: str) -> Node | None:
+        return next((n for n in self.nodes if n.name == name), None)
 
     def api_key_for(self, presented: str) -> ApiKey | None:
         digest = hashlib.sha256(presented.encode()).hexdigest()
@@ -213,6 +247,38 @@ def _api_keys(raw: list[Any]) -> tuple[ApiKey, ...]:
             raise SettingsError(f"api_keys: {name}: key_sha256 must be 64 hex digits")
         keys.append(ApiKey(name, role, digest))
     return tuple(keys)
+
+
+_NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_HOST = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
+
+
+def _nodes(raw: list[Any]) -> tuple[Node, ...]:
+    nodes = []
+    for entry in raw:
+        if not isinstance(entry, Mapping):
+            raise SettingsError("asterisk.nodes: each entry must be a mapping")
+        try:
+            node = Node(
+                name=str(entry["name"]),
+                ami_host=str(entry.get("ami_host", "127.0.0.1")),
+                ami_port=int(entry.get("ami_port", 5038)),
+                ami_username=str(entry["ami_username"]),
+                ami_secret=Secret(str(entry["ami_secret"])),
+                output_dir=Path(str(entry["output_dir"])),
+                carrier_host=str(entry["carrier_host"]),
+                carrier_port=int(entry.get("carrier_port", 5060)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SettingsError(f"asterisk.nodes: entry {entry.get('name')!r}: {exc}") from None
+        if not _NODE_NAME.match(node.name):
+            raise SettingsError(f"asterisk.nodes: bad node name {node.name!r}")
+        if not _HOST.match(node.carrier_host) or not _HOST.match(node.ami_host):
+            raise SettingsError(f"asterisk.nodes: {node.name}: bad host")
+        nodes.append(node)
+    if len({n.name for n in nodes}) != len(nodes):
+        raise SettingsError("asterisk.nodes: node names must be unique")
+    return tuple(nodes)
 
 
 def load(
@@ -263,6 +329,8 @@ def load(
         confirm_within_days=values["assignment.confirm_within_days"],
         country=values["numbering.country"].upper(),
         log_level=values["log.level"].upper(),
+        nodes=_nodes(values["asterisk.nodes"]),
+        apply_retry_seconds=values["asterisk.retry_seconds"],
     )
     if settings.confirm_within_days < 1:
         raise SettingsError("assignment.confirm_within_days must be at least 1")

@@ -12,6 +12,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from provisioner.api import keys
+from provisioner.db import config as db_config
+from provisioner.metrics import QUEUE_DEPTH
 
 
 @cache
@@ -37,6 +39,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    # The queue is shared by all instances: read it at scrape time, not per process.
+    try:
+        async with request.app[keys.POOL].connection(timeout=2) as conn:
+            QUEUE_DEPTH.set(await db_config.queue_depth(conn))
+    except Exception:  # noqa: S110 - metrics must answer even without the database
+        pass
     response = web.Response(body=generate_latest())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

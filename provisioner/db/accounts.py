@@ -26,6 +26,7 @@ class Pbx:
     customer: str
     slug: str
     created_at: datetime
+    node: str
 
 
 async def get(conn: Conn, customer: str, *, lock: bool = False) -> Account | None:

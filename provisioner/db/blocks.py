@@ -33,12 +33,18 @@ class BlockRow:
         )
 
 
+COLUMNS = (
+    "id, owner, base_number, range_first, range_last, country_code, area_code, mode,"
+    " created_at, updated_at"
+)
+
+
 class Overlap(Exception):
     """The block's numbers overlap another block's."""
 
 
 async def get(conn: Conn, block_id: str, *, lock: bool = False) -> BlockRow | None:
-    query = "SELECT * FROM blocks WHERE id = %s" + (" FOR UPDATE" if lock else "")
+    query = f"SELECT {COLUMNS} FROM blocks WHERE id = %s" + (" FOR UPDATE" if lock else "")
     async with conn.cursor(row_factory=class_row(BlockRow)) as cur:
         await cur.execute(query, (block_id,))
         return await cur.fetchone()
@@ -46,7 +52,7 @@ async def get(conn: Conn, block_id: str, *, lock: bool = False) -> BlockRow | No
 
 async def of_owner(conn: Conn, owner: str) -> list[BlockRow]:
     async with conn.cursor(row_factory=class_row(BlockRow)) as cur:
-        await cur.execute("SELECT * FROM blocks WHERE owner = %s ORDER BY id", (owner,))
+        await cur.execute(f"SELECT {COLUMNS} FROM blocks WHERE owner = %s ORDER BY id", (owner,))
         return await cur.fetchall()
 
 
@@ -59,7 +65,7 @@ async def insert(
             "INSERT INTO blocks (id, owner, base_number, range_first, range_last, country_code,"
             " area_code, mode, created_at, updated_at)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (id) DO NOTHING RETURNING *",
+            f" ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}",
             (
                 block_id,
                 owner,
@@ -104,7 +110,7 @@ async def overlapping(conn: Conn, block: Block) -> list[str]:
 async def set_mode(conn: Conn, block_id: str, mode: str, now: datetime) -> BlockRow:
     async with conn.cursor(row_factory=class_row(BlockRow)) as cur:
         await cur.execute(
-            "UPDATE blocks SET mode = %s, updated_at = %s WHERE id = %s RETURNING *",
+            f"UPDATE blocks SET mode = %s, updated_at = %s WHERE id = %s RETURNING {COLUMNS}",
             (mode, now, block_id),
         )
         row = await cur.fetchone()

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 from provisioner.db import accounts as db_accounts
 from provisioner.db import apply_queue
 from provisioner.db import assignments as db_assignments
 from provisioner.db import blocks as db_blocks
+from provisioner.db import pbx as db_pbx
 from provisioner.db.blocks import BlockRow
 from provisioner.domain.errors import Conflict, InvalidInput, NotFound
 from provisioner.domain.numbers import parse_block
+from provisioner.render import safe
 from provisioner.service import accounts, usage
 from provisioner.service.unit import Unit
 
+TRUNK_USER = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
+DEFAULT_TARGET = re.compile(r"^[1-9][0-9]{1,4}$")
 BLOCK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MODES = ("standard", "pbx")
 
@@ -41,14 +46,53 @@ async def require(u: Unit, block_id: str, *, lock: bool = False) -> BlockRow:
     return row
 
 
+@dataclass(frozen=True)
+class TrunkCredentials:
+    """The block's trunk login at the carrier; write-only (never returned or logged)."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+def check_trunk(trunk: TrunkCredentials) -> TrunkCredentials:
+    if not TRUNK_USER.match(trunk.username):
+        raise InvalidInput(
+            "trunk.username: 1 to 64 letters, digits, '.', '_', '+' or '-'",
+            field="trunk.username", code="invalid_trunk",
+        )  # fmt: skip
+    if len(trunk.password) < 8 or not safe.SECRET.match(trunk.password):
+        raise InvalidInput(
+            "trunk.password: 8 to 128 printable characters without spaces, quotes,"
+            " ; # [ ] = $ { } or backslash",
+            field="trunk.password", code="invalid_trunk",
+        )  # fmt: skip
+    return trunk
+
+
 async def put_block(
-    u: Unit, customer: str, block_id: str, number: str, range_text: str | None, mode: str
+    u: Unit,
+    customer: str,
+    block_id: str,
+    number: str,
+    range_text: str | None,
+    mode: str,
+    *,
+    trunk: TrunkCredentials | None = None,
+    default_target: str | None = None,
 ) -> tuple[BlockRow, bool]:
-    """Create a block, or (same numbers) change its mode. Numbers and owner never change."""
+    """Create a block, or (same numbers) change its mode, trunk or default target.
+    Numbers and owner never change."""
     check_block_id(block_id)
     u.actor.require_one_of(customer)
     check_mode(mode)
     block = parse_block(number, range_text, u.policy.country)
+    if trunk is not None:
+        check_trunk(trunk)
+    if default_target is not None and not DEFAULT_TARGET.match(default_target):
+        raise InvalidInput(
+            "default_target is an extension or ring group number", field="default_target",
+            code="invalid_extension",
+        )  # fmt: skip
     await accounts.require(u, customer)
     existing = await db_blocks.get(u.conn, block_id, lock=True)
     if existing is not None:
@@ -68,7 +112,9 @@ async def put_block(
                 field="number",
                 code="block_numbers_immutable",
             )
-        return await _set_mode(u, existing, mode), False
+        updated = await _set_mode(u, existing, mode)
+        await _set_routing(u, updated, trunk, default_target)
+        return updated, False
     try:
         row = await db_blocks.insert(u.conn, block_id, customer, block, mode, u.now)
     except db_blocks.Overlap:
@@ -79,11 +125,30 @@ async def put_block(
             code="numbers_overlap",
         ) from None
     if row is None:  # created by a concurrent request in between: treat as the update
-        return await put_block(u, customer, block_id, number, range_text, mode)
+        return await put_block(
+            u, customer, block_id, number, range_text, mode,
+            trunk=trunk, default_target=default_target,
+        )  # fmt: skip
+    await _set_routing(u, row, trunk, default_target)
     pbx_id = await usage.pbx_using(u.conn, row)
     if pbx_id is not None:
         await apply_queue.request(u.conn, pbx_id, f"block {block_id} created", u.now)
     return row, True
+
+
+async def _set_routing(
+    u: Unit, row: BlockRow, trunk: TrunkCredentials | None, default_target: str | None
+) -> None:
+    """Trunk credentials and the default target, where given; applies the PBX using it."""
+    if trunk is None and default_target is None:
+        return
+    if trunk is not None:
+        await db_pbx.set_trunk(u.conn, row.id, trunk.username, trunk.password, u.now)
+    if default_target is not None:
+        await db_pbx.set_default_target(u.conn, row.id, default_target, u.now)
+    pbx_id = await usage.pbx_using(u.conn, row)
+    if pbx_id is not None:
+        await apply_queue.request(u.conn, pbx_id, f"block {row.id} routing", u.now)
 
 
 async def list_blocks(u: Unit, customer: str) -> list[BlockRow]:

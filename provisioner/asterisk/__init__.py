@@ -1,0 +1,1 @@
+"""Asterisk: the output folder, AMI (the only place that imports panoramisk), and apply."""

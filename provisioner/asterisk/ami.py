@@ -1,0 +1,95 @@
+"""AMI over panoramisk: reload modules and read back what is live."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+from typing import Any
+
+from panoramisk import Manager
+
+from provisioner.settings import Node
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0
+# A reload of res_pjsip with 10,000 endpoints took up to 1.7 s here, pbx_config up to
+# 4.2 s (shared/ASTERISK-NOTES.md); leave room above that before calling a node dead.
+ACTION_TIMEOUT = 30.0
+
+
+class AsteriskUnavailable(Exception):
+    """The node's AMI cannot be reached or does not answer; the apply is retried later."""
+
+
+class Ami:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._manager: Manager | None = None
+
+    async def __aenter__(self) -> Ami:
+        node = self._node
+        # panoramisk retries a refused connection in the background and logs the
+        # failure from a callback; a plain TCP probe first gives a clean, fast answer.
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(node.ami_host, node.ami_port), CONNECT_TIMEOUT
+            )
+            writer.close()
+            await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            raise AsteriskUnavailable(f"AMI {node.ami_host}:{node.ami_port}: {exc}") from None
+        manager = Manager(
+            loop=asyncio.get_running_loop(),
+            host=node.ami_host,
+            port=node.ami_port,
+            username=node.ami_username,
+            secret=node.ami_secret.value,
+            ping_delay=0,
+            reconnect_timeout=0,
+        )
+        try:
+            await asyncio.wait_for(manager.connect(), CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            manager.close()
+            raise AsteriskUnavailable(f"AMI login on {node.name}: {exc!r}") from None
+        self._manager = manager
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+
+    async def _send(self, action: dict[str, str]) -> list[Any]:
+        assert self._manager is not None
+        try:
+            reply = await asyncio.wait_for(
+                self._manager.send_action(action, as_list=True), ACTION_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            raise AsteriskUnavailable(f"AMI {action['Action']}: {exc!r}") from None
+        return list(reply) if isinstance(reply, list) else [reply]
+
+    async def reload(self, module: str) -> None:
+        reply = (await self._send({"Action": "Reload", "Module": module}))[0]
+        if reply.get("Response") != "Success":
+            raise AsteriskUnavailable(f"reload {module}: {reply.get('Message')}")
+
+    async def endpoints(self) -> set[str]:
+        return {
+            str(m.get("ObjectName"))
+            for m in await self._send({"Action": "PJSIPShowEndpoints"})
+            if m.get("Event") == "EndpointList"
+        }
+
+    async def contexts(self) -> dict[str, set[str]]:
+        """Every dialplan context and its extensions."""
+        found: dict[str, set[str]] = {}
+        for m in await self._send({"Action": "ShowDialPlan"}):
+            if m.get("Event") == "ListDialplan":
+                found.setdefault(str(m.get("Context")), set()).add(str(m.get("Extension")))
+        return found

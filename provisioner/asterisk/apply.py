@@ -1,0 +1,261 @@
+"""Applying config to one Asterisk node: render, write, reload once, verify, roll back.
+
+One round takes every due job of the node (a burst becomes one round), writes the files
+that changed, reloads each module whose files changed once, and then checks over AMI
+that what the files define is what is live, for every PBX of the node: a reload's
+"Success" proves nothing (a parse error in one tenant's file can drop another tenant's
+objects). A PBX whose new config does not come up is put back to its last good revision.
+Files changed by hand are set aside (never silently overwritten) and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from psycopg_pool import AsyncConnectionPool
+
+from provisioner.asterisk import files
+from provisioner.asterisk.ami import Ami, AsteriskUnavailable
+from provisioner.clock import Clock
+from provisioner.db import Conn
+from provisioner.db import accounts as db_accounts
+from provisioner.db import config as db_config
+from provisioner.db.config import Job
+from provisioner.metrics import APPLY_SECONDS, RELOADS
+from provisioner.render.render import digest, node_files, pbx_files
+from provisioner.render.view import Carrier
+from provisioner.service.pbx import load_view
+from provisioner.settings import Node
+
+log = logging.getLogger(__name__)
+
+MODULES = {"pjsip": "res_pjsip.so", "dialplan": "pbx_config.so"}
+LEASE = timedelta(minutes=5)
+MAX_BACKOFF = timedelta(minutes=5)
+_ENDPOINT = re.compile(r"^\[([^\]\n]+)\]\ntype = endpoint$", re.M)
+_CONTEXT = re.compile(r"^\[([^\]\n]+)\]$", re.M)
+
+
+def endpoints_in(config: dict[str, str]) -> set[str]:
+    return {m for path, text in config.items() if path.startswith("pjsip/")
+            for m in _ENDPOINT.findall(text)}  # fmt: skip
+
+
+def contexts_in(config: dict[str, str]) -> set[str]:
+    return {m for path, text in config.items() if path.startswith("dialplan/")
+            for m in _CONTEXT.findall(text)}  # fmt: skip
+
+
+def kind_of(path: str) -> str:
+    return path.split("/", 1)[0]
+
+
+@dataclass
+class Tenant:
+    """One PBX of the node during a round."""
+
+    pbx_id: int
+    slug: str
+    job: Job | None
+    wanted: dict[str, str]  # what it should be now
+    written: dict[str, str]  # what we last wrote (latest revision), for hand-edit checks
+    good: dict[str, str] | None  # last revision verified live
+    revision: int | None = None
+    attempted: dict[str, str] | None = None  # the config that was rolled back
+    problems: list[str] = field(default_factory=list)
+
+
+async def apply_node(
+    pool: AsyncConnectionPool,
+    node: Node,
+    clock: Clock,
+    *,
+    retry_seconds: int = 5,
+    limit: int = 500,
+) -> int:
+    """One round for one node; returns how many PBX jobs it took (0: nothing due)."""
+    async with pool.connection() as lock_conn:
+        await lock_conn.set_autocommit(True)
+        if not await db_config.try_node_lock(lock_conn, node.name):
+            return 0  # another instance is applying to this node right now
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                now = clock()
+                jobs = await db_config.claim_jobs(conn, node.name, now, now + LEASE, limit)
+            if not jobs:
+                return 0
+            started = time.monotonic()
+            try:
+                await _round(pool, node, clock, jobs)
+                result = "applied"
+            except AsteriskUnavailable as exc:
+                result = "retry"
+                log.warning("node %s unavailable, %d applies wait: %s", node.name, len(jobs), exc)
+                async with pool.connection() as conn, conn.transaction():
+                    for job in jobs:
+                        delay = timedelta(seconds=retry_seconds * 2 ** min(job.attempts, 10))
+                        retry_at = clock() + min(delay, MAX_BACKOFF)
+                        await db_config.retry_job(conn, job, str(exc), retry_at)
+                        await db_config.set_apply_state(
+                            conn, job.pbx_id, "pending", clock(), error=f"waiting: {exc}"
+                        )
+            APPLY_SECONDS.labels(result=result).observe(time.monotonic() - started)
+            return len(jobs)
+        finally:
+            await db_config.node_unlock(lock_conn, node.name)
+
+
+async def _tenants(conn: Conn, node: Node, jobs: list[Job]) -> list[Tenant]:
+    carrier = Carrier(node.carrier_host, node.carrier_port)
+    by_pbx = {job.pbx_id: job for job in jobs}
+    tenants = []
+    for pbx_id in await db_config.pbx_ids_on_node(conn, node.name):
+        pbx = await db_accounts.get_pbx_by_id(conn, pbx_id)
+        assert pbx is not None
+        latest = await db_config.latest_revision(conn, pbx_id)
+        state = await db_config.apply_state(conn, pbx_id)
+        good = None
+        if state is not None and state.good_revision is not None:
+            good_rev = await db_config.revision(conn, pbx_id, state.good_revision)
+            good = good_rev.files if good_rev else None
+        written = latest.files if latest else {}
+        wanted = pbx_files(await load_view(conn, pbx), carrier) if pbx_id in by_pbx else written
+        tenants.append(Tenant(pbx_id, pbx.slug, by_pbx.get(pbx_id), wanted, written, good,
+                              latest.revision if latest else None))  # fmt: skip
+    return tenants
+
+
+async def _round(pool: AsyncConnectionPool, node: Node, clock: Clock, jobs: list[Job]) -> None:
+    folder = node.output_dir
+    async with pool.connection() as conn, conn.transaction():
+        tenants = await _tenants(conn, node, jobs)
+    changed: set[str] = set()
+
+    # 1. The node's own files (carrier endpoint), from the config.
+    for path, text in node_files(Carrier(node.carrier_host, node.carrier_port)).items():
+        if files.read(folder, path) != text:
+            files.write_atomic(folder, path, text)
+            changed.add(kind_of(path))
+
+    # 2. Hand edits, in any PBX's files of this node: set aside, put ours back.
+    now = clock()
+    for t in tenants:
+        for path, text in t.written.items():
+            on_disk = files.read(folder, path)
+            if on_disk is not None and on_disk != text:
+                kept = files.set_aside(folder, path, now)
+                t.problems.append(f"{path} was changed by hand; set aside as {kept}")
+                log.error("PBX %s: %s changed by hand, set aside as %s", t.slug, path, kept)
+            if on_disk != text:
+                files.write_atomic(folder, path, text)
+                changed.add(kind_of(path))
+
+    # 3. New config of the PBXs with jobs.
+    for t in tenants:
+        if t.job is None:
+            continue
+        for path in set(t.written) - set(t.wanted):
+            files.remove(folder, path)
+            changed.add(kind_of(path))
+        for path, text in t.wanted.items():
+            if files.read(folder, path) != text:
+                files.write_atomic(folder, path, text)
+                changed.add(kind_of(path))
+            if t.good is None or t.good.get(path) != text:
+                changed.add(kind_of(path))  # written earlier but never seen live
+
+    async with Ami(node) as ami:
+        await _reload(ami, changed)
+        failing = await _verify(ami, tenants)
+        if failing:
+            # Put each failing PBX with a job back to what was live, and check again.
+            for t in failing:
+                if t.job is None:
+                    continue
+                t.problems.append("new config did not come up in Asterisk; rolled back")
+                _restore(folder, t)
+            await _reload(ami, {"pjsip", "dialplan"})
+            still = await _verify(ami, tenants)
+            for t in still:
+                t.problems.append("still not live after rollback")
+            failing = list({id(t): t for t in failing + still}.values())
+
+    async with pool.connection() as conn, conn.transaction():
+        now = clock()
+        for t in tenants:
+            broken = t in failing
+            if t.job is not None:
+                if t.attempted is not None and t.attempted != t.written:
+                    # Keep what was tried, for diffs; then what is on disk again.
+                    tried = await db_config.add_revision(
+                        conn, t.pbx_id, digest(t.attempted), t.attempted, now
+                    )
+                    t.revision = tried.revision
+                    t.written = t.attempted
+                if t.wanted != t.written:
+                    rev = await db_config.add_revision(
+                        conn, t.pbx_id, digest(t.wanted), t.wanted, now
+                    )
+                    t.revision = t.revision if broken else rev.revision
+                if broken:
+                    await db_config.set_apply_state(
+                        conn, t.pbx_id, "failed", now, revision=t.revision,
+                        error="; ".join(t.problems),
+                    )  # fmt: skip
+                else:
+                    await db_config.set_apply_state(
+                        conn, t.pbx_id, "applied", now, revision=t.revision,
+                        good_revision=t.revision, error="; ".join(t.problems) or None,
+                    )  # fmt: skip
+                await db_config.finish_job(conn, t.job)
+            elif t.problems or broken:
+                await db_config.set_apply_state(
+                    conn, t.pbx_id, "failed", now, error="; ".join(t.problems or ["not live"])
+                )
+
+
+async def _reload(ami: Ami, kinds: set[str]) -> None:
+    for kind in sorted(kinds):
+        module = MODULES[kind]
+        try:
+            await ami.reload(module)
+        except AsteriskUnavailable:
+            RELOADS.labels(module=module, result="error").inc()
+            raise
+        RELOADS.labels(module=module, result="ok").inc()
+
+
+async def _verify(ami: Ami, tenants: list[Tenant]) -> list[Tenant]:
+    """The tenants whose config is not what Asterisk has live."""
+    live = await ami.endpoints()
+    contexts = await ami.contexts()
+    failing = []
+    for t in tenants:
+        config = t.wanted if t.job is not None else t.written
+        expected = endpoints_in(config)
+        missing = expected - live
+        stale = {e for e in live if e.startswith(f"{t.slug}-")} - expected
+        absent = contexts_in(config) - set(contexts)
+        if missing or stale or absent:
+            t.problems.append(
+                f"live mismatch: missing endpoints {sorted(missing)[:5]},"
+                f" stale endpoints {sorted(stale)[:5]}, missing contexts {sorted(absent)[:5]}"
+            )
+            failing.append(t)
+    return failing
+
+
+def _restore(folder: Path, t: Tenant) -> None:
+    """Put the PBX's last good files back (none: remove its files)."""
+    t.attempted = dict(t.wanted)
+    good = t.good or {}
+    for path in set(t.wanted) - set(good):
+        files.remove(folder, path)
+    for path, text in good.items():
+        files.write_atomic(folder, path, text)
+    t.wanted = dict(good)

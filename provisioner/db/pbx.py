@@ -1,0 +1,179 @@
+"""The PBX model: extensions, ring groups, and the blocks a PBX uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg.rows import class_row
+
+from provisioner.db import Conn
+from provisioner.db.blocks import COLUMNS, BlockRow
+
+
+@dataclass(frozen=True)
+class Extension:
+    pbx_id: int
+    ext: str
+    name: str
+    site_block: str
+    did: str | None
+    pickup_group: str | None
+    sip_password: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class RingGroup:
+    pbx_id: int
+    ext: str
+    name: str
+    strategy: str
+    members: list[str]
+    ring_seconds: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class UsedBlock:
+    """A block a PBX uses, with its owner's customer number and the trunk credentials."""
+
+    block: BlockRow
+    trunk_username: str | None
+    trunk_password: str | None
+    default_target: str | None
+
+
+async def lock_pbx(conn: Conn, pbx_id: int) -> None:
+    """Serialize changes to one PBX's numbering plan (extensions and groups share it)."""
+    await conn.execute("SELECT 1 FROM pbxes WHERE id = %s FOR UPDATE", (pbx_id,))
+
+
+async def extensions(conn: Conn, pbx_id: int) -> list[Extension]:
+    async with conn.cursor(row_factory=class_row(Extension)) as cur:
+        await cur.execute(
+            "SELECT * FROM extensions WHERE pbx_id = %s ORDER BY length(ext), ext", (pbx_id,)
+        )
+        return await cur.fetchall()
+
+
+async def extension(conn: Conn, pbx_id: int, ext: str) -> Extension | None:
+    async with conn.cursor(row_factory=class_row(Extension)) as cur:
+        await cur.execute("SELECT * FROM extensions WHERE pbx_id = %s AND ext = %s", (pbx_id, ext))
+        return await cur.fetchone()
+
+
+async def upsert_extension(
+    conn: Conn,
+    pbx_id: int,
+    ext: str,
+    *,
+    name: str,
+    site_block: str,
+    did: str | None,
+    pickup_group: str | None,
+    new_password: str,
+    now: datetime,
+) -> tuple[Extension, bool]:
+    """Create or update (the caller holds the PBX lock); the password is set on creation
+    only. Returns (row, created)."""
+    existed = await extension(conn, pbx_id, ext) is not None
+    async with conn.cursor(row_factory=class_row(Extension)) as cur:
+        if existed:
+            await cur.execute(
+                "UPDATE extensions SET name = %s, site_block = %s, did = %s, pickup_group = %s,"
+                " updated_at = %s WHERE pbx_id = %s AND ext = %s RETURNING *",
+                (name, site_block, did, pickup_group, now, pbx_id, ext),
+            )
+        else:
+            await cur.execute(
+                "INSERT INTO extensions (pbx_id, ext, name, site_block, did, pickup_group,"
+                " sip_password, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                (pbx_id, ext, name, site_block, did, pickup_group, new_password, now, now),
+            )
+        row = await cur.fetchone()
+    assert row is not None
+    return row, not existed
+
+
+async def did_owner(conn: Conn, did: str) -> tuple[int, str] | None:
+    """(pbx_id, ext) of the extension that has this DID."""
+    cur = await conn.execute("SELECT pbx_id, ext FROM extensions WHERE did = %s", (did,))
+    row = await cur.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+async def ring_groups(conn: Conn, pbx_id: int) -> list[RingGroup]:
+    async with conn.cursor(row_factory=class_row(RingGroup)) as cur:
+        await cur.execute(
+            "SELECT * FROM ring_groups WHERE pbx_id = %s ORDER BY length(ext), ext", (pbx_id,)
+        )
+        return await cur.fetchall()
+
+
+async def ring_group(conn: Conn, pbx_id: int, ext: str) -> RingGroup | None:
+    async with conn.cursor(row_factory=class_row(RingGroup)) as cur:
+        await cur.execute("SELECT * FROM ring_groups WHERE pbx_id = %s AND ext = %s", (pbx_id, ext))
+        return await cur.fetchone()
+
+
+async def upsert_ring_group(
+    conn: Conn,
+    pbx_id: int,
+    ext: str,
+    *,
+    name: str,
+    strategy: str,
+    members: list[str],
+    ring_seconds: int,
+    now: datetime,
+) -> tuple[RingGroup, bool]:
+    existed = await ring_group(conn, pbx_id, ext) is not None
+    async with conn.cursor(row_factory=class_row(RingGroup)) as cur:
+        await cur.execute(
+            "INSERT INTO ring_groups (pbx_id, ext, name, strategy, members, ring_seconds,"
+            " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (pbx_id, ext) DO UPDATE SET name = EXCLUDED.name,"
+            " strategy = EXCLUDED.strategy, members = EXCLUDED.members,"
+            " ring_seconds = EXCLUDED.ring_seconds, updated_at = EXCLUDED.updated_at"
+            " RETURNING *",
+            (pbx_id, ext, name, strategy, members, ring_seconds, now, now),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return row, not existed
+
+
+async def used_blocks(conn: Conn, pbx_id: int) -> list[UsedBlock]:
+    """The blocks this PBX uses now: assigned to it and active, or its own pbx blocks
+    that are not assigned away (the rule of service.usage, as one query)."""
+    columns = ", ".join(f"b.{c.strip()}" for c in COLUMNS.split(","))
+    cur = await conn.execute(
+        f"SELECT {columns}, b.trunk_username, b.trunk_password, b.default_target"
+        " FROM blocks b JOIN pbxes p ON p.id = %s"
+        " LEFT JOIN assignments a ON a.block_id = b.id AND a.state = 'active'"
+        " WHERE b.mode = 'pbx' AND ("
+        "   a.target_pbx_id = p.id OR (a.id IS NULL AND b.owner = p.customer))"
+        " ORDER BY b.id",
+        (pbx_id,),
+    )
+    return [
+        UsedBlock(BlockRow(*row[:10]), row[10], row[11], row[12]) for row in await cur.fetchall()
+    ]
+
+
+async def set_trunk(conn: Conn, block_id: str, username: str, password: str, now: datetime) -> None:
+    await conn.execute(
+        "UPDATE blocks SET trunk_username = %s, trunk_password = %s, updated_at = %s WHERE id = %s",
+        (username, password, now, block_id),
+    )
+
+
+async def set_default_target(conn: Conn, block_id: str, target: str | None, now: datetime) -> None:
+    await conn.execute(
+        "UPDATE blocks SET default_target = %s, updated_at = %s WHERE id = %s",
+        (target, now, block_id),
+    )

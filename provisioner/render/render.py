@@ -1,0 +1,67 @@
+"""Rendering views through the jinja2 templates in templates/pjsip and templates/dialplan."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import jinja2
+
+from provisioner.render import safe
+from provisioner.render.view import Carrier, PbxView
+
+TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 - Asterisk config, escaped by the filters below
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(
+        t=safe.token, secret=safe.secret, name=safe.display_name, comment=safe.comment
+    )
+    return env
+
+
+_ENV = _environment()
+
+
+def _tidy(text: str) -> str:
+    """At most one blank line in a row, one newline at the end: diffs stay quiet."""
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
+
+
+def pbx_files(view: PbxView, carrier: Carrier) -> dict[str, str]:
+    """The files of one PBX, by path relative to the node's output folder."""
+    return {
+        f"pjsip/tenant-{view.slug}.conf": _tidy(
+            _ENV.get_template("pjsip/tenant.conf.j2").render(v=view, carrier=carrier)
+        ),
+        f"dialplan/tenant-{view.slug}.conf": _tidy(
+            _ENV.get_template("dialplan/tenant.conf.j2").render(v=view)
+        ),
+    }
+
+
+def node_files(carrier: Carrier) -> dict[str, str]:
+    """The node's own files: the carrier endpoint and the fallback of [carrier-in]."""
+    return {
+        "pjsip/node-carrier.conf": _tidy(
+            _ENV.get_template("pjsip/carrier.conf.j2").render(carrier=carrier)
+        ),
+        "dialplan/node-carrier.conf": _tidy(_ENV.get_template("dialplan/carrier.conf.j2").render()),
+    }
+
+
+def digest(files: dict[str, str]) -> str:
+    """One hash over all files of a revision, in path order."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.encode() + b"\0" + files[path].encode() + b"\0")
+    return h.hexdigest()

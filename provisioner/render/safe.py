@@ -1,0 +1,47 @@
+"""The only doors from data into config text.
+
+A config value can end a line, open a section ([x]), add an option (=), start a
+comment (;), include a file (#include) or expand a variable (${...}). Every value that
+reaches a template passes one of these filters, which either keep a value to a
+character set that can do none of that, or refuse it.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Object names, numbers, usernames: what may stand unquoted anywhere in a config line.
+TOKEN = re.compile(r"^[A-Za-z0-9_.+-]{1,80}$")
+# Secrets (passwords): printable ASCII without ; # [ ] = $ { } " \ and no spaces.
+SECRET = re.compile(r"^[A-Za-z0-9_.,:@%!?*/()<>^~|'`&+-]{1,128}$")
+# Display names keep letters of any script, digits and a little punctuation.
+_NAME_DROP = re.compile(r"[^\w .,'&()/+-]", re.UNICODE)
+
+
+class UnsafeValue(ValueError):
+    """A value that cannot be written into config as it is."""
+
+
+def token(value: object) -> str:
+    text = str(value)
+    if not TOKEN.match(text):
+        raise UnsafeValue(f"not a config token: {text!r}")
+    return text
+
+
+def secret(value: object) -> str:
+    text = str(value)
+    if not SECRET.match(text):
+        raise UnsafeValue("a secret holds characters config cannot carry")
+    return text
+
+
+def display_name(value: object) -> str:
+    """A caller name for `callerid = "NAME" <num>`: everything else is dropped."""
+    text = _NAME_DROP.sub("", str(value).replace("_", " "))
+    return " ".join(text.split())[:60] or "PBX"
+
+
+def comment(value: object) -> str:
+    """Free text for a `;` comment: one line, no control characters."""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(value)).split())[:120]

@@ -1,0 +1,222 @@
+"""The typed view a PBX's templates see, built by one pure function from database rows.
+
+Names in the generated config, all derived from the PBX slug so tenants never collide:
+  <slug>-<ext>              phone endpoint, aor and auth
+  <slug>-trunk-<block>      a block's trunk to the carrier (outbound, auth, accountcode)
+  <slug>-internal           extensions, ring groups, hints (the BLF subscribe context)
+  <slug>-site-<block>       a site's dialing rules: local area code, emergency, outbound
+  <slug>-in-<block>         calls from the carrier to the numbers of a block
+  <slug>-outbound           the subroutine every external call leaves through
+Calls from the carrier arrive on the node's one carrier endpoint (identified by the SBC's
+address) in [carrier-in], to which each PBX adds the numbers of the blocks it uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from provisioner.db.accounts import Pbx
+from provisioner.db.pbx import Extension, RingGroup, UsedBlock
+from provisioner.domain.numbers import Block, describe
+
+EMERGENCY = ("110", "112")
+
+
+@dataclass(frozen=True)
+class InboundRoute:
+    number: str  # E.164 as the carrier sends it in the request URI
+    target: str  # an extension or ring group number
+
+
+@dataclass(frozen=True)
+class Trunk:
+    name: str
+    block_id: str
+    block_text: str
+    owner: str  # the block owner's customer number: the CDR accountcode of its calls
+    username: str | None
+    password: str | None
+    in_context: str
+    carrier_patterns: tuple[str, ...]  # dialplan extensions covering all its numbers
+    routes: tuple[InboundRoute, ...]
+    default_target: str | None
+    main_number: str
+
+
+@dataclass(frozen=True)
+class Phone:
+    ext: str
+    endpoint: str
+    name: str
+    password: str
+    site_context: str
+    pickup_group: str | None
+    out_number: str | None  # caller ID of external calls
+    out_trunk: str | None  # the trunk of the block that owns out_number
+    out_account: str | None
+    site_number: str | None  # caller ID of emergency calls: the site's number
+    site_trunk: str | None
+    site_account: str | None
+    fallback: bool  # sited on a block this PBX no longer uses
+
+
+@dataclass(frozen=True)
+class RingGroupView:
+    ext: str
+    name: str
+    strategy: str
+    ring_seconds: int
+    members: tuple[str, ...]  # endpoint names, in hunt order
+
+
+@dataclass(frozen=True)
+class Site:
+    context: str
+    block_id: str
+    area_code: str
+    trunk: str
+
+
+@dataclass(frozen=True)
+class PbxView:
+    slug: str
+    customer: str
+    name: str
+    internal_context: str
+    outbound_context: str
+    phones: tuple[Phone, ...]
+    ring_groups: tuple[RingGroupView, ...]
+    trunks: tuple[Trunk, ...]
+    sites: tuple[Site, ...]
+    pickup_groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Carrier:
+    host: str
+    port: int
+
+
+def carrier_patterns(block: Block) -> tuple[str, ...]:
+    """Dialplan extensions that match exactly the block's numbers: one pattern per
+    extension length where the block holds every number of that length, else each
+    number on its own ("0-99": _+4989123456X and _+4989123456ZX)."""
+    patterns: list[str] = []
+    base = block.base
+    for span in block.spans():
+        width = span.digits - (len(base) - 1)
+        if width == 0:
+            patterns.append(base)
+            continue
+        prefix = int(base[1:]) * 10**width
+        last_of_width = prefix + 10**width - 1
+        if span.first == prefix and span.last == last_of_width:
+            patterns.append(f"_{base}{'X' * width}")
+        elif width > 1 and span.first == prefix + 10 ** (width - 1) and span.last == last_of_width:
+            patterns.append(f"_{base}Z{'X' * (width - 1)}")
+        else:
+            patterns.extend(f"+{n}" for n in range(span.first, span.last + 1))
+    return tuple(patterns)
+
+
+def build(
+    pbx: Pbx,
+    account_name: str,
+    used: list[UsedBlock],
+    extensions: list[Extension],
+    ring_groups: list[RingGroup],
+) -> PbxView:
+    slug = pbx.slug
+    internal = f"{slug}-internal"
+    by_id = {u.block.id: u for u in used}
+    numbers_of = {u.block.id: set(u.block.block.numbers()) for u in used}
+
+    def trunk_name(block_id: str) -> str:
+        return f"{slug}-trunk-{block_id}"
+
+    def block_of(number: str) -> str | None:
+        return next((bid for bid, nums in numbers_of.items() if number in nums), None)
+
+    # Phones sited on a block the PBX no longer uses fall back to its first own block
+    # (or, with none, to no outside line at all: internal calls only).
+    own = [u for u in used if u.block.owner == pbx.customer]
+    fallback_site = (own or used)[0] if used else None
+
+    phones = []
+    routes: dict[str, list[InboundRoute]] = {bid: [] for bid in by_id}
+    for e in extensions:
+        site = by_id.get(e.site_block)
+        fallback = site is None
+        site = site or fallback_site
+        did_block = block_of(e.did) if e.did else None
+        if did_block is not None and e.did is not None:
+            routes[did_block].append(InboundRoute(e.did, e.ext))
+        site_number = site.block.block.first_number() if site else None
+        out_block = did_block or (site.block.id if site else None)
+        out_number = (e.did if did_block else site_number) if site else None
+        phones.append(
+            Phone(
+                ext=e.ext,
+                endpoint=f"{slug}-{e.ext}",
+                name=e.name,
+                password=e.sip_password,
+                site_context=f"{slug}-site-{site.block.id}" if site else internal,
+                pickup_group=f"{slug}-{e.pickup_group}" if e.pickup_group else None,
+                out_number=out_number,
+                out_trunk=trunk_name(out_block) if out_block else None,
+                out_account=by_id[out_block].block.owner if out_block else None,
+                site_number=site_number,
+                site_trunk=trunk_name(site.block.id) if site else None,
+                site_account=site.block.owner if site else None,
+                fallback=fallback,
+            )
+        )
+
+    trunks = tuple(
+        Trunk(
+            name=trunk_name(u.block.id),
+            block_id=u.block.id,
+            block_text=describe(u.block.block),
+            owner=u.block.owner,
+            username=u.trunk_username,
+            password=u.trunk_password,
+            in_context=f"{slug}-in-{u.block.id}",
+            carrier_patterns=carrier_patterns(u.block.block),
+            routes=tuple(sorted(routes[u.block.id], key=lambda r: r.number)),
+            default_target=u.default_target,
+            main_number=u.block.block.first_number(),
+        )
+        for u in used
+    )
+    sites = tuple(
+        Site(
+            context=f"{slug}-site-{u.block.id}",
+            block_id=u.block.id,
+            area_code=u.block.area_code,
+            trunk=trunk_name(u.block.id),
+        )
+        for u in used
+    )
+    endpoint_of = {p.ext: p.endpoint for p in phones}
+    groups = tuple(
+        RingGroupView(
+            ext=g.ext,
+            name=g.name,
+            strategy=g.strategy,
+            ring_seconds=g.ring_seconds,
+            members=tuple(endpoint_of[m] for m in g.members if m in endpoint_of),
+        )
+        for g in ring_groups
+    )
+    return PbxView(
+        slug=slug,
+        customer=pbx.customer,
+        name=account_name,
+        internal_context=internal,
+        outbound_context=f"{slug}-outbound",
+        phones=tuple(phones),
+        ring_groups=groups,
+        trunks=trunks,
+        sites=sites,
+        pickup_groups=tuple(sorted({p.pickup_group for p in phones if p.pickup_group})),
+    )

@@ -1,0 +1,168 @@
+"""The PBX model the portal manages: extensions and ring groups; their config view."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+from provisioner.db import Conn, apply_queue
+from provisioner.db import accounts as db_accounts
+from provisioner.db import pbx as db_pbx
+from provisioner.db.accounts import Pbx
+from provisioner.db.pbx import Extension, RingGroup
+from provisioner.domain.errors import Conflict, InvalidInput, NotFound
+from provisioner.render.view import PbxView, build
+from provisioner.service import accounts
+from provisioner.service.unit import Unit
+
+EXT = re.compile(r"^[1-9][0-9]{1,4}$")
+PICKUP_GROUP = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+# German service numbers a phone must still reach: emergency 110 and 112, the authority
+# line 115, the 116 xxx harmonised services and 118 xx directories.
+SERVICE_NUMBERS = re.compile(r"^(110|112|115|116\d*|118\d*)$")
+STRATEGIES = ("ringall", "hunt")
+
+
+def check_ext(ext: str, field: str = "ext") -> str:
+    if not EXT.match(ext):
+        raise InvalidInput(
+            "an extension has 2 to 5 digits and does not start with 0", field=field,
+            code="invalid_extension",
+        )  # fmt: skip
+    if SERVICE_NUMBERS.match(ext):
+        raise InvalidInput(
+            f"{ext} is a public service number (110, 112, 115, 116..., 118...)",
+            field=field, code="reserved_extension",
+        )  # fmt: skip
+    return ext
+
+
+def check_name(name: str) -> str:
+    if not name.strip() or len(name) > 100 or any(not c.isprintable() for c in name):
+        raise InvalidInput("name must be 1 to 100 printable characters", field="name")
+    return name.strip()
+
+
+async def require_pbx(u: Unit, customer: str) -> Pbx:
+    u.actor.require_one_of(customer)
+    await accounts.require(u, customer)
+    pbx = await db_accounts.get_pbx(u.conn, customer)
+    if pbx is None:
+        raise NotFound(f"account {customer} has no cloud PBX", code="pbx_not_found")
+    return pbx
+
+
+async def _used_numbers(conn: Conn, pbx: Pbx) -> tuple[set[str], set[str]]:
+    """(block ids, numbers) this PBX uses now."""
+    used = await db_pbx.used_blocks(conn, pbx.id)
+    return {u.block.id for u in used}, {n for u in used for n in u.block.block.numbers()}
+
+
+@dataclass(frozen=True)
+class ExtensionResult:
+    extension: Extension
+    created: bool
+
+
+async def put_extension(
+    u: Unit,
+    customer: str,
+    ext: str,
+    *,
+    name: str,
+    site_block: str,
+    did: str | None,
+    pickup_group: str | None,
+) -> ExtensionResult:
+    pbx = await require_pbx(u, customer)
+    check_ext(ext)
+    name = check_name(name)
+    if pickup_group is not None and not PICKUP_GROUP.match(pickup_group):
+        raise InvalidInput(
+            "a pickup group is 1 to 32 lower-case letters, digits or '-'",
+            field="pickup_group", code="invalid_pickup_group",
+        )  # fmt: skip
+    await db_pbx.lock_pbx(u.conn, pbx.id)
+    block_ids, numbers = await _used_numbers(u.conn, pbx)
+    if site_block not in block_ids:
+        raise InvalidInput(
+            f"block {site_block} is not used by this PBX", field="site_block",
+            code="site_block_not_used",
+        )  # fmt: skip
+    if did is not None:
+        if did not in numbers:
+            raise InvalidInput(
+                f"{did} is no number of a block this PBX uses", field="did",
+                code="did_not_in_pbx",
+            )  # fmt: skip
+        holder = await db_pbx.did_owner(u.conn, did)
+        if holder is not None and holder != (pbx.id, ext):
+            raise Conflict(f"{did} rings extension {holder[1]} already", field="did",
+                           code="did_taken")  # fmt: skip
+    if await db_pbx.ring_group(u.conn, pbx.id, ext) is not None:
+        raise Conflict(f"{ext} is a ring group of this PBX", field="ext", code="ext_taken")
+    row, created = await db_pbx.upsert_extension(
+        u.conn, pbx.id, ext, name=name, site_block=site_block, did=did,
+        pickup_group=pickup_group, new_password=secrets.token_urlsafe(18), now=u.now,
+    )  # fmt: skip
+    await apply_queue.request(u.conn, pbx.id, f"extension {ext}", u.now)
+    return ExtensionResult(row, created)
+
+
+async def list_extensions(u: Unit, customer: str) -> tuple[list[Extension], PbxView]:
+    pbx = await require_pbx(u, customer)
+    return await db_pbx.extensions(u.conn, pbx.id), await load_view(u.conn, pbx)
+
+
+async def put_ring_group(
+    u: Unit,
+    customer: str,
+    ext: str,
+    *,
+    name: str,
+    strategy: str,
+    members: list[str],
+    ring_seconds: int,
+) -> tuple[RingGroup, bool]:
+    pbx = await require_pbx(u, customer)
+    check_ext(ext)
+    name = check_name(name)
+    if strategy not in STRATEGIES:
+        raise InvalidInput("strategy must be ringall or hunt", field="strategy")
+    if not 5 <= ring_seconds <= 300:
+        raise InvalidInput("ring_seconds must be 5 to 300", field="ring_seconds")
+    if not members or len(members) > 50 or len(set(members)) != len(members):
+        raise InvalidInput("members: 1 to 50 distinct extensions", field="members")
+    await db_pbx.lock_pbx(u.conn, pbx.id)
+    known = {e.ext for e in await db_pbx.extensions(u.conn, pbx.id)}
+    for member in members:
+        if member not in known:
+            raise InvalidInput(f"{member} is no extension of this PBX", field="members",
+                               code="unknown_member")  # fmt: skip
+    if ext in known:
+        raise Conflict(f"{ext} is an extension of this PBX", field="ext", code="ext_taken")
+    row, created = await db_pbx.upsert_ring_group(
+        u.conn, pbx.id, ext, name=name, strategy=strategy, members=members,
+        ring_seconds=ring_seconds, now=u.now,
+    )  # fmt: skip
+    await apply_queue.request(u.conn, pbx.id, f"ring group {ext}", u.now)
+    return row, created
+
+
+async def list_ring_groups(u: Unit, customer: str) -> list[RingGroup]:
+    pbx = await require_pbx(u, customer)
+    return await db_pbx.ring_groups(u.conn, pbx.id)
+
+
+async def load_view(conn: Conn, pbx: Pbx) -> PbxView:
+    """The typed view of a PBX, from what the database holds now."""
+    account = await db_accounts.get(conn, pbx.customer)
+    assert account is not None
+    return build(
+        pbx,
+        account.name,
+        await db_pbx.used_blocks(conn, pbx.id),
+        await db_pbx.extensions(conn, pbx.id),
+        await db_pbx.ring_groups(conn, pbx.id),
+    )
