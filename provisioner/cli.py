@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
 
 from provisioner import settings as settings_module
-from provisioner.app import create_app, database_url
+from provisioner.app import create_app, database_url, start_workers
+from provisioner.asterisk.apply import apply_node
 from provisioner.clock import system_clock
+from provisioner.db import apply_queue
+from provisioner.db import config as db_config
+from provisioner.db.accounts import Pbx
 from provisioner.db.migrate import migrate
 from provisioner.db.pool import open_pool
 from provisioner.mail.compose import Composer
+from provisioner.render.view import Carrier
 from provisioner.service import accounts, blocks
+from provisioner.service import config as config_service
+from provisioner.service import pbx as pbx_service
 from provisioner.service.unit import Actor, Policy, Unit
-from provisioner.settings import Settings
+from provisioner.settings import Node, Settings
 
 DEMO_OWNER, DEMO_TARGET, DEMO_BLOCK = "K200300", "K100200", "muc-main"
 
@@ -133,6 +143,114 @@ The flow, with a portal API key in $KEY (the example config's is 'portal-dev-key
     return 0
 
 
+@contextlib.asynccontextmanager
+async def _unit(settings: Settings) -> AsyncIterator[tuple[AsyncConnectionPool, Unit]]:
+    """A pool and one transaction as the engineer at the console."""
+    pool = await open_pool(await database_url(settings), max_size=2)
+    try:
+        async with pool.connection() as conn:
+            await migrate(conn)
+            async with conn.transaction():
+                policy = Policy(
+                    settings.confirm_within_days, settings.country, settings.public_base_url
+                )
+                yield pool, Unit(conn, system_clock(), Actor("cli"), policy, Composer())
+    finally:
+        await pool.close()
+
+
+def _node_of(settings: Settings, pbx: Pbx) -> Node:
+    node = settings.node(pbx.node)
+    if node is None:
+        raise SystemExit(f"provisioner: PBX {pbx.customer} is homed on node {pbx.node!r},"
+                         " which asterisk.nodes does not configure")  # fmt: skip
+    return node
+
+
+async def _render(settings: Settings, customer: str) -> dict[str, str]:
+    async with _unit(settings) as (_, unit):
+        pbx = await pbx_service.require_pbx(unit, customer)
+        node = _node_of(settings, pbx)
+        return await config_service.render(
+            unit.conn, pbx, Carrier(node.carrier_host, node.carrier_port)
+        )
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(settings)
+    rendered = asyncio.run(_render(settings, args.customer))
+    for path, text in sorted(rendered.items()):
+        if args.out:
+            target = Path(args.out) / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            print(target)
+        else:
+            print(f";;; {path}\n{text}")
+    return 0
+
+
+async def _diff(settings: Settings, args: argparse.Namespace) -> str:
+    async with _unit(settings) as (_, unit):
+        return await config_service.diff(unit, args.customer, args.start, args.end)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(settings)
+    sys.stdout.write(asyncio.run(_diff(settings, args)))
+    return 0
+
+
+async def _apply(settings: Settings, customer: str) -> str:
+    async with _unit(settings) as (pool, unit):
+        pbx = await pbx_service.require_pbx(unit, customer)
+        node = _node_of(settings, pbx)
+        await apply_queue.request(unit.conn, pbx.id, "provisioner apply", unit.now)
+    pool = await open_pool(await database_url(settings), max_size=3)
+    try:
+        await apply_node(pool, node, system_clock, retry_seconds=settings.apply_retry_seconds)
+        async with pool.connection() as conn:
+            state = await db_config.apply_state(conn, pbx.id)
+    finally:
+        await pool.close()
+    if state is None:
+        return "pending"
+    return f"{state.state} (revision {state.revision}){': ' + state.error if state.error else ''}"
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(settings)
+    outcome = asyncio.run(_apply(settings, args.customer))
+    print(outcome)
+    return 0 if outcome.startswith("applied") else 1
+
+
+async def _work(settings: Settings) -> None:
+    url = await database_url(settings)
+    pool = await open_pool(url, max_size=settings.database_pool_size)
+    tasks = start_workers(
+        settings, pool, url, system_clock, Composer(),
+        Policy(settings.confirm_within_days, settings.country, settings.public_base_url),
+    )  # fmt: skip
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await pool.close()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_work(settings))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="provisioner",
@@ -143,14 +261,25 @@ def parser() -> argparse.ArgumentParser:
         "--config", help="YAML config file (default: $PROVISIONER_CONFIG; none: built-in defaults)"
     )
     commands = top.add_subparsers(dest="command", required=True)
+    found = {}
     for name, run, text in (
-        ("serve", cmd_serve, "run the HTTP API and the workers (mail, expiry)"),
+        ("serve", cmd_serve, "run the HTTP API and the workers (mail, expiry, apply)"),
+        ("worker", cmd_worker, "run only the workers (mail, expiry, apply), no HTTP API"),
         ("migrate", cmd_migrate, "apply missing database migrations and exit"),
         ("demo", cmd_demo, "create demo accounts and a block; print the curl commands of the flow"),
+        ("render", cmd_render, "print (or write with --out) a PBX's config; touches no Asterisk"),
+        ("diff", cmd_diff, "unified diff of a PBX's config between two revisions"),
+        ("apply", cmd_apply, "render, write and apply a PBX's config to its node now"),
     ):
-        commands.add_parser(name, parents=[common], help=text, description=text).set_defaults(
-            run=run
-        )
+        found[name] = commands.add_parser(name, parents=[common], help=text, description=text)
+        found[name].set_defaults(run=run)
+    for name in ("render", "diff", "apply"):
+        found[name].add_argument("customer", help="customer number of the PBX's account")
+    found["render"].add_argument("--out", help="write the files below this folder")
+    found["diff"].add_argument(
+        "--from", dest="start", type=int, help="revision (default: previous)"
+    )
+    found["diff"].add_argument("--to", dest="end", type=int, help="revision (default: latest)")
     return top
 
 

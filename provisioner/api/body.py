@@ -26,15 +26,43 @@ class Body:
                 raise InvalidInput(f"unknown field {name!r}", field=name, code="unknown_field")
         return self
 
-    def text(self, name: str, *, max_length: int = 200) -> str:
+    def text(self, name: str, *, max_length: int = 200, prefix: str = "") -> str:
         value = self._data.get(name)
         if value is None:
-            raise InvalidInput(f"{name} is required", field=name, code="missing_field")
-        return self._check(name, value, max_length)
+            raise InvalidInput(
+                f"{prefix}{name} is required", field=prefix + name, code="missing_field"
+            )
+        return self._check(prefix + name, value, max_length)
 
     def optional_text(self, name: str, *, max_length: int = 200) -> str | None:
         value = self._data.get(name)
         return None if value is None else self._check(name, value, max_length)
+
+    def optional_object(self, name: str) -> Body | None:
+        value = self._data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise InvalidInput(f"{name} must be an object", field=name, code="invalid_type")
+        return Body(value)
+
+    def integer(self, name: str) -> int:
+        value = self._data.get(name)
+        if value is None:
+            raise InvalidInput(f"{name} is required", field=name, code="missing_field")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidInput(f"{name} must be a whole number", field=name, code="invalid_type")
+        return value
+
+    def text_list(self, name: str, *, max_items: int, max_length: int) -> list[str]:
+        value = self._data.get(name)
+        if value is None:
+            raise InvalidInput(f"{name} is required", field=name, code="missing_field")
+        if not isinstance(value, list) or len(value) > max_items:
+            raise InvalidInput(
+                f"{name} must be a list of at most {max_items}", field=name, code="invalid_type"
+            )
+        return [self._check(name, item, max_length) for item in value]
 
     @staticmethod
     def _check(name: str, value: Any, max_length: int) -> str:

@@ -9,7 +9,8 @@ from aiohttp import web
 from provisioner.api import serialize
 from provisioner.api.body import read_json
 from provisioner.api.middleware import UNIT
-from provisioner.service import accounts, assignments, blocks
+from provisioner.domain.errors import InvalidInput
+from provisioner.service import accounts, assignments, blocks, config, pbx
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -34,8 +35,10 @@ async def get_account(request: web.Request) -> web.Response:
 
 
 async def put_pbx(request: web.Request) -> web.Response:
-    (await read_json(request, allow_empty=True)).only()
-    pbx, created = await accounts.put_pbx(request[UNIT], request.match_info["customer"])
+    body = (await read_json(request, allow_empty=True)).only("node")
+    pbx, created = await accounts.put_pbx(
+        request[UNIT], request.match_info["customer"], node=body.optional_text("node")
+    )
     return _json(serialize.pbx(pbx), 201 if created else 200)
 
 
@@ -45,7 +48,15 @@ async def get_pbx(request: web.Request) -> web.Response:
 
 
 async def put_block(request: web.Request) -> web.Response:
-    body = (await read_json(request)).only("number", "range", "mode")
+    body = (await read_json(request)).only("number", "range", "mode", "trunk", "default_target")
+    trunk = body.optional_object("trunk")
+    credentials = None
+    if trunk is not None:
+        trunk.only("username", "password")
+        credentials = blocks.TrunkCredentials(
+            trunk.text("username", max_length=64, prefix="trunk."),
+            trunk.text("password", max_length=128, prefix="trunk."),
+        )
     unit = request[UNIT]
     row, created = await blocks.put_block(
         unit,
@@ -54,6 +65,8 @@ async def put_block(request: web.Request) -> web.Response:
         number=body.text("number", max_length=20),
         range_text=body.optional_text("range", max_length=9),
         mode=body.text("mode", max_length=10),
+        trunk=credentials,
+        default_target=body.optional_text("default_target", max_length=5),
     )
     return _json(serialize.block(row, await blocks.used_by(unit, row)), 201 if created else 200)
 
@@ -96,3 +109,71 @@ async def reset_assignment(request: web.Request) -> web.Response:
 async def assignment_events(request: web.Request) -> web.Response:
     found = await assignments.events(request[UNIT], request.match_info["assignment_id"])
     return _json({"events": [serialize.event(e) for e in found]})
+
+
+async def put_extension(request: web.Request) -> web.Response:
+    body = (await read_json(request)).only("name", "site_block", "did", "pickup_group")
+    unit = request[UNIT]
+    result = await pbx.put_extension(
+        unit,
+        request.match_info["customer"],
+        request.match_info["ext"],
+        name=body.text("name", max_length=100),
+        site_block=body.text("site_block", max_length=64),
+        did=body.optional_text("did", max_length=16),
+        pickup_group=body.optional_text("pickup_group", max_length=32),
+    )
+    _, view = await pbx.list_extensions(unit, request.match_info["customer"])
+    data = serialize.extension(result.extension, view)
+    if result.created:
+        # Shown once: the portal hands it to the phone's provisioning, we never show it again.
+        data["sip_password"] = result.extension.sip_password
+    return _json(data, 201 if result.created else 200)
+
+
+async def list_extensions(request: web.Request) -> web.Response:
+    rows, view = await pbx.list_extensions(request[UNIT], request.match_info["customer"])
+    return _json({"extensions": [serialize.extension(e, view) for e in rows]})
+
+
+async def put_ring_group(request: web.Request) -> web.Response:
+    body = (await read_json(request)).only("name", "strategy", "members", "ring_seconds")
+    group, created = await pbx.put_ring_group(
+        request[UNIT],
+        request.match_info["customer"],
+        request.match_info["ext"],
+        name=body.text("name", max_length=100),
+        strategy=body.text("strategy", max_length=10),
+        members=body.text_list("members", max_items=50, max_length=5),
+        ring_seconds=body.integer("ring_seconds"),
+    )
+    return _json(serialize.ring_group(group), 201 if created else 200)
+
+
+async def list_ring_groups(request: web.Request) -> web.Response:
+    groups = await pbx.list_ring_groups(request[UNIT], request.match_info["customer"])
+    return _json({"ring_groups": [serialize.ring_group(g) for g in groups]})
+
+
+async def get_config(request: web.Request) -> web.Response:
+    found = await config.current(request[UNIT], request.match_info["customer"])
+    return _json(serialize.config(found))
+
+
+async def get_config_diff(request: web.Request) -> web.Response:
+    text = await config.diff(
+        request[UNIT],
+        request.match_info["customer"],
+        _revision_param(request, "from"),
+        _revision_param(request, "to"),
+    )
+    return web.Response(text=text, content_type="text/x-diff")
+
+
+def _revision_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 9:
+        raise InvalidInput(f"{name} must be a revision number", field=name)
+    return int(raw)

@@ -25,6 +25,12 @@ def add_routes(app: web.Application) -> None:
             web.get("/v1/blocks/{block_id}/assignment", handlers.get_assignment),
             web.delete("/v1/blocks/{block_id}/assignment", handlers.reset_assignment),
             web.get("/v1/assignments/{assignment_id}/events", handlers.assignment_events),
+            web.put("/v1/accounts/{customer}/pbx/extensions/{ext}", handlers.put_extension),
+            web.get("/v1/accounts/{customer}/pbx/extensions", handlers.list_extensions),
+            web.put("/v1/accounts/{customer}/pbx/ring-groups/{ext}", handlers.put_ring_group),
+            web.get("/v1/accounts/{customer}/pbx/ring-groups", handlers.list_ring_groups),
+            web.get("/v1/accounts/{customer}/pbx/config", handlers.get_config),
+            web.get("/v1/accounts/{customer}/pbx/config/diff", handlers.get_config_diff),
             web.get("/confirm/{token}", confirm.show),
             web.post("/confirm/{token}", confirm.confirm),
         ]

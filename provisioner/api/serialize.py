@@ -8,7 +8,10 @@ from typing import Any
 from provisioner.db.accounts import Account, Pbx
 from provisioner.db.assignments import Assignment, Event
 from provisioner.db.blocks import BlockRow
+from provisioner.db.pbx import Extension, RingGroup
 from provisioner.domain.numbers import describe
+from provisioner.render.view import PbxView
+from provisioner.service.config import ConfigStatus
 
 
 def when(value: datetime | None) -> str | None:
@@ -27,7 +30,12 @@ def account(a: Account) -> dict[str, Any]:
 
 
 def pbx(p: Pbx) -> dict[str, Any]:
-    return {"customer": p.customer, "slug": p.slug, "created_at": when(p.created_at)}
+    return {
+        "customer": p.customer,
+        "slug": p.slug,
+        "node": p.node,
+        "created_at": when(p.created_at),
+    }
 
 
 def block(b: BlockRow, used_by: str | None) -> dict[str, Any]:
@@ -77,4 +85,54 @@ def event(e: Event) -> dict[str, Any]:
         "actor": e.actor,
         "acting_customer": e.acting_customer,
         "request_id": e.request_id,
+    }
+
+
+def extension(e: Extension, view: PbxView) -> dict[str, Any]:
+    """An extension, with what it falls back to when its site block left the PBX."""
+    phone = next((p for p in view.phones if p.ext == e.ext), None)
+    live_did = phone is not None and phone.out_number == e.did and e.did is not None
+    return {
+        "ext": e.ext,
+        "name": e.name,
+        "site_block": e.site_block,
+        "did": e.did,
+        "pickup_group": e.pickup_group,
+        "sip_username": f"{view.slug}-{e.ext}",
+        "effective_site_block": (
+            phone.site_context.removeprefix(f"{view.slug}-site-")
+            if phone and phone.site_context != view.internal_context
+            else None
+        ),
+        "effective_caller_id": phone.out_number if phone else None,
+        "did_active": live_did,
+        "fallback": phone.fallback if phone else False,
+        "created_at": when(e.created_at),
+        "updated_at": when(e.updated_at),
+    }
+
+
+def ring_group(g: RingGroup) -> dict[str, Any]:
+    return {
+        "ext": g.ext,
+        "name": g.name,
+        "strategy": g.strategy,
+        "members": list(g.members),
+        "ring_seconds": g.ring_seconds,
+        "created_at": when(g.created_at),
+        "updated_at": when(g.updated_at),
+    }
+
+
+def config(c: ConfigStatus) -> dict[str, Any]:
+    return {
+        "customer": c.customer,
+        "node": c.node,
+        "revision": c.revision.revision if c.revision else None,
+        "sha256": c.revision.sha256 if c.revision else None,
+        "files": c.revision.files if c.revision else {},
+        "apply_state": c.state.state if c.state else "pending",
+        "applied_revision": c.state.good_revision if c.state else None,
+        "apply_error": c.state.error if c.state else None,
+        "apply_updated_at": when(c.state.updated_at) if c.state else None,
     }

@@ -74,12 +74,14 @@ async def get_pbx_by_id(conn: Conn, pbx_id: int) -> Pbx | None:
         return await cur.fetchone()
 
 
-async def create_pbx(conn: Conn, customer: str, slug: str, now: datetime) -> tuple[Pbx, bool]:
+async def create_pbx(
+    conn: Conn, customer: str, slug: str, node: str, now: datetime
+) -> tuple[Pbx, bool]:
     async with conn.cursor(row_factory=class_row(Pbx)) as cur:
         await cur.execute(
-            "INSERT INTO pbxes (customer, slug, created_at) VALUES (%s, %s, %s)"
+            "INSERT INTO pbxes (customer, slug, node, created_at) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (customer) DO NOTHING RETURNING *",
-            (customer, slug, now),
+            (customer, slug, node, now),
         )
         created = await cur.fetchone()
     if created is not None:

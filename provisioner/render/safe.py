@@ -43,5 +43,6 @@ def display_name(value: object) -> str:
 
 
 def comment(value: object) -> str:
-    """Free text for a `;` comment: one line, no control characters."""
-    return " ".join("".join(c if c.isprintable() else " " for c in str(value)).split())[:120]
+    """Free text for a `;` comment: one line, and (belt and braces) none of the
+    characters that mean something in config, even though a comment would disarm them."""
+    return " ".join(_NAME_DROP.sub(" ", str(value)).split())[:120]

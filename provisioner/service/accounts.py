@@ -17,6 +17,7 @@ CUSTOMER = re.compile(r"^[A-Za-z0-9]{2,32}$")
 # would break a mail header (spaces, line breaks, angle brackets, commas).
 EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 LANGUAGES = ("de", "en")
+NODE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 
 def check_customer(customer: str, field: str = "customer") -> str:
@@ -55,10 +56,16 @@ async def get_account(u: Unit, customer: str) -> Account:
     return await require(u, customer)
 
 
-async def put_pbx(u: Unit, customer: str) -> tuple[Pbx, bool]:
+async def put_pbx(u: Unit, customer: str, *, node: str | None = None) -> tuple[Pbx, bool]:
+    """Create the account's PBX, homed on `node` (default: "default"). A PBX stays on
+    its node: moving PBXs between nodes is not offered."""
     u.actor.require_one_of(customer)
+    if node is not None and not NODE.match(node):
+        raise InvalidInput("node is a node name from asterisk.nodes", field="node")
     await require(u, customer, lock=True)
-    pbx, created = await db_accounts.create_pbx(u.conn, customer, customer.lower(), u.now)
+    pbx, created = await db_accounts.create_pbx(
+        u.conn, customer, customer.lower(), node or "default", u.now
+    )
     if created:
         for block in await db_blocks.of_owner(u.conn, customer):
             if await usage.pbx_using(u.conn, block) == pbx.id:

@@ -1,0 +1,77 @@
+"""Generated config as telecom engineers see it: render, revisions, diffs, apply state."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from provisioner.db import Conn
+from provisioner.db import config as db_config
+from provisioner.db.accounts import Pbx
+from provisioner.db.config import ApplyState, Revision
+from provisioner.domain.errors import NotFound
+from provisioner.render.render import pbx_files
+from provisioner.render.view import Carrier
+from provisioner.service.pbx import load_view, require_pbx
+from provisioner.service.unit import Unit
+
+
+@dataclass(frozen=True)
+class ConfigStatus:
+    customer: str
+    node: str
+    revision: Revision | None
+    state: ApplyState | None
+
+
+async def current(u: Unit, customer: str) -> ConfigStatus:
+    pbx = await require_pbx(u, customer)
+    return ConfigStatus(
+        customer,
+        pbx.node,
+        await db_config.latest_revision(u.conn, pbx.id),
+        await db_config.apply_state(u.conn, pbx.id),
+    )
+
+
+async def render(conn: Conn, pbx: Pbx, carrier: Carrier) -> dict[str, str]:
+    """What the PBX's files would be now, from the database; touches no Asterisk."""
+    return pbx_files(await load_view(conn, pbx), carrier)
+
+
+async def _files(u: Unit, pbx: Pbx, number: int | None) -> tuple[str, dict[str, str]]:
+    if number is None:
+        latest = await db_config.latest_revision(u.conn, pbx.id)
+        if latest is None:
+            return "(none)", {}
+        return f"revision {latest.revision}", latest.files
+    found = await db_config.revision(u.conn, pbx.id, number)
+    if found is None:
+        raise NotFound(f"no revision {number}", code="revision_not_found")
+    return f"revision {number}", found.files
+
+
+async def diff(u: Unit, customer: str, start: int | None, end: int | None) -> str:
+    """Unified diff between two revisions (default: the one before the latest, and the
+    latest)."""
+    pbx = await require_pbx(u, customer)
+    if start is None:
+        latest = await db_config.latest_revision(u.conn, pbx.id)
+        start = latest.revision - 1 if latest and latest.revision > 1 else None
+    a_name, a = await _files(u, pbx, start) if start is not None else ("(none)", {})
+    b_name, b = await _files(u, pbx, end)
+    return unified(a, b, a_name, b_name)
+
+
+def unified(a: dict[str, str], b: dict[str, str], a_name: str, b_name: str) -> str:
+    out: list[str] = []
+    for path in sorted(set(a) | set(b)):
+        out.extend(
+            difflib.unified_diff(
+                a.get(path, "").splitlines(keepends=True),
+                b.get(path, "").splitlines(keepends=True),
+                fromfile=f"{path} ({a_name})",
+                tofile=f"{path} ({b_name})",
+            )
+        )
+    return "".join(out)

@@ -1,0 +1,150 @@
+"""Rendering a small two-site PBX: golden files, determinism, and no way to inject config.
+
+Set UPDATE_GOLDEN=1 to rewrite the golden files after an intended change, then read the
+diff as a telecom engineer would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from provisioner.db.accounts import Pbx
+from provisioner.db.blocks import BlockRow
+from provisioner.db.pbx import Extension, RingGroup, UsedBlock
+from provisioner.domain.numbers import parse_block
+from provisioner.render.render import node_files, pbx_files
+from provisioner.render.safe import UnsafeValue
+from provisioner.render.view import Carrier, build, carrier_patterns
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+T = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+CARRIER = Carrier("127.0.0.2", 5060)
+
+
+def block_row(block_id: str, owner: str, number: str, range_text: str | None) -> BlockRow:
+    b = parse_block(number, range_text, "DE")
+    return BlockRow(
+        block_id, owner, b.base, b.range_first, b.range_last, b.country_code, b.area_code,
+        "pbx", T, T,
+    )  # fmt: skip
+
+
+def two_site_pbx() -> tuple[Pbx, list[UsedBlock], list[Extension], list[RingGroup]]:
+    pbx = Pbx(1, "K100200", "k100200", T, "default")
+    berlin = UsedBlock(
+        block_row("ber-main", "K100200", "+4930123456", "0-99"), "k100200-ber", "Ber-secret-1",
+        "100",
+    )  # fmt: skip
+    munich = UsedBlock(
+        block_row("muc-main", "K200300", "+4989123456", "0-99"), "k200300-muc", "Muc-secret-1",
+        "201",
+    )  # fmt: skip
+
+    def ext(number: str, name: str, site: str, did: str | None, group: str | None) -> Extension:
+        return Extension(1, number, name, site, did, group, f"pw{number}" + "x" * 20, T, T)
+
+    extensions = [
+        ext("100", "Anna Berlin", "ber-main", None, "sales"),
+        ext("101", "Ben Berlin", "ber-main", "+49301234561", None),
+        ext("200", "Carla München", "muc-main", "+49891234560", "sales"),
+        ext("201", "Dirk München", "muc-main", "+49891234561", None),
+    ]
+    groups = [RingGroup(1, "600", "Reception", "ringall", ["101", "201"], 20, T, T)]
+    return pbx, [berlin, munich], extensions, groups
+
+
+def render_two_site() -> dict[str, str]:
+    pbx, used, extensions, groups = two_site_pbx()
+    return pbx_files(build(pbx, "Spree Logistik GmbH", used, extensions, groups), CARRIER)
+
+
+@pytest.mark.parametrize("name", ["pjsip/tenant-k100200.conf", "dialplan/tenant-k100200.conf"])
+def test_golden_two_site_pbx(name: str) -> None:
+    rendered = render_two_site()[name]
+    golden = GOLDEN / name.replace("/", "-")
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(rendered)
+    assert rendered == golden.read_text(), f"{name} differs from {golden}"
+
+
+def test_rendering_is_deterministic() -> None:
+    assert render_two_site() == render_two_site()
+    assert node_files(CARRIER) == node_files(CARRIER)
+
+
+def test_carrier_patterns_cover_exactly_the_block() -> None:
+    assert carrier_patterns(parse_block("+4989123456", "0-99", "DE")) == (
+        "_+4989123456X", "_+4989123456ZX",
+    )  # fmt: skip
+    assert carrier_patterns(parse_block("+4989123456", "00-99", "DE")) == ("_+4989123456XX",)
+    assert carrier_patterns(parse_block("+4989123456", None, "DE")) == ("+4989123456",)
+    assert carrier_patterns(parse_block("+4989123456", "5-7", "DE")) == (
+        "+49891234565", "+49891234566", "+49891234567",
+    )  # fmt: skip
+
+
+def test_phone_of_a_reset_block_falls_back_to_the_pbx_own_block() -> None:
+    pbx, used, extensions, groups = two_site_pbx()
+    view = build(pbx, "Spree", used[:1], extensions, groups)  # Munich block gone
+    carla = next(p for p in view.phones if p.ext == "200")
+    assert carla.fallback and carla.site_context == "k100200-site-ber-main"
+    assert carla.out_number == "+49301234560" and carla.out_account == "K100200"
+    files = pbx_files(view, CARRIER)
+    assert "+4989" not in "".join(files.values())  # nothing of the Munich block remains
+
+
+EVIL = [
+    "x\n[evil]\ntype=endpoint",
+    "x;comment",
+    "a=b",
+    "#include /etc/passwd",
+    "${SHELL(id)}",
+    'a"b',
+    "x\r\nallow=all",
+]
+
+
+def sections(files: dict[str, str]) -> list[str]:
+    return sorted(re.findall(r"^\[[^\]]*\]", "".join(files.values()), flags=re.M))
+
+
+def options(files: dict[str, str]) -> list[str]:
+    return sorted(re.findall(r"^[a-z_]+ ?=", "".join(files.values()), flags=re.M))
+
+
+@pytest.mark.parametrize("evil", EVIL)
+def test_injection_in_names_adds_no_section_and_no_option(evil: str) -> None:
+    pbx, used, extensions, groups = two_site_pbx()
+    clean = pbx_files(build(pbx, "Spree", used, extensions, groups), CARRIER)
+    dirty_ext = [replace(e, name=evil) for e in extensions]
+    dirty_groups = [replace(g, name=evil) for g in groups]
+    dirty = pbx_files(build(pbx, evil, used, dirty_ext, dirty_groups), CARRIER)
+    assert sections(dirty) == sections(clean)
+    assert options(dirty) == options(clean)
+    text = "".join(dirty.values())
+    assert "[evil]" not in text and "${SHELL" not in text and "#include" not in text
+
+
+@pytest.mark.parametrize("evil", EVIL)
+def test_injection_in_tokens_and_secrets_is_refused(evil: str) -> None:
+    pbx, used, extensions, groups = two_site_pbx()
+    for broken_used in (
+        [replace(used[0], trunk_password=evil), used[1]],
+        [replace(used[0], trunk_username=evil), used[1]],
+    ):
+        with pytest.raises(UnsafeValue):
+            pbx_files(build(pbx, "Spree", broken_used, extensions, groups), CARRIER)
+    with pytest.raises(UnsafeValue):
+        pbx_files(
+            build(pbx, "Spree", used, [replace(extensions[0], sip_password=evil)], groups),
+            CARRIER,
+        )
+    with pytest.raises(UnsafeValue):
+        pbx_files(build(replace(pbx, customer=evil), "Spree", used, extensions, groups), CARRIER)
