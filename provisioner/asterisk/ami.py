@@ -65,11 +65,12 @@ class Ami:
             self._manager = None
 
     async def _send(self, action: dict[str, str]) -> list[Any]:
+        """Send one action; list actions (EventList: start) come back as all their events.
+        (panoramisk tells the two apart by itself; forcing a list on Reload would wait for
+        a completion event that never comes.)"""
         assert self._manager is not None
         try:
-            reply = await asyncio.wait_for(
-                self._manager.send_action(action, as_list=True), ACTION_TIMEOUT
-            )
+            reply = await asyncio.wait_for(self._manager.send_action(action), ACTION_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise AsteriskUnavailable(f"AMI {action['Action']}: {exc!r}") from None
         return list(reply) if isinstance(reply, list) else [reply]

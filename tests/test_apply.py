@@ -1,0 +1,247 @@
+"""Generated config applied to the lab's real Asterisk, through the public API."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import LAB, Api, FakeClock, Inbox, Lab, free_port
+from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
+from panoramisk import Manager
+
+from provisioner.app import create_app
+from provisioner.settings import Node, Secret, Settings
+
+pytestmark = pytest.mark.lab
+
+CARRIER_HOST = "127.0.0.2"
+
+
+def lab_node(lab: Lab) -> Node:
+    return Node(
+        name="default", ami_host="127.0.0.1", ami_port=lab.ami_port,
+        ami_username=lab.ami_user, ami_secret=Secret(lab.ami_secret),
+        output_dir=lab.output_dir, carrier_host=CARRIER_HOST, carrier_port=free_port(),
+    )  # fmt: skip
+
+
+def clean_output(lab: Lab) -> None:
+    for kind in ("pjsip", "dialplan"):
+        for path in (lab.output_dir / kind).iterdir():
+            if not path.name.startswith("00-"):
+                path.unlink()
+    lab.cli("module reload res_pjsip.so")
+    lab.cli("dialplan reload")
+
+
+@pytest.fixture
+def clean_lab(lab: Lab) -> Iterator[Lab]:
+    clean_output(lab)
+    yield lab
+    clean_output(lab)
+
+
+@pytest.fixture
+async def lab_api(settings: Settings, clock: FakeClock, clean_lab: Lab) -> AsyncIterator[Api]:
+    # The applier runs on real time: only the assignment flow uses the fake clock.
+    del clock
+    app = create_app(replace(settings, nodes=(lab_node(clean_lab),), apply_retry_seconds=1))
+    server = TestServer(app, host="127.0.0.1", port=settings.listen_port)
+    client: TestClient[Any, Any] = TestClient(server)
+    await client.start_server()
+    try:
+        yield Api(client)
+    finally:
+        await client.close()
+
+
+async def wait_applied(api: Api, customer: str, timeout: float = 20) -> dict[str, Any]:
+    """Until the PBX's latest revision is live and stays so (no change queued behind it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state: dict[str, Any] = await api.ok("GET", f"/v1/accounts/{customer}/pbx/config")
+        if state["apply_state"] == "applied" and state["applied_revision"] == state["revision"]:
+            await asyncio.sleep(0.3)
+            if await api.ok("GET", f"/v1/accounts/{customer}/pbx/config") == state:
+                return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{customer} not applied within {timeout} s: {state}")
+        await asyncio.sleep(0.1)
+
+
+def lab_command(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LAB), "--dir", str(lab.folder), *args],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+async def live(ami: Manager) -> tuple[set[str], set[str]]:
+    reply: Any = await ami.send_action({"Action": "PJSIPShowEndpoints"}, as_list=True)
+    endpoints = {m.ObjectName for m in reply if m.get("Event") == "EndpointList"}
+    plan: Any = await ami.send_action({"Action": "ShowDialPlan"}, as_list=True)
+    contexts = {m.Context for m in plan if m.get("Event") == "ListDialplan"}
+    return endpoints, contexts
+
+
+async def branch_scene(api: Api) -> None:
+    """B in Berlin with its PBX and block; A in Munich with a pbx block; trunks for both."""
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{TARGET}",
+        {"name": "Spree Logistik GmbH", "email": "it@spree.example", "language": "de"},
+    )
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx")
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{TARGET}/blocks/ber-main",
+        {
+            "number": "+4930123456",
+            "range": "0-99",
+            "mode": "pbx",
+            "default_target": "100",
+            "trunk": {"username": "k100200-ber", "password": "Berlin-trunk-1"},
+        },
+    )
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{TARGET}/pbx/extensions/100",
+        {"name": "Anna Berlin", "site_block": "ber-main", "pickup_group": "sales"},
+    )
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{OWNER}",
+        {"name": "Isar Logistik GmbH", "email": "admin@isar.example", "language": "en"},
+    )
+    await api.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}", {
+        "number": "+4989123456", "range": "0-99", "mode": "pbx", "default_target": "200",
+        "trunk": {"username": "k200300-muc", "password": "Munich-trunk-1"},
+    })  # fmt: skip
+
+
+async def test_full_flow_reaches_asterisk_and_reset_removes_it(
+    lab_api: Api, inbox: Inbox, ami: Manager, clean_lab: Lab, db: psycopg.Connection[Any]
+) -> None:
+    api = lab_api
+    await branch_scene(api)
+    await wait_applied(api, TARGET)
+    endpoints, contexts = await live(ami)
+    assert {"k100200-100", "k100200-trunk-ber-main", "carrier"} <= endpoints
+    assert "k100200-trunk-muc-main" not in endpoints
+
+    _, owner_link, target_link = await request_assignment(api, inbox)
+    await api.client.post(path_of(owner_link))
+    await api.client.post(path_of(target_link))
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/200", {
+        "name": "Carla München", "site_block": BLOCK, "did": "+49891234560",
+        "pickup_group": "sales",
+    })  # fmt: skip
+    state = await wait_applied(api, TARGET)
+
+    files = state["files"]
+    pjsip = files["pjsip/tenant-k100200.conf"]
+    assert "[k100200-trunk-muc-main]" in pjsip and "accountcode = K200300" in pjsip
+    assert "username = k200300-muc" in pjsip
+    assert "Munich-trunk-1" not in str(await api.ok("GET", f"/v1/accounts/{OWNER}/blocks"))
+    on_disk = (clean_lab.output_dir / "pjsip/tenant-k100200.conf").read_text()
+    assert on_disk == pjsip
+    endpoints, contexts = await live(ami)
+    assert {"k100200-200", "k100200-trunk-muc-main"} <= endpoints
+    assert {"k100200-in-muc-main", "k100200-site-muc-main", "carrier-in"} <= contexts
+
+    diff = await api.call("GET", f"/v1/accounts/{TARGET}/pbx/config/diff?from=1")
+    assert diff.status == 200 and "+[k100200-trunk-muc-main]" in await diff.text()
+
+    await api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment")
+    state = await wait_applied(api, TARGET)
+    endpoints, contexts = await live(ami)
+    assert "k100200-trunk-muc-main" not in endpoints
+    assert "k100200-in-muc-main" not in contexts and "k100200-site-muc-main" not in contexts
+    assert "k100200-200" in endpoints  # the phone stays, without the Munich numbers
+    for path in clean_lab.output_dir.rglob("*.conf"):
+        assert "+4989123456" not in path.read_text(), f"{path} still has A's numbers"
+    extensions = await api.ok("GET", f"/v1/accounts/{TARGET}/pbx/extensions")
+    carla = next(e for e in extensions["extensions"] if e["ext"] == "200")
+    assert carla["fallback"] is True and carla["effective_site_block"] == "ber-main"
+    assert carla["did_active"] is False
+
+
+async def test_asterisk_down_keeps_the_apply_pending_until_it_is_back(
+    lab_api: Api, clean_lab: Lab
+) -> None:
+    api = lab_api
+    stop = await asyncio.to_thread(lab_command, clean_lab, "down")
+    assert stop.returncode == 0, stop.stderr
+    try:
+        await branch_scene(api)
+        deadline = time.monotonic() + 10
+        while True:
+            state = await api.ok("GET", f"/v1/accounts/{TARGET}/pbx/config")
+            if state["apply_error"]:
+                break
+            assert time.monotonic() < deadline, state
+            await asyncio.sleep(0.2)
+        assert state["apply_state"] == "pending" and "AMI" in state["apply_error"]
+    finally:
+        up = await asyncio.to_thread(
+            lab_command, clean_lab, "up", "--ami-port", str(clean_lab.ami_port),
+            "--sip-port", str(clean_lab.sip_port),
+        )  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+    state = await wait_applied(api, TARGET, timeout=40)
+    assert state["apply_error"] is None
+
+
+async def test_a_broken_tenant_file_breaks_no_other_pbx(
+    lab_api: Api, ami: Manager, clean_lab: Lab
+) -> None:
+    api = lab_api
+    await branch_scene(api)
+    await api.ok(
+        "PUT",
+        "/v1/accounts/K300400",
+        {"name": "Rhein GmbH", "email": "it@rhein.example", "language": "de"},
+    )
+    await api.ok("PUT", "/v1/accounts/K300400/pbx")
+    await api.ok(
+        "PUT",
+        "/v1/accounts/K300400/blocks/cgn-main",
+        {"number": "+4922112345", "range": "0-9", "mode": "pbx"},
+    )
+    await api.ok(
+        "PUT",
+        "/v1/accounts/K300400/pbx/extensions/100",
+        {"name": "Emil Köln", "site_block": "cgn-main"},
+    )
+    await wait_applied(api, TARGET)
+    await wait_applied(api, "K300400")
+
+    # Someone breaks C's file by hand: a section that never closes.
+    broken = clean_lab.output_dir / "pjsip/tenant-k300400.conf"
+    broken.write_text(broken.read_text() + "\n[globtest\ntype = endpoint\n")
+    # Any apply now reloads res_pjsip; B's new phone must come up, and all else stay.
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{TARGET}/pbx/extensions/101",
+        {"name": "Ben Berlin", "site_block": "ber-main"},
+    )
+    await wait_applied(api, TARGET)
+    endpoints, _ = await live(ami)
+    assert {"k100200-100", "k100200-101", "k300400-100", "carrier"} <= endpoints
+    kept = list(broken.parent.glob("tenant-k300400.conf.hand-edited-*"))
+    assert kept and "[globtest" in kept[0].read_text()
+    c_state = await api.ok("GET", "/v1/accounts/K300400/pbx/config")
+    assert "changed by hand" in (c_state["apply_error"] or "")
+    assert "[globtest" not in broken.read_text()
+
+
+def test_output_folder_is_the_lab_folder(lab: Lab) -> None:
+    assert lab.output_dir == Path(lab.folder) / "etc" / "provisioner"
