@@ -1,0 +1,244 @@
+"""The PBX model over the API: extensions, ring groups, trunks; refusals change nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import Api, snapshot
+from helpers import BLOCK, OWNER, TARGET, scene
+
+PBX = f"/v1/accounts/{TARGET}/pbx"
+BERLIN = {"number": "+4930123456", "range": "0-99", "mode": "pbx"}
+
+
+async def berlin(api: Api) -> None:
+    await scene(api)
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/blocks/ber-main", {
+        **BERLIN, "trunk": {"username": "k100200-ber", "password": "Berlin-trunk-1"},
+        "default_target": "100",
+    })  # fmt: skip
+    await api.ok("PUT", f"{PBX}/extensions/100", {"name": "Anna", "site_block": "ber-main"})
+
+
+async def test_extension_password_is_shown_once(api: Api, db: psycopg.Connection[Any]) -> None:
+    await scene(api)
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/blocks/ber-main", BERLIN)
+    created = await api.call(
+        "PUT", f"{PBX}/extensions/101",
+        {"name": "Ben", "site_block": "ber-main", "did": "+49301234561"},
+    )  # fmt: skip
+    body = await created.json()
+    assert created.status == 201 and len(body["sip_password"]) >= 20
+    assert body["sip_username"] == "k100200-101" and body["effective_caller_id"] == "+49301234561"
+    again = await api.ok(
+        "PUT", f"{PBX}/extensions/101", {"name": "Ben B", "site_block": "ber-main"}
+    )
+    assert "sip_password" not in again and again["name"] == "Ben B"
+    listed = await api.ok("GET", f"{PBX}/extensions")
+    assert all("sip_password" not in e for e in listed["extensions"])
+    # Every change queued an apply of the PBX, coalesced into one row.
+    assert db.execute("SELECT count(*) FROM apply_queue").fetchone() == (1,)
+
+
+async def test_trunk_password_is_never_returned(api: Api) -> None:
+    await berlin(api)
+    blocks = await api.call("GET", f"/v1/accounts/{TARGET}/blocks")
+    assert "Berlin-trunk-1" not in await blocks.text()
+
+
+async def test_ring_groups(api: Api) -> None:
+    await berlin(api)
+    await api.ok("PUT", f"{PBX}/extensions/101", {"name": "Ben", "site_block": "ber-main"})
+    group = await api.ok("PUT", f"{PBX}/ring-groups/600", {
+        "name": "Reception", "strategy": "hunt", "members": ["101", "100"], "ring_seconds": 15,
+    })  # fmt: skip
+    assert group["members"] == ["101", "100"]
+    listed = await api.ok("GET", f"{PBX}/ring-groups")
+    assert [g["ext"] for g in listed["ring_groups"]] == ["600"]
+
+
+CASES: list[tuple[int, str, str, str, Any]] = [
+    (
+        422,
+        "reserved_extension",
+        "PUT",
+        f"{PBX}/extensions/112",
+        {"name": "x", "site_block": "ber-main"},
+    ),
+    (
+        422,
+        "reserved_extension",
+        "PUT",
+        f"{PBX}/extensions/110",
+        {"name": "x", "site_block": "ber-main"},
+    ),
+    (
+        422,
+        "reserved_extension",
+        "PUT",
+        f"{PBX}/extensions/11833",
+        {"name": "x", "site_block": "ber-main"},
+    ),
+    (
+        422,
+        "invalid_extension",
+        "PUT",
+        f"{PBX}/extensions/0100",
+        {"name": "x", "site_block": "ber-main"},
+    ),
+    (
+        422,
+        "invalid_extension",
+        "PUT",
+        f"{PBX}/extensions/1",
+        {"name": "x", "site_block": "ber-main"},
+    ),
+    (
+        422,
+        "site_block_not_used",
+        "PUT",
+        f"{PBX}/extensions/102",
+        {"name": "x", "site_block": BLOCK},
+    ),
+    (
+        422,
+        "did_not_in_pbx",
+        "PUT",
+        f"{PBX}/extensions/102",
+        {"name": "x", "site_block": "ber-main", "did": "+49891234560"},
+    ),
+    (
+        422,
+        "invalid_pickup_group",
+        "PUT",
+        f"{PBX}/extensions/102",
+        {"name": "x", "site_block": "ber-main", "pickup_group": "Sales Team"},
+    ),
+    (
+        422,
+        "invalid_field",
+        "PUT",
+        f"{PBX}/extensions/102",
+        {"name": "a\nb", "site_block": "ber-main"},
+    ),
+    (
+        422,
+        "unknown_member",
+        "PUT",
+        f"{PBX}/ring-groups/600",
+        {"name": "x", "strategy": "ringall", "members": ["999"], "ring_seconds": 20},
+    ),
+    (
+        422,
+        "invalid_field",
+        "PUT",
+        f"{PBX}/ring-groups/600",
+        {"name": "x", "strategy": "random", "members": ["100"], "ring_seconds": 20},
+    ),
+    (
+        422,
+        "invalid_type",
+        "PUT",
+        f"{PBX}/ring-groups/600",
+        {"name": "x", "strategy": "ringall", "members": ["100"], "ring_seconds": "20"},
+    ),
+    (
+        409,
+        "ext_taken",
+        "PUT",
+        f"{PBX}/ring-groups/100",
+        {"name": "x", "strategy": "ringall", "members": ["100"], "ring_seconds": 20},
+    ),
+    (
+        422,
+        "invalid_trunk",
+        "PUT",
+        f"/v1/accounts/{TARGET}/blocks/ber-main",
+        {**BERLIN, "trunk": {"username": "u", "password": "abc;def=ghi"}},
+    ),
+    (
+        422,
+        "invalid_trunk",
+        "PUT",
+        f"/v1/accounts/{TARGET}/blocks/ber-main",
+        {**BERLIN, "trunk": {"username": "u\n[x]", "password": "long-enough"}},
+    ),
+    (
+        422,
+        "invalid_extension",
+        "PUT",
+        f"/v1/accounts/{TARGET}/blocks/ber-main",
+        {**BERLIN, "default_target": "1;2"},
+    ),
+    (
+        404,
+        "pbx_not_found",
+        "PUT",
+        f"/v1/accounts/{OWNER}/pbx/extensions/100",
+        {"name": "x", "site_block": BLOCK},
+    ),
+    (422, "invalid_field", "GET", f"{PBX}/config/diff?from=abc", None),
+    (404, "revision_not_found", "GET", f"{PBX}/config/diff?from=1&to=7", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "method", "path", "body"), CASES, ids=[f"{c[3]} {c[1]}" for c in CASES]
+)
+async def test_refused_and_nothing_changed(
+    api: Api, db: psycopg.Connection[Any], status: int, code: str, method: str, path: str,
+    body: Any,
+) -> None:  # fmt: skip
+    await berlin(api)
+    before = snapshot(db)
+    await api.problem(status, code, method, path, body)
+    assert snapshot(db) == before
+
+
+async def test_did_rings_one_extension_only(api: Api) -> None:
+    await berlin(api)
+    did = {"site_block": "ber-main", "did": "+49301234567"}
+    await api.ok("PUT", f"{PBX}/extensions/101", {"name": "Ben", **did})
+    await api.problem(409, "did_taken", "PUT", f"{PBX}/extensions/102", {"name": "Eve", **did})
+
+
+async def test_config_before_any_apply_is_pending(api: Api) -> None:
+    await berlin(api)
+    config = await api.ok("GET", f"{PBX}/config")
+    assert (config["apply_state"], config["revision"], config["files"]) == ("pending", None, {})
+
+
+async def test_metrics_are_prometheus_text(api: Api) -> None:
+    await berlin(api)
+    response = await api.client.get("/metrics")
+    text = await response.text()
+    assert response.status == 200 and response.content_type.startswith("text/plain")
+    for name in ("provisioner_apply_queue_depth 1.0", "provisioner_mails_total",
+                 "provisioner_reloads_total", "provisioner_apply_seconds"):  # fmt: skip
+        assert name in text, name
+
+
+def test_render_command_prints_the_config(db_url: str, tmp_path: Any) -> None:
+    """`provisioner render` from the console, against the same database."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "asterisk:\n  nodes:\n    - {name: default, ami_username: u, ami_secret: s,"
+        f" output_dir: {tmp_path}, carrier_host: 127.0.0.2}}\n"
+    )
+    env = {"PROVISIONER_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"}
+    seed = subprocess.run(
+        [sys.executable, "-m", "provisioner", "demo", "--config", str(config)],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert seed.returncode == 0, seed.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "provisioner", "render", "K100200", "--config", str(config)],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert ";;; pjsip/tenant-k100200.conf" in done.stdout
+    assert "[k100200-internal]" in done.stdout
