@@ -80,11 +80,65 @@ def parse_trace(text: str) -> list[SipMessage]:
     return messages
 
 
+@dataclass
+class Running:
+    """A sipp started in the background (a phone or carrier waiting for a call)."""
+
+    process: subprocess.Popen[str]
+    work: Path
+
+    def wait(self, timeout: float = 30.0) -> SipResult:
+        try:
+            out, err = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, err = self.process.communicate()
+        trace = self.work / "messages.log"
+        text = trace.read_text(errors="replace") if trace.exists() else ""
+        shutil.rmtree(self.work, ignore_errors=True)
+        return SipResult(self.process.returncode, parse_trace(text), out + err)
+
+
+def start_scenario(
+    scenario: str,
+    *,
+    remote_port: int,
+    service: str = "service",
+    username: str | None = None,
+    password: str | None = None,
+    local_ip: str = "127.0.0.1",
+    local_port: int = 0,
+    variables: dict[str, str] | None = None,
+    timeout: float = 20.0,
+) -> Running:
+    """Start tests/sipp/<scenario>.xml once against Asterisk on 127.0.0.1:<remote_port>."""
+    if shutil.which(SIPP) is None:
+        raise AssertionError(f"{SIPP} is missing: install Debian's sip-tester (make test does)")
+    work = Path(tempfile.mkdtemp(prefix="prov-sipp-"))
+    args = [
+        SIPP, f"127.0.0.1:{remote_port}",
+        "-sf", str(SCENARIOS / f"{scenario}.xml"),
+        "-i", local_ip, "-p", str(local_port),
+        "-m", "1", "-s", service,
+        "-nostdin", "-trace_msg", "-message_file", str(work / "messages.log"),
+        "-timeout", f"{int(timeout)}s", "-timeout_error",
+    ]  # fmt: skip
+    if username is not None:
+        args += ["-au", username, "-ap", password or ""]
+    for name, value in (variables or {}).items():
+        args += ["-set", name, value]
+    process = subprocess.Popen(
+        args, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    return Running(process, work)
+
+
 def run_scenario(
     scenario: str,
     *,
     remote_port: int,
-    service: str,
+    service: str = "service",
     username: str | None = None,
     password: str | None = None,
     local_ip: str = "127.0.0.1",
@@ -92,28 +146,10 @@ def run_scenario(
     variables: dict[str, str] | None = None,
     timeout: float = 20.0,
 ) -> SipResult:
-    """Run tests/sipp/<scenario>.xml once against Asterisk on 127.0.0.1:<remote_port>."""
-    if shutil.which(SIPP) is None:
-        raise AssertionError(f"{SIPP} is missing: install Debian's sip-tester (make test does)")
-    work = Path(tempfile.mkdtemp(prefix="prov-sipp-"))
-    trace = work / "messages.log"
-    args = [
-        SIPP, f"127.0.0.1:{remote_port}",
-        "-sf", str(SCENARIOS / f"{scenario}.xml"),
-        "-i", local_ip, "-p", str(local_port),
-        "-m", "1", "-s", service,
-        "-nostdin", "-trace_msg", "-message_file", str(trace),
-        "-timeout", f"{int(timeout)}s", "-timeout_error",
-    ]  # fmt: skip
-    if username is not None:
-        args += ["-au", username, "-ap", password or ""]
-    for name, value in (variables or {}).items():
-        args += ["-set", name, value]
-    try:
-        done = subprocess.run(
-            args, cwd=work, capture_output=True, text=True, timeout=timeout + 10, check=False
-        )
-        text = trace.read_text(errors="replace") if trace.exists() else ""
-        return SipResult(done.returncode, parse_trace(text), done.stdout + done.stderr)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    """Run a scenario to its end (see start_scenario)."""
+    running = start_scenario(
+        scenario, remote_port=remote_port, service=service, username=username,
+        password=password, local_ip=local_ip, local_port=local_port, variables=variables,
+        timeout=timeout,
+    )  # fmt: skip
+    return running.wait(timeout + 10)

@@ -1,0 +1,315 @@
+"""The promise to the customer, proven with real SIP calls (sipp) through the lab's Asterisk.
+
+The scene is built only through the public API and the links in the mails: account B in
+Berlin has a cloud PBX; account A in Munich assigns its block to it and both confirm.
+Phones 100 and 101 are sited in Berlin, 200 and 201 in Munich with DIDs from A's block;
+ring group 600 has 101 and 201; pickup group "sales" has 100 and 200. A sipp "carrier"
+on 127.0.0.2 stands for the network. Account C, with its own PBX and phone 100, proves
+isolation. On failure, each assertion prints the SIP evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
+from panoramisk import Manager
+from sipp_peer import SipResult, run_scenario, start_scenario
+from test_apply import CARRIER_HOST, clean_lab, lab_node, wait_applied  # noqa: F401
+
+from conftest import Api, FakeClock, Inbox, Lab, free_port
+from provisioner.app import create_app
+from provisioner.settings import Settings
+
+pytestmark = pytest.mark.lab
+
+BERLIN_TRUNK = ("k100200-ber", "Berlin-trunk-1")
+MUNICH_TRUNK = ("k200300-muc", "Munich-trunk-1")
+
+
+@dataclass(frozen=True)
+class Phone:
+    ext: str
+    username: str
+    password: str
+    port: int
+
+
+@dataclass
+class Scene:
+    api: Api
+    lab: Lab
+    carrier_port: int
+    phones: dict[str, Phone]
+    other: Phone  # C's phone 100
+    cdrs: list[dict[str, str]]
+
+    def register(self, phone: Phone) -> None:
+        result = run_scenario(
+            "register", remote_port=self.lab.sip_port, service=phone.username,
+            username=phone.username, password=phone.password, local_port=phone.port,
+            variables={"expires": "300"},
+        )  # fmt: skip
+        assert result.ok, result.evidence()
+
+    def call(self, caller: Phone, dial: str, timeout: float = 15) -> SipResult:
+        return run_scenario(
+            "call", remote_port=self.lab.sip_port, service=caller.username,
+            username=caller.username, password=caller.password, local_port=caller.port,
+            variables={"dial": dial}, timeout=timeout,
+        )  # fmt: skip
+
+    async def cdr(self, **match: str) -> dict[str, str]:
+        for _ in range(100):
+            for record in self.cdrs:
+                if all(record.get(k) == v for k, v in match.items()):
+                    return record
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no CDR with {match} among {self.cdrs}")
+
+
+async def put_phone(api: Api, customer: str, ext: str, body: dict[str, Any]) -> Phone:
+    created = await api.ok("PUT", f"/v1/accounts/{customer}/pbx/extensions/{ext}", body)
+    return Phone(ext, created["sip_username"], created["sip_password"], free_port())
+
+
+@pytest.fixture
+async def scene(
+    settings: Settings,
+    clock: FakeClock,
+    clean_lab: Lab,
+    inbox: Inbox,
+    ami: Manager,  # noqa: F811
+) -> AsyncIterator[Scene]:
+    del clock
+    node = lab_node(clean_lab)
+    app = create_app(replace(settings, nodes=(node,), apply_retry_seconds=1))
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(app, host="127.0.0.1", port=settings.listen_port)
+    )
+    await client.start_server()
+    cdrs: list[dict[str, str]] = []
+    ami.register_event("Cdr", lambda _manager, event: cdrs.append(dict(event)))
+    api = Api(client)
+    try:
+        await api.ok(
+            "PUT",
+            f"/v1/accounts/{TARGET}",
+            {"name": "Spree Logistik GmbH", "email": "it@spree.example", "language": "de"},
+        )
+        await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx")
+        await api.ok(
+            "PUT",
+            f"/v1/accounts/{TARGET}/blocks/ber-main",
+            {
+                "number": "+4930123456",
+                "range": "0-99",
+                "mode": "pbx",
+                "default_target": "100",
+                "trunk": {"username": BERLIN_TRUNK[0], "password": BERLIN_TRUNK[1]},
+            },
+        )
+        await api.ok(
+            "PUT",
+            f"/v1/accounts/{OWNER}",
+            {"name": "Isar Logistik GmbH", "email": "admin@isar.example", "language": "en"},
+        )
+        await api.ok(
+            "PUT",
+            f"/v1/accounts/{OWNER}/blocks/{BLOCK}",
+            {
+                "number": "+4989123456",
+                "range": "0-99",
+                "mode": "pbx",
+                "default_target": "201",
+                "trunk": {"username": MUNICH_TRUNK[0], "password": MUNICH_TRUNK[1]},
+            },
+        )
+        _, owner_link, target_link = await request_assignment(api, inbox)
+        assert (await api.client.post(path_of(owner_link))).status == 200
+        assert (await api.client.post(path_of(target_link))).status == 200
+        phones = {
+            "100": await put_phone(
+                api,
+                TARGET,
+                "100",
+                {"name": "Anna Berlin", "site_block": "ber-main", "pickup_group": "sales"},
+            ),
+            "101": await put_phone(
+                api,
+                TARGET,
+                "101",
+                {"name": "Ben Berlin", "site_block": "ber-main", "did": "+49301234561"},
+            ),
+            "200": await put_phone(
+                api,
+                TARGET,
+                "200",
+                {
+                    "name": "Carla München",
+                    "site_block": BLOCK,
+                    "did": "+49891234560",
+                    "pickup_group": "sales",
+                },
+            ),
+            "201": await put_phone(
+                api,
+                TARGET,
+                "201",
+                {"name": "Dirk München", "site_block": BLOCK, "did": "+49891234561"},
+            ),
+        }
+        await api.ok(
+            "PUT",
+            f"/v1/accounts/{TARGET}/pbx/ring-groups/600",
+            {
+                "name": "Empfang",
+                "strategy": "ringall",
+                "members": ["101", "201"],
+                "ring_seconds": 20,
+            },
+        )
+        await api.ok(
+            "PUT",
+            "/v1/accounts/K300400",
+            {"name": "Rhein Logistik GmbH", "email": "it@rhein.example", "language": "de"},
+        )
+        await api.ok("PUT", "/v1/accounts/K300400/pbx")
+        await api.ok(
+            "PUT",
+            "/v1/accounts/K300400/blocks/cgn-main",
+            {"number": "+4922112345", "range": "0-9", "mode": "pbx"},
+        )
+        other = await put_phone(
+            api, "K300400", "100", {"name": "Emil Köln", "site_block": "cgn-main"}
+        )
+        await wait_applied(api, TARGET)
+        await wait_applied(api, "K300400")
+        yield Scene(api, clean_lab, node.carrier_port, phones, other, cdrs)
+    finally:
+        await client.close()
+    # fmt: skip
+
+
+def invite_ok(result: SipResult) -> bool:
+    return any(m.status == 200 and "INVITE" in m.headers.get("cseq", "") for m in result.messages)
+
+
+async def test_short_dialing_across_sites(scene: Scene) -> None:
+    for caller, callee in (("100", "200"), ("201", "101")):
+        phone = scene.phones[callee]
+        scene.register(phone)
+        answering = start_scenario(
+            "uas_answer", remote_port=scene.lab.sip_port, local_port=phone.port
+        )
+        await asyncio.sleep(0.3)
+        call = await asyncio.to_thread(scene.call, scene.phones[caller], callee)
+        answered = await asyncio.to_thread(answering.wait, 20)
+        evidence = call.evidence() + "\n--- callee ---\n" + answered.evidence()
+        assert call.ok and invite_ok(call), evidence
+        assert answered.ok, evidence
+        invite = next(m for m in answered.messages if m.method == "INVITE")
+        assert caller in invite.headers["from"], answered.evidence()
+
+
+async def test_inbound_to_a_moved_number_rings_the_phone_billed_to_the_owner(
+    scene: Scene,
+) -> None:
+    phone = scene.phones["200"]
+    scene.register(phone)
+    answering = start_scenario("uas_answer", remote_port=scene.lab.sip_port, local_port=phone.port)
+    await asyncio.sleep(0.3)
+    call = await asyncio.to_thread(
+        run_scenario,
+        "carrier_call",
+        remote_port=scene.lab.sip_port,
+        local_ip=CARRIER_HOST,
+        variables={"dial": "+49891234560"},
+    )
+    answered = await asyncio.to_thread(answering.wait, 20)
+    assert call.ok, call.evidence()
+    assert answered.ok, answered.evidence()
+    cdr = await scene.cdr(Destination="+49891234560")
+    assert cdr["AccountCode"] == OWNER, cdr
+
+
+@pytest.mark.parametrize(
+    ("caller", "dial", "expected_uri", "expected_from", "trunk", "account"),
+    [
+        ("200", "1234567", "+49891234567", "+49891234560", MUNICH_TRUNK, OWNER),
+        ("100", "1234567", "+49301234567", "+49301234560", BERLIN_TRUNK, TARGET),
+        ("200", "112", "112", "+49891234560", MUNICH_TRUNK, OWNER),
+        ("100", "112", "112", "+49301234560", BERLIN_TRUNK, TARGET),
+        ("201", "004319876543", "+4319876543", "+49891234561", MUNICH_TRUNK, OWNER),
+        ("101", "0221123456", "+49221123456", "+49301234561", BERLIN_TRUNK, TARGET),
+    ],
+    ids=["munich-local", "berlin-local", "munich-112", "berlin-112", "international",
+         "national"],
+)  # fmt: skip
+async def test_outbound_by_site_over_the_caller_id_owners_trunk(
+    scene: Scene, caller: str, dial: str, expected_uri: str, expected_from: str,
+    trunk: tuple[str, str], account: str,
+) -> None:  # fmt: skip
+    carrier = start_scenario(
+        "carrier_answer_auth", remote_port=scene.lab.sip_port, local_ip=CARRIER_HOST,
+        local_port=scene.carrier_port,
+        variables={"trunk_user": trunk[0], "trunk_password": trunk[1]},
+    )  # fmt: skip
+    await asyncio.sleep(0.3)
+    call = await asyncio.to_thread(scene.call, scene.phones[caller], dial)
+    received = await asyncio.to_thread(carrier.wait, 20)
+    evidence = call.evidence() + "\n--- carrier ---\n" + received.evidence()
+    invites = [m for m in received.messages if m.method == "INVITE"]
+    assert invites, evidence
+    assert invites[0].first_line.startswith(f"INVITE sip:{expected_uri}@"), evidence
+    assert f"sip:{expected_from}@" in invites[0].headers["from"], evidence
+    # The carrier answered only after the digest matched this block's trunk credentials.
+    assert received.ok and call.ok and invite_ok(call), evidence
+    cdr = await scene.cdr(Destination=dial)
+    assert cdr["AccountCode"] == account, cdr
+
+
+async def test_isolation_between_pbxs(scene: Scene) -> None:
+    target = scene.phones["200"]
+    scene.register(target)
+    answering = start_scenario("uas_answer", remote_port=scene.lab.sip_port,
+                               local_port=target.port,
+                               timeout=8)  # fmt: skip
+    await asyncio.sleep(0.3)
+    for dial in ("200", "**200", "600"):
+        call = await asyncio.to_thread(scene.call, scene.other, dial, 6)
+        assert not invite_ok(call), f"C's phone reached B's {dial}:\n{call.evidence()}"
+    never = await asyncio.to_thread(answering.wait, 15)
+    assert not any(m.method == "INVITE" for m in never.messages), never.evidence()
+
+    # No credentials, or wrong ones: nothing.
+    stranger = replace(scene.phones["100"], password="not-the-password")
+    call = await asyncio.to_thread(scene.call, stranger, "200", 6)
+    assert not invite_ok(call), call.evidence()
+    refused = run_scenario(
+        "register", remote_port=scene.lab.sip_port, service=stranger.username,
+        username=stranger.username, password=stranger.password,
+        variables={"expires": "300"}, timeout=5,
+    )  # fmt: skip
+    assert 200 not in refused.received_statuses(), refused.evidence()
+
+
+async def test_reset_takes_the_moved_numbers_out_of_the_pbx(scene: Scene) -> None:
+    await scene.api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment")
+    await wait_applied(scene.api, TARGET)
+    call = await asyncio.to_thread(
+        run_scenario,
+        "carrier_call",
+        remote_port=scene.lab.sip_port,
+        local_ip=CARRIER_HOST,
+        variables={"dial": "+49891234560"},
+        timeout=6,
+    )
+    assert not call.ok and not invite_ok(call), call.evidence()
+    for path in scene.lab.output_dir.rglob("*.conf"):
+        assert "+4989123456" not in path.read_text(), path
