@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import Api, FakeClock, Inbox, Lab, free_port
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
 from panoramisk import Manager
 from sipp_peer import SipResult, run_scenario, start_scenario
 from test_apply import CARRIER_HOST, clean_lab, lab_node, wait_applied  # noqa: F401
 
-from conftest import Api, FakeClock, Inbox, Lab, free_port
 from provisioner.app import create_app
 from provisioner.settings import Settings
 
@@ -84,7 +84,7 @@ async def scene(
     clock: FakeClock,
     clean_lab: Lab,
     inbox: Inbox,
-    ami: Manager,  # noqa: F811
+    ami: Manager,
 ) -> AsyncIterator[Scene]:
     del clock
     node = lab_node(clean_lab)
@@ -193,7 +193,6 @@ async def scene(
         yield Scene(api, clean_lab, node.carrier_port, phones, other, cdrs)
     finally:
         await client.close()
-    # fmt: skip
 
 
 def invite_ok(result: SipResult) -> bool:
