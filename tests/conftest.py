@@ -365,3 +365,13 @@ async def ami(lab: Lab) -> AsyncIterator[Manager]:
         yield manager
     finally:
         manager.close()
+
+
+@pytest.fixture
+def clean_lab(lab: Lab) -> Iterator[Lab]:
+    """The lab with an empty provisioner folder, before and after the test."""
+    from lab_helpers import clean_output
+
+    clean_output(lab)
+    yield lab
+    clean_output(lab)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,40 +13,15 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import LAB, Api, FakeClock, Inbox, Lab, free_port
+from conftest import LAB, Api, FakeClock, Inbox, Lab
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
+from lab_helpers import lab_node, wait_applied
 from panoramisk import Manager
 
 from provisioner.app import create_app
-from provisioner.settings import Node, Secret, Settings
+from provisioner.settings import Settings
 
 pytestmark = pytest.mark.lab
-
-CARRIER_HOST = "127.0.0.2"
-
-
-def lab_node(lab: Lab) -> Node:
-    return Node(
-        name="default", ami_host="127.0.0.1", ami_port=lab.ami_port,
-        ami_username=lab.ami_user, ami_secret=Secret(lab.ami_secret),
-        output_dir=lab.output_dir, carrier_host=CARRIER_HOST, carrier_port=free_port(),
-    )  # fmt: skip
-
-
-def clean_output(lab: Lab) -> None:
-    for kind in ("pjsip", "dialplan"):
-        for path in (lab.output_dir / kind).iterdir():
-            if not path.name.startswith("00-"):
-                path.unlink()
-    lab.cli("module reload res_pjsip.so")
-    lab.cli("dialplan reload")
-
-
-@pytest.fixture
-def clean_lab(lab: Lab) -> Iterator[Lab]:
-    clean_output(lab)
-    yield lab
-    clean_output(lab)
 
 
 @pytest.fixture
@@ -61,20 +36,6 @@ async def lab_api(settings: Settings, clock: FakeClock, clean_lab: Lab) -> Async
         yield Api(client)
     finally:
         await client.close()
-
-
-async def wait_applied(api: Api, customer: str, timeout: float = 20) -> dict[str, Any]:
-    """Until the PBX's latest revision is live and stays so (no change queued behind it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state: dict[str, Any] = await api.ok("GET", f"/v1/accounts/{customer}/pbx/config")
-        if state["apply_state"] == "applied" and state["applied_revision"] == state["revision"]:
-            await asyncio.sleep(0.3)
-            if await api.ok("GET", f"/v1/accounts/{customer}/pbx/config") == state:
-                return state
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{customer} not applied within {timeout} s: {state}")
-        await asyncio.sleep(0.1)
 
 
 def lab_command(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,9 +19,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import Api, FakeClock, Inbox, Lab, free_port
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
+from lab_helpers import CARRIER_HOST, lab_node, wait_applied
 from panoramisk import Manager
 from sipp_peer import SipResult, run_scenario, start_scenario
-from test_apply import CARRIER_HOST, clean_lab, lab_node, wait_applied  # noqa: F401
 
 from provisioner.app import create_app
 from provisioner.settings import Settings
