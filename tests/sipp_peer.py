@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
@@ -22,6 +23,8 @@ class SipMessage:
     direction: str  # "sent" or "received"
     first_line: str
     headers: dict[str, str]
+    time: float = 0.0  # when sipp logged it (seconds since the epoch)
+    body: str = ""
 
     @property
     def status(self) -> int | None:
@@ -60,23 +63,42 @@ class SipResult:
         return "\n".join(lines)
 
 
+_SEPARATOR = re.compile(r"^-{10,}\s*(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)?")
+
+
 def parse_trace(text: str) -> list[SipMessage]:
+    """sipp's -message_file: a line of dashes with a timestamp, "UDP message sent (…)"
+    or "… received …", a blank line, then the SIP message."""
+    blocks: list[tuple[float, list[str]]] = []
+    for line in text.splitlines():
+        separator = _SEPARATOR.match(line)
+        if separator:
+            stamp = separator.group(1)
+            when = datetime.fromisoformat(stamp).timestamp() if stamp else 0.0
+            blocks.append((when, []))
+        elif blocks:
+            blocks[-1][1].append(line)
     messages = []
-    for block in re.split(r"^-{10,}.*$", text, flags=re.M):
-        block = block.strip("\n")
-        head = re.match(r"^\w+ message (sent|received)[^\n]*\n+", block)
-        if not head:
+    for when, lines in blocks:
+        head = next((i for i, line in enumerate(lines) if " message " in line), None)
+        if head is None:
             continue
-        lines = block[head.end() :].splitlines()
-        if not lines:
+        direction = "sent" if " sent" in lines[head] else "received"
+        rest = [line for line in lines[head + 1 :]]
+        while rest and not rest[0].strip():
+            rest.pop(0)
+        if not rest:
             continue
         headers: dict[str, str] = {}
-        for line in lines[1:]:
+        body_at = len(rest)
+        for index, line in enumerate(rest[1:], start=1):
             if not line.strip():
+                body_at = index + 1
                 break
             name, _, value = line.partition(":")
             headers.setdefault(name.strip().lower(), value.strip())
-        messages.append(SipMessage(head.group(1), lines[0].strip(), headers))
+        body = "\n".join(rest[body_at:])
+        messages.append(SipMessage(direction, rest[0].strip(), headers, when, body))
     return messages
 
 

@@ -312,3 +312,49 @@ async def test_reset_takes_the_moved_numbers_out_of_the_pbx(scene: Scene) -> Non
     assert not call.ok and not invite_ok(call), call.evidence()
     for path in scene.lab.output_dir.rglob("*.conf"):
         assert "+4989123456" not in path.read_text(), path
+
+
+async def ring_group_call(scene: Scene, answer: str, ring: str) -> tuple[SipResult, ...]:
+    """100 calls 600; `answer` picks up, `ring` only rings."""
+    for ext in (answer, ring):
+        scene.register(scene.phones[ext])
+    answering = start_scenario(
+        "uas_answer",
+        remote_port=scene.lab.sip_port,
+        local_port=scene.phones[answer].port,
+        timeout=25,
+    )
+    ringing = start_scenario(
+        "uas_ring", remote_port=scene.lab.sip_port, local_port=scene.phones[ring].port, timeout=25
+    )
+    await asyncio.sleep(0.3)
+    call = await asyncio.to_thread(scene.call, scene.phones["100"], "600", 25)
+    return call, await asyncio.to_thread(answering.wait, 30), await asyncio.to_thread(
+        ringing.wait, 30
+    )  # fmt: skip
+
+
+def arrival(result: SipResult) -> float:
+    invite = next(m for m in result.messages if m.method == "INVITE")
+    return invite.time
+
+
+async def test_ring_group_ringall_rings_both_sites_together(scene: Scene) -> None:
+    call, answered, rang = await ring_group_call(scene, answer="201", ring="101")
+    evidence = "\n---\n".join(r.evidence() for r in (call, answered, rang))
+    assert call.ok and invite_ok(call), evidence
+    assert answered.ok and rang.ok, evidence  # 101 rang and was cancelled when 201 answered
+    assert abs(arrival(answered) - arrival(rang)) < 0.25, evidence
+
+
+async def test_ring_group_hunt_rings_in_order(scene: Scene) -> None:
+    await scene.api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/ring-groups/600", {
+        "name": "Empfang", "strategy": "hunt", "members": ["101", "201"], "ring_seconds": 5,
+    })  # fmt: skip
+    await wait_applied(scene.api, TARGET)
+    call, answered, rang = await ring_group_call(scene, answer="201", ring="101")
+    evidence = "\n---\n".join(r.evidence() for r in (call, answered, rang))
+    assert call.ok and invite_ok(call), evidence
+    assert answered.ok and rang.ok, evidence
+    waited = arrival(answered) - arrival(rang)
+    assert 4.5 < waited < 7, f"201 rang {waited:.1f} s after 101\n{evidence}"
