@@ -57,9 +57,11 @@ class Scene:
         )  # fmt: skip
         assert result.ok, result.evidence()
 
-    def call(self, caller: Phone, dial: str, timeout: float = 15) -> SipResult:
+    def call(
+        self, caller: Phone, dial: str, timeout: float = 15, scenario: str = "call"
+    ) -> SipResult:
         return run_scenario(
-            "call", remote_port=self.lab.sip_port, service=caller.username,
+            scenario, remote_port=self.lab.sip_port, service=caller.username,
             username=caller.username, password=caller.password, local_port=caller.port,
             variables={"dial": dial}, timeout=timeout,
         )  # fmt: skip
@@ -358,3 +360,24 @@ async def test_ring_group_hunt_rings_in_order(scene: Scene) -> None:
     assert answered.ok and rang.ok, evidence
     waited = arrival(answered) - arrival(rang)
     assert 4.5 < waited < 7, f"201 rang {waited:.1f} s after 101\n{evidence}"
+
+
+@pytest.mark.parametrize("dial", ["*8", "**200"])
+async def test_pickup_across_sites(scene: Scene, dial: str) -> None:
+    """101 calls 200 (Munich); 200 rings; 100 (Berlin) picks the call up."""
+    ringing_phone = scene.phones["200"]
+    scene.register(ringing_phone)
+    ringing = start_scenario("uas_ring", remote_port=scene.lab.sip_port,
+                             local_port=ringing_phone.port, timeout=20)  # fmt: skip
+    await asyncio.sleep(0.3)
+    caller = asyncio.create_task(
+        asyncio.to_thread(scene.call, scene.phones["101"], "200", 20, "call_until_bye")
+    )
+    await asyncio.sleep(1.5)  # 200 rings now
+    picker = await asyncio.to_thread(scene.call, scene.phones["100"], dial, 15)
+    caller_result = await caller
+    rang = await asyncio.to_thread(ringing.wait, 20)
+    evidence = "\n---\n".join(r.evidence() for r in (picker, caller_result, rang))
+    assert picker.ok and invite_ok(picker), evidence  # 100 got the call
+    assert caller_result.ok and invite_ok(caller_result), evidence  # 101 was connected
+    assert rang.ok and any(m.method == "CANCEL" for m in rang.messages), evidence
