@@ -11,6 +11,7 @@ isolation. On failure, each assertion prints the SIP evidence.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -381,3 +382,41 @@ async def test_pickup_across_sites(scene: Scene, dial: str) -> None:
     assert picker.ok and invite_ok(picker), evidence  # 100 got the call
     assert caller_result.ok and invite_ok(caller_result), evidence  # 101 was connected
     assert rang.ok and any(m.method == "CANCEL" for m in rang.messages), evidence
+
+
+def dialog_states(result: SipResult) -> list[str]:
+    """The <state> of every NOTIFY body the subscriber received, in order."""
+    states = []
+    for m in result.messages:
+        if m.method == "NOTIFY":
+            found = re.findall(r"<state[^>]*>([a-z]+)</state>", m.body)
+            states.append(found[0] if found else "idle")
+    return states
+
+
+async def test_blf_shows_ringing_and_talking_across_sites(scene: Scene) -> None:
+    watcher, watched = scene.phones["100"], scene.phones["200"]
+    scene.register(watched)
+    subscriber = start_scenario(
+        "subscribe", remote_port=scene.lab.sip_port, service=watcher.username,
+        username=watcher.username, password=watcher.password, local_port=watcher.port,
+        variables={"watch": "200"}, timeout=30,
+    )  # fmt: skip
+    await asyncio.sleep(1.0)  # subscribed; the first NOTIFY says idle
+    answering = start_scenario("uas_answer", remote_port=scene.lab.sip_port,
+                               local_port=watched.port)  # fmt: skip
+    await asyncio.sleep(0.3)
+    call = await asyncio.to_thread(scene.call, scene.phones["101"], "200")
+    await asyncio.to_thread(answering.wait, 20)
+    watched_result = await asyncio.to_thread(subscriber.wait, 40)
+    states = dialog_states(watched_result)
+    evidence = f"states {states}\n" + watched_result.evidence() + "\n---\n" + call.evidence()
+    # (The subscriber ends by waiting out a NOTIFY that never comes, which sipp counts
+    # as a failed call: judge it by what it received.)
+    assert call.ok, evidence
+    assert 200 in watched_result.received_statuses(), evidence
+    assert states and states[0] in ("idle", "terminated"), evidence
+    assert "early" in states, evidence  # ringing
+    assert "confirmed" in states, evidence  # talking
+    assert states.index("early") < states.index("confirmed"), evidence
+    assert states[-1] == "terminated", evidence  # idle again after the call
