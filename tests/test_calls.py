@@ -286,6 +286,15 @@ async def test_isolation_between_pbxs(scene: Scene) -> None:
     for dial in ("200", "**200", "600"):
         call = await asyncio.to_thread(scene.call, scene.other, dial, 6)
         assert not invite_ok(call), f"C's phone reached B's {dial}:\n{call.evidence()}"
+    watched = await asyncio.to_thread(
+        run_scenario, "subscribe", remote_port=scene.lab.sip_port,
+        service=scene.other.username, username=scene.other.username,
+        password=scene.other.password, local_port=scene.other.port,
+        variables={"watch": "200"}, timeout=6,
+    )  # fmt: skip
+    subscribed = [m for m in watched.messages
+                  if m.status == 200 and "SUBSCRIBE" in m.headers.get("cseq", "")]  # fmt: skip
+    assert not subscribed, f"C subscribed to B's 200:\n{watched.evidence()}"
     never = await asyncio.to_thread(answering.wait, 15)
     assert not any(m.method == "INVITE" for m in never.messages), never.evidence()
 
@@ -420,3 +429,30 @@ async def test_blf_shows_ringing_and_talking_across_sites(scene: Scene) -> None:
     assert "confirmed" in states, evidence  # talking
     assert states.index("early") < states.index("confirmed"), evidence
     assert states[-1] == "terminated", evidence  # idle again after the call
+
+
+async def test_blind_transfer_to_the_other_site(scene: Scene) -> None:
+    """The carrier calls B's main number; 100 (Berlin) answers and transfers to 201
+    (Munich) with REFER; 201 gets the carrier's call."""
+    transferer, target = scene.phones["100"], scene.phones["201"]
+    for phone in (transferer, target):
+        scene.register(phone)
+    referring = start_scenario(
+        "uas_refer", remote_port=scene.lab.sip_port, service=transferer.username,
+        local_port=transferer.port, variables={"refer_to": "201"}, timeout=20,
+    )  # fmt: skip
+    answering = start_scenario("uas_answer", remote_port=scene.lab.sip_port,
+                               local_port=target.port, timeout=20)  # fmt: skip
+    await asyncio.sleep(0.3)
+    call = await asyncio.to_thread(
+        run_scenario, "carrier_call", remote_port=scene.lab.sip_port,
+        local_ip=CARRIER_HOST, variables={"dial": "+49301234560"},
+    )  # fmt: skip
+    referred = await asyncio.to_thread(referring.wait, 20)
+    answered = await asyncio.to_thread(answering.wait, 20)
+    evidence = "\n---\n".join(r.evidence() for r in (call, referred, answered))
+    assert call.ok, evidence
+    assert referred.ok and 202 in referred.received_statuses(), evidence
+    assert answered.ok, evidence
+    invite = next(m for m in answered.messages if m.method == "INVITE")
+    assert "+4940999999" in invite.headers["from"], evidence  # the carrier's caller
