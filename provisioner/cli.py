@@ -101,7 +101,16 @@ async def _demo(settings: Settings) -> None:
                 await accounts.put_account(
                     unit, DEMO_OWNER, "Isar Logistik GmbH (München)", "admin@isar.example", "en"
                 )
-                await blocks.put_block(unit, DEMO_OWNER, DEMO_BLOCK, "+4989123456", "0-99", "pbx")
+                await blocks.put_block(
+                    unit, DEMO_TARGET, "ber-main", "+4930123456", "0-99", "pbx",
+                    trunk=blocks.TrunkCredentials("k100200-ber", "Berlin-trunk-1"),
+                    default_target="100",
+                )  # fmt: skip
+                await blocks.put_block(
+                    unit, DEMO_OWNER, DEMO_BLOCK, "+4989123456", "0-99", "pbx",
+                    trunk=blocks.TrunkCredentials("k200300-muc", "Munich-trunk-1"),
+                    default_target="200",
+                )  # fmt: skip
     finally:
         await pool.close()
 
@@ -118,7 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(
         f"""Demo data is in place:
-  {DEMO_TARGET}  Spree Logistik GmbH (Berlin), has a cloud PBX
+  {DEMO_TARGET}  Spree Logistik GmbH (Berlin), has a cloud PBX and block ber-main: +49 30 123456 0-99
   {DEMO_OWNER}  Isar Logistik GmbH (München), owns block {DEMO_BLOCK}: +49 89 123456 0-99, pbx mode
 
 The flow, with a portal API key in $KEY (the example config's is 'portal-dev-key'):
