@@ -127,8 +127,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(
         f"""Demo data is in place:
-  {DEMO_TARGET}  Spree Logistik GmbH (Berlin), has a cloud PBX and block ber-main: +49 30 123456 0-99
-  {DEMO_OWNER}  Isar Logistik GmbH (München), owns block {DEMO_BLOCK}: +49 89 123456 0-99, pbx mode
+  {DEMO_TARGET}  Spree Logistik GmbH (Berlin): cloud PBX, block ber-main +49 30 123456 0-99
+  {DEMO_OWNER}  Isar Logistik GmbH (München): block {DEMO_BLOCK} +49 89 123456 0-99, pbx mode
 
 The flow, with a portal API key in $KEY (the example config's is 'portal-dev-key'):
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
+from aiohttp.test_utils import TestClient, TestServer
 from conftest import Api, Lab, free_port
+from helpers import BLOCK, OWNER, TARGET
 
-from provisioner.settings import Node, Secret
+from provisioner.app import create_app
+from provisioner.settings import Node, Secret, Settings
 
 # The carrier (SBC) lives on its own loopback address, so identifying it by address
 # never catches the phones, which all come from 127.0.0.1.
@@ -44,3 +50,55 @@ async def wait_applied(api: Api, customer: str, timeout: float = 20) -> dict[str
         if time.monotonic() > deadline:
             raise AssertionError(f"{customer} not applied within {timeout} s: {state}")
         await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def lab_service(settings: Settings, lab: Lab) -> AsyncIterator[tuple[Api, Node]]:
+    """The service on a real port, applying to the lab (real time: the applier's
+    backoff runs on the clock, not the fake one)."""
+    node = lab_node(lab)
+    app = create_app(replace(settings, nodes=(node,), apply_retry_seconds=1))
+    server = TestServer(app, host="127.0.0.1", port=settings.listen_port)
+    client: TestClient[Any, Any] = TestClient(server)
+    await client.start_server()
+    try:
+        yield Api(client), node
+    finally:
+        await client.close()
+
+
+async def branch_scene(api: Api) -> dict[str, Any]:
+    """B in Berlin with its PBX, block and phone 100; A in Munich with a pbx block;
+    trunks for both. Returns phone 100 as created (with its SIP password)."""
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{TARGET}",
+        {"name": "Spree Logistik GmbH", "email": "it@spree.example", "language": "de"},
+    )
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx")
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{TARGET}/blocks/ber-main",
+        {
+            "number": "+4930123456",
+            "range": "0-99",
+            "mode": "pbx",
+            "default_target": "100",
+            "trunk": {"username": "k100200-ber", "password": "Berlin-trunk-1"},
+        },
+    )
+    anna: dict[str, Any] = await api.ok(
+        "PUT",
+        f"/v1/accounts/{TARGET}/pbx/extensions/100",
+        {"name": "Anna Berlin", "site_block": "ber-main", "pickup_group": "sales"},
+    )
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{OWNER}",
+        {"name": "Isar Logistik GmbH", "email": "admin@isar.example", "language": "en"},
+    )
+    await api.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}", {
+        "number": "+4989123456", "range": "0-99", "mode": "pbx", "default_target": "200",
+        "trunk": {"username": "k200300-muc", "password": "Munich-trunk-1"},
+    })  # fmt: skip
+    return anna

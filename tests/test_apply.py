@@ -6,19 +6,16 @@ import asyncio
 import subprocess
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from conftest import LAB, Api, FakeClock, Inbox, Lab
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
-from lab_helpers import lab_node, wait_applied
+from lab_helpers import branch_scene, lab_service, wait_applied
 from panoramisk import Manager
 
-from provisioner.app import create_app
 from provisioner.settings import Settings
 
 pytestmark = pytest.mark.lab
@@ -26,16 +23,9 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture
 async def lab_api(settings: Settings, clock: FakeClock, clean_lab: Lab) -> AsyncIterator[Api]:
-    # The applier runs on real time: only the assignment flow uses the fake clock.
-    del clock
-    app = create_app(replace(settings, nodes=(lab_node(clean_lab),), apply_retry_seconds=1))
-    server = TestServer(app, host="127.0.0.1", port=settings.listen_port)
-    client: TestClient[Any, Any] = TestClient(server)
-    await client.start_server()
-    try:
-        yield Api(client)
-    finally:
-        await client.close()
+    del clock  # the assignment flow may use it; the applier runs on real time
+    async with lab_service(settings, clean_lab) as (api, _):
+        yield api
 
 
 def lab_command(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
@@ -51,41 +41,6 @@ async def live(ami: Manager) -> tuple[set[str], set[str]]:
     plan: Any = await ami.send_action({"Action": "ShowDialPlan"}, as_list=True)
     contexts = {m.Context for m in plan if m.get("Event") == "ListDialplan"}
     return endpoints, contexts
-
-
-async def branch_scene(api: Api) -> None:
-    """B in Berlin with its PBX and block; A in Munich with a pbx block; trunks for both."""
-    await api.ok(
-        "PUT",
-        f"/v1/accounts/{TARGET}",
-        {"name": "Spree Logistik GmbH", "email": "it@spree.example", "language": "de"},
-    )
-    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx")
-    await api.ok(
-        "PUT",
-        f"/v1/accounts/{TARGET}/blocks/ber-main",
-        {
-            "number": "+4930123456",
-            "range": "0-99",
-            "mode": "pbx",
-            "default_target": "100",
-            "trunk": {"username": "k100200-ber", "password": "Berlin-trunk-1"},
-        },
-    )
-    await api.ok(
-        "PUT",
-        f"/v1/accounts/{TARGET}/pbx/extensions/100",
-        {"name": "Anna Berlin", "site_block": "ber-main", "pickup_group": "sales"},
-    )
-    await api.ok(
-        "PUT",
-        f"/v1/accounts/{OWNER}",
-        {"name": "Isar Logistik GmbH", "email": "admin@isar.example", "language": "en"},
-    )
-    await api.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}", {
-        "number": "+4989123456", "range": "0-99", "mode": "pbx", "default_target": "200",
-        "trunk": {"username": "k200300-muc", "password": "Munich-trunk-1"},
-    })  # fmt: skip
 
 
 async def test_full_flow_reaches_asterisk_and_reset_removes_it(

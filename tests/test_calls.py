@@ -17,14 +17,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from conftest import Api, FakeClock, Inbox, Lab, free_port
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
-from lab_helpers import CARRIER_HOST, lab_node, wait_applied
+from lab_helpers import CARRIER_HOST, branch_scene, lab_service, wait_applied
 from panoramisk import Manager
 from sipp_peer import SipResult, run_scenario, start_scenario
 
-from provisioner.app import create_app
 from provisioner.settings import Settings
 
 pytestmark = pytest.mark.lab
@@ -83,66 +81,18 @@ async def put_phone(api: Api, customer: str, ext: str, body: dict[str, Any]) -> 
 
 @pytest.fixture
 async def scene(
-    settings: Settings,
-    clock: FakeClock,
-    clean_lab: Lab,
-    inbox: Inbox,
-    ami: Manager,
+    settings: Settings, clock: FakeClock, clean_lab: Lab, inbox: Inbox, ami: Manager
 ) -> AsyncIterator[Scene]:
-    del clock
-    node = lab_node(clean_lab)
-    app = create_app(replace(settings, nodes=(node,), apply_retry_seconds=1))
-    client: TestClient[Any, Any] = TestClient(
-        TestServer(app, host="127.0.0.1", port=settings.listen_port)
-    )
-    await client.start_server()
+    del clock  # the assignment flow may use it; the applier runs on real time
     cdrs: list[dict[str, str]] = []
     ami.register_event("Cdr", lambda _manager, event: cdrs.append(dict(event)))
-    api = Api(client)
-    try:
-        await api.ok(
-            "PUT",
-            f"/v1/accounts/{TARGET}",
-            {"name": "Spree Logistik GmbH", "email": "it@spree.example", "language": "de"},
-        )
-        await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx")
-        await api.ok(
-            "PUT",
-            f"/v1/accounts/{TARGET}/blocks/ber-main",
-            {
-                "number": "+4930123456",
-                "range": "0-99",
-                "mode": "pbx",
-                "default_target": "100",
-                "trunk": {"username": BERLIN_TRUNK[0], "password": BERLIN_TRUNK[1]},
-            },
-        )
-        await api.ok(
-            "PUT",
-            f"/v1/accounts/{OWNER}",
-            {"name": "Isar Logistik GmbH", "email": "admin@isar.example", "language": "en"},
-        )
-        await api.ok(
-            "PUT",
-            f"/v1/accounts/{OWNER}/blocks/{BLOCK}",
-            {
-                "number": "+4989123456",
-                "range": "0-99",
-                "mode": "pbx",
-                "default_target": "201",
-                "trunk": {"username": MUNICH_TRUNK[0], "password": MUNICH_TRUNK[1]},
-            },
-        )
+    async with lab_service(settings, clean_lab) as (api, node):
+        anna = await branch_scene(api)
         _, owner_link, target_link = await request_assignment(api, inbox)
         assert (await api.client.post(path_of(owner_link))).status == 200
         assert (await api.client.post(path_of(target_link))).status == 200
         phones = {
-            "100": await put_phone(
-                api,
-                TARGET,
-                "100",
-                {"name": "Anna Berlin", "site_block": "ber-main", "pickup_group": "sales"},
-            ),
+            "100": Phone("100", anna["sip_username"], anna["sip_password"], free_port()),
             "101": await put_phone(
                 api,
                 TARGET,
@@ -194,8 +144,6 @@ async def scene(
         await wait_applied(api, TARGET)
         await wait_applied(api, "K300400")
         yield Scene(api, clean_lab, node.carrier_port, phones, other, cdrs)
-    finally:
-        await client.close()
 
 
 def invite_ok(result: SipResult) -> bool:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from provisioner.api.middleware import UNIT
 from provisioner.domain.errors import NotFound
 from provisioner.service import assignments
+from provisioner.service.assignments import ConfirmView
+from provisioner.service.unit import Unit
 from provisioner.web.pages import Pages
 
 PAGES = web.AppKey("pages", Pages)
@@ -25,19 +29,19 @@ def _page(html: str, status: int) -> web.Response:
 
 
 async def show(request: web.Request) -> web.Response:
-    pages = request.app[PAGES]
-    try:
-        view = await assignments.look_up_token(request[UNIT], request.match_info["token"])
-    except NotFound:
-        return _page(pages.not_found(), 404)
-    status = 410 if view.assignment.state in ("reset", "expired") else 200
-    return _page(pages.confirm(view), status)
+    return await _page_for(request, assignments.look_up_token)
 
 
 async def confirm(request: web.Request) -> web.Response:
+    return await _page_for(request, assignments.confirm)
+
+
+async def _page_for(
+    request: web.Request, use_case: Callable[[Unit, str], Awaitable[ConfirmView]]
+) -> web.Response:
     pages = request.app[PAGES]
     try:
-        view = await assignments.confirm(request[UNIT], request.match_info["token"])
+        view = await use_case(request[UNIT], request.match_info["token"])
     except NotFound:
         return _page(pages.not_found(), 404)
     status = 410 if view.assignment.state in ("reset", "expired") else 200
