@@ -56,7 +56,7 @@ class SipResult:
             interesting = {
                 k: v
                 for k, v in m.headers.items()
-                if k in ("from", "to", "contact", "www-authenticate")
+                if k in ("from", "to", "contact", "www-authenticate", "refer-to")
             }
             lines.append(f"{arrow} {m.first_line} {interesting}")
         lines.append(self.output[-1500:])
@@ -132,6 +132,7 @@ def start_scenario(
     local_port: int = 0,
     variables: dict[str, str] | None = None,
     timeout: float = 20.0,
+    extra: list[str] | None = None,
 ) -> Running:
     """Start tests/sipp/<scenario>.xml once against Asterisk on 127.0.0.1:<remote_port>."""
     if shutil.which(SIPP) is None:
@@ -149,6 +150,7 @@ def start_scenario(
         args += ["-au", username, "-ap", password or ""]
     for name, value in (variables or {}).items():
         args += ["-set", name, value]
+    args += extra or []
     process = subprocess.Popen(
         args, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,

@@ -404,3 +404,53 @@ async def test_blind_transfer_to_the_other_site(scene: Scene) -> None:
     assert answered.ok, evidence
     invite = next(m for m in answered.messages if m.method == "INVITE")
     assert "+4940999999" in invite.headers["from"], evidence  # the carrier's caller
+
+
+async def bridged_with(ami: Manager, prefix: str) -> set[str]:
+    """Names of the channels in the same bridge as the channel named `prefix…`."""
+    reply: Any = await ami.send_action({"Action": "CoreShowChannels"}, as_list=True)
+    channels = [m for m in reply if m.get("Event") == "CoreShowChannel"]
+    bridges = {m.BridgeId for m in channels if m.Channel.startswith(prefix) and m.BridgeId}
+    return {m.Channel for m in channels if m.BridgeId in bridges}
+
+
+async def test_attended_transfer_to_the_other_site(scene: Scene, ami: Manager) -> None:
+    """100 (Berlin) calls out over B's trunk, consults 201 (Munich), and transfers the
+    far end to 201 with REFER/Replaces: the carrier ends up talking to 201."""
+    transferer, target = scene.phones["100"], scene.phones["201"]
+    scene.register(target)
+    twin = f"127.0.0.1:{free_port()}"
+    carrier = start_scenario(
+        "carrier_answer_auth", remote_port=scene.lab.sip_port, local_ip=CARRIER_HOST,
+        local_port=scene.carrier_port,
+        variables={"trunk_user": BERLIN_TRUNK[0], "trunk_password": BERLIN_TRUNK[1]},
+        timeout=15,
+    )  # fmt: skip
+    answering = start_scenario("uas_answer", remote_port=scene.lab.sip_port,
+                               local_port=target.port, timeout=15)  # fmt: skip
+    main = start_scenario(
+        "attended_main", remote_port=scene.lab.sip_port, service=transferer.username,
+        username=transferer.username, password=transferer.password,
+        variables={"dial": "1234567", "refer_to": "201"}, timeout=15,
+        extra=["-3pcc", twin, "-cid_str", "attended-main-%u@127.0.0.1"],
+    )  # fmt: skip
+    await asyncio.sleep(1.5)  # first call up
+    consult = start_scenario(
+        "attended_consult", remote_port=scene.lab.sip_port, service=transferer.username,
+        username=transferer.username, password=transferer.password,
+        variables={"dial": "201", "main_call": "attended-main-1@127.0.0.1"}, timeout=15,
+        # No "@" in this Call-ID: it travels inside the Refer-To URI's Replaces.
+        extra=["-3pcc", twin, "-cid_str", "attended-consult-%u-%p"],
+    )  # fmt: skip
+    referred = await asyncio.to_thread(main.wait, 20)
+    await asyncio.sleep(1.0)
+    bridged = await bridged_with(ami, "PJSIP/k100200-trunk-ber-main-")
+    await ami.send_action({"Action": "Hangup", "Channel": "/^PJSIP/k100200-/"})
+    results = [referred] + [
+        await asyncio.to_thread(r.wait, 20) for r in (consult, answering, carrier)
+    ]
+    evidence = f"bridged: {bridged}\n" + "\n---\n".join(r.evidence() for r in results)
+    assert 202 in referred.received_statuses(), evidence
+    # The carrier's leg now talks to 201; the transferer is out of the bridge.
+    assert any(c.startswith("PJSIP/k100200-201-") for c in bridged), evidence
+    assert not any(c.startswith("PJSIP/k100200-100-") for c in bridged), evidence
