@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import Api, Lab, free_port
-from helpers import BLOCK, OWNER, TARGET
+from helpers import BLOCK, OWNER, TARGET, scene
 
 from provisioner.app import create_app
 from provisioner.settings import Node, Secret, Settings
@@ -68,14 +68,9 @@ async def lab_service(settings: Settings, lab: Lab) -> AsyncIterator[tuple[Api, 
 
 
 async def branch_scene(api: Api) -> dict[str, Any]:
-    """B in Berlin with its PBX, block and phone 100; A in Munich with a pbx block;
-    trunks for both. Returns phone 100 as created (with its SIP password)."""
-    await api.ok(
-        "PUT",
-        f"/v1/accounts/{TARGET}",
-        {"name": "Spree Logistik GmbH", "email": "it@spree.example", "language": "de"},
-    )
-    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx")
+    """The accounts of helpers.scene, plus B's Berlin block and phone 100, and trunks and
+    default targets for both blocks. Returns phone 100 as created (with its password)."""
+    await scene(api)
     await api.ok(
         "PUT",
         f"/v1/accounts/{TARGET}/blocks/ber-main",
@@ -90,15 +85,21 @@ async def branch_scene(api: Api) -> dict[str, Any]:
     anna: dict[str, Any] = await api.ok(
         "PUT",
         f"/v1/accounts/{TARGET}/pbx/extensions/100",
-        {"name": "Anna Berlin", "site_block": "ber-main", "pickup_group": "sales"},
+        {
+            "name": "Anna Berlin",
+            "site_block": "ber-main",
+            "pickup_group": "sales",
+        },
     )
     await api.ok(
         "PUT",
-        f"/v1/accounts/{OWNER}",
-        {"name": "Isar Logistik GmbH", "email": "admin@isar.example", "language": "en"},
+        f"/v1/accounts/{OWNER}/blocks/{BLOCK}",
+        {
+            "number": "+4989123456",
+            "range": "0-99",
+            "mode": "pbx",
+            "default_target": "200",
+            "trunk": {"username": "k200300-muc", "password": "Munich-trunk-1"},
+        },
     )
-    await api.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}", {
-        "number": "+4989123456", "range": "0-99", "mode": "pbx", "default_target": "200",
-        "trunk": {"username": "k200300-muc", "password": "Munich-trunk-1"},
-    })  # fmt: skip
     return anna

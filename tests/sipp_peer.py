@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
 SIPP = "/usr/bin/sipp"
@@ -158,22 +159,6 @@ def start_scenario(
     return Running(process, work)
 
 
-def run_scenario(
-    scenario: str,
-    *,
-    remote_port: int,
-    service: str = "service",
-    username: str | None = None,
-    password: str | None = None,
-    local_ip: str = "127.0.0.1",
-    local_port: int = 0,
-    variables: dict[str, str] | None = None,
-    timeout: float = 20.0,
-) -> SipResult:
-    """Run a scenario to its end (see start_scenario)."""
-    running = start_scenario(
-        scenario, remote_port=remote_port, service=service, username=username,
-        password=password, local_ip=local_ip, local_port=local_port, variables=variables,
-        timeout=timeout,
-    )  # fmt: skip
-    return running.wait(timeout + 10)
+def run_scenario(scenario: str, *, timeout: float = 20.0, **options: Any) -> SipResult:
+    """Run a scenario to its end; the options are those of start_scenario."""
+    return start_scenario(scenario, timeout=timeout, **options).wait(timeout + 10)
