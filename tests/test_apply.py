@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from conftest import LAB, Api, FakeClock, Inbox, Lab
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
-from lab_helpers import branch_scene, lab_service, wait_applied
+from lab_helpers import branch_scene, lab_node, lab_service, wait_applied
 from panoramisk import Manager
 
 from provisioner.settings import Settings
@@ -180,3 +180,32 @@ async def test_a_burst_of_changes_ends_in_a_handful_of_reloads(lab_api: Api) -> 
     reloads = pjsip_reloads._value.get() - before
     assert "[k100200-329]" in state["files"]["pjsip/tenant-k100200.conf"]
     assert 1 <= reloads <= 5, f"30 changes took {reloads} res_pjsip reloads"
+
+
+async def test_two_instances_share_a_node_without_applying_twice(
+    api: Api, clean_lab: Lab, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """Two appliers (as in two service instances) race for the same node: the node lock
+    lets one round through at a time, and every job is applied exactly once."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from provisioner.asterisk.apply import apply_node
+    from provisioner.clock import system_clock
+
+    await branch_scene(api)  # `api` runs no applier: it has no nodes configured
+    node = lab_node(clean_lab)
+    pools = [AsyncConnectionPool(db_url, min_size=1, max_size=3, open=False) for _ in range(2)]
+    for pool in pools:
+        await pool.open()
+    try:
+        taken = await asyncio.gather(*(apply_node(p, node, system_clock) for p in pools))
+        while db.execute("SELECT count(*) FROM apply_queue").fetchone() != (0,):
+            taken.append(await apply_node(pools[0], node, system_clock))
+    finally:
+        for pool in pools:
+            await pool.close()
+    assert sum(taken) == 1, taken  # one PBX with changes, applied once
+    revisions = db.execute("SELECT count(*) FROM config_revisions").fetchone()
+    assert revisions == (1,)
+    state = db.execute("SELECT state FROM apply_state").fetchall()
+    assert state == [("applied",)]
