@@ -17,7 +17,15 @@ def masked(url: str) -> str:
 
 
 async def open_pool(url: str, *, max_size: int = 10) -> AsyncConnectionPool:
-    pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False)
+    # check: a connection is tested when handed out, so after a database restart the pool
+    # replaces its dead connections instead of failing one request per connection.
+    pool = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
+    )
     await pool.open(wait=True, timeout=30)
     async with pool.connection() as conn:
         await conn.execute("SELECT 1")

@@ -1,0 +1,85 @@
+"""A database restart delays work and loses nothing: no mail dropped, none sent twice."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pgserver
+import psycopg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import Api, FakeClock, Inbox, confirm_link, free_port, make_settings
+from helpers import BLOCK, TARGET, path_of, scene
+
+from provisioner.app import create_app
+from provisioner.db import embedded
+from provisioner.db.migrate import migrate
+
+
+@pytest.fixture
+async def own_database() -> AsyncIterator[tuple[str, Path]]:
+    """A PostgreSQL of this test's own, so restarting it disturbs no other test."""
+    folder = Path(tempfile.mkdtemp(prefix="prov-pgr-", dir="/tmp")) / "pg"
+    url, server = await asyncio.to_thread(embedded.start, folder)
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await migrate(conn)
+    try:
+        yield url, folder
+    finally:
+        await asyncio.to_thread(server.cleanup)
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+async def test_database_restart_delays_mail_and_loses_none(
+    own_database: tuple[str, Path], inbox: Inbox, clock: FakeClock, tmp_path: Path
+) -> None:
+    url, folder = own_database
+    settings = make_settings(url, smtp_host="127.0.0.1", smtp_port=inbox.port,
+                             port=free_port(), data=tmp_path)  # fmt: skip
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(create_app(settings, clock=clock), host="127.0.0.1",
+                   port=settings.listen_port)
+    )  # fmt: skip
+    await client.start_server()
+    api = Api(client)
+    try:
+        await scene(api)
+        inbox.fail_next = 2  # SMTP refuses both confirm mails: they wait in the outbox
+        assignment = await api.ok(
+            "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET}
+        )
+        await asyncio.sleep(0.5)
+        assert inbox.messages == []
+
+        # The database goes away: the service says so, and nothing is lost.
+        running = pgserver.get_server(folder, cleanup_mode=None)  # type: ignore[attr-defined]
+        await asyncio.to_thread(running.cleanup)
+        ready = await client.get("/readyz")
+        assert ready.status == 503
+        down = await api.call("GET", f"/v1/blocks/{BLOCK}/assignment")
+        assert down.status == 500 and down.content_type == "application/problem+json"
+
+        await asyncio.to_thread(embedded.start, folder)
+        clock.advance(seconds=30)  # past the mails' backoff
+        # The pool reconnects with its own backoff (1 s, 2 s, 4 s, ...): give it time.
+        owner_mail = await inbox.wait_for_message(
+            f"confirm_request.{assignment['id']}.owner", timeout=90
+        )
+        target_mail = await inbox.wait_for_message(
+            f"confirm_request.{assignment['id']}.target", timeout=10
+        )
+        for link in (confirm_link(owner_mail), confirm_link(target_mail)):
+            assert (await client.post(path_of(link))).status == 200
+        state = await api.ok("GET", f"/v1/blocks/{BLOCK}/assignment")
+        assert state["state"] == "active"
+        await inbox.wait_for(4, timeout=20)
+        await asyncio.sleep(1)
+        ids = [m["Message-ID"] for m in inbox.messages]
+        assert len(ids) == len(set(ids)) == 4, ids
+    finally:
+        await client.close()
