@@ -209,3 +209,45 @@ async def test_two_instances_share_a_node_without_applying_twice(
     assert revisions == (1,)
     state = db.execute("SELECT state FROM apply_state").fetchall()
     assert state == [("applied",)]
+
+
+async def test_engineer_commands_render_diff_and_apply(
+    api: Api, clean_lab: Lab, db_url: str, tmp_path: Path
+) -> None:
+    """`provisioner render`, `apply` and `diff` from the console, against the lab."""
+    import json
+    import sys
+
+    await branch_scene(api)
+    node = lab_node(clean_lab)
+    entry = {
+        "name": node.name, "ami_port": node.ami_port, "ami_username": node.ami_username,
+        "ami_secret": node.ami_secret.value, "output_dir": str(node.output_dir),
+        "carrier_host": node.carrier_host, "carrier_port": node.carrier_port,
+    }  # fmt: skip
+    env = {
+        "PROVISIONER_DATABASE_URL": db_url,
+        "PROVISIONER_ASTERISK_NODES": json.dumps([entry]),
+        "PATH": "/usr/bin:/bin",
+    }
+
+    def provisioner(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "provisioner", *args],
+            capture_output=True, text=True, env=env, timeout=120, check=False,
+        )  # fmt: skip
+
+    rendered = await asyncio.to_thread(provisioner, "render", TARGET, "--out", str(tmp_path))
+    assert rendered.returncode == 0, rendered.stderr
+    assert "[k100200-100]" in (tmp_path / "pjsip/tenant-k100200.conf").read_text()
+    applied = await asyncio.to_thread(provisioner, "apply", TARGET)
+    assert applied.returncode == 0 and applied.stdout.startswith("applied"), applied.stderr
+    assert (clean_lab.output_dir / "pjsip/tenant-k100200.conf").read_text() == (
+        tmp_path / "pjsip/tenant-k100200.conf"
+    ).read_text()
+    assert "k100200-100" in clean_lab.cli("pjsip show endpoints")
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/101",
+                 {"name": "Ben Berlin", "site_block": "ber-main"})  # fmt: skip
+    await asyncio.to_thread(provisioner, "apply", TARGET)
+    diff = await asyncio.to_thread(provisioner, "diff", TARGET, "--from", "1", "--to", "2")
+    assert diff.returncode == 0 and "+[k100200-101]" in diff.stdout, diff.stdout
