@@ -98,7 +98,7 @@ async def test_asterisk_down_keeps_the_apply_pending_until_it_is_back(
     assert stop.returncode == 0, stop.stderr
     # Down means down: no Asterisk of this lab, no mount left behind.
     assert (await asyncio.to_thread(lab_command, clean_lab, "status")).returncode == 3
-    assert "rootfs-sid" not in Path("/proc/mounts").read_text()
+    assert "rootfs-sid" not in await asyncio.to_thread(Path("/proc/mounts").read_text)
     try:
         await branch_scene(api)
         deadline = time.monotonic() + 10
