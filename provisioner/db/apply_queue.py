@@ -20,9 +20,3 @@ async def request(conn: Conn, pbx_id: int, reason: str, now: datetime) -> None:
         (pbx_id, reason, now, now),
     )
     await conn.execute(f"NOTIFY {CHANNEL}")
-
-
-async def waiting(conn: Conn) -> list[tuple[int, str]]:
-    """(pbx_id, reason) of every waiting apply, oldest first."""
-    cur = await conn.execute("SELECT pbx_id, reason FROM apply_queue ORDER BY requested_at, pbx_id")
-    return [(row[0], row[1]) for row in await cur.fetchall()]

@@ -121,16 +121,6 @@ async def by_token_hash(conn: Conn, token_hash: bytes, *, lock: bool = False) ->
         return await cur.fetchone()
 
 
-async def active_for_target_pbx(conn: Conn, pbx_id: int) -> list[Assignment]:
-    async with conn.cursor(row_factory=class_row(Assignment)) as cur:
-        await cur.execute(
-            "SELECT * FROM assignments WHERE target_pbx_id = %s AND state = 'active'"
-            " ORDER BY block_id",
-            (pbx_id,),
-        )
-        return await cur.fetchall()
-
-
 async def update(conn: Conn, assignment: Assignment) -> Assignment:
     """Write back the mutable fields of an assignment the caller holds locked."""
     async with conn.cursor(row_factory=class_row(Assignment)) as cur:

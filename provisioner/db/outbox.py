@@ -63,15 +63,3 @@ async def mark_failed(conn: Conn, mail_id: int, error: str, retry_at: datetime) 
         " WHERE id = %s",
         (error[:1000], retry_at, mail_id),
     )
-
-
-async def pending_count(conn: Conn) -> int:
-    cur = await conn.execute("SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL")
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0
-
-
-async def all_mails(conn: Conn) -> list[OutboxMail]:
-    async with conn.cursor(row_factory=class_row(OutboxMail)) as cur:
-        await cur.execute("SELECT * FROM mail_outbox ORDER BY id")
-        return await cur.fetchall()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 PENDING, ACTIVE, RESET, EXPIRED = "pending", "active", "reset", "expired"
-STATES = (PENDING, ACTIVE, RESET, EXPIRED)
 # A live assignment holds its block: at most one per block (a database index says so too).
 LIVE = (PENDING, ACTIVE)
 
