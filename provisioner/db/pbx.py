@@ -147,17 +147,30 @@ async def upsert_ring_group(
     return row, not existed
 
 
+# Which PBX uses a block, the one rule every API answer, config and apply follows: the
+# target PBX of an active assignment; otherwise, for a `pbx` block, its owner's own PBX.
+_USAGE = (
+    " FROM blocks b"
+    " LEFT JOIN assignments a ON a.block_id = b.id AND a.state = 'active'"
+    " JOIN pbxes p ON p.id = a.target_pbx_id OR (a.id IS NULL AND p.customer = b.owner)"
+    " WHERE b.mode = 'pbx'"
+)
+
+
+async def pbx_using(conn: Conn, block_id: str) -> int | None:
+    """The id of the PBX that uses the block now, if any."""
+    cur = await conn.execute("SELECT p.id" + _USAGE + " AND b.id = %s", (block_id,))
+    row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
 async def used_blocks(conn: Conn, pbx_id: int) -> list[UsedBlock]:
-    """The blocks this PBX uses now: assigned to it and active, or its own pbx blocks
-    that are not assigned away (the rule of service.usage, as one query)."""
+    """The blocks this PBX uses now, with their trunk and default target."""
     columns = ", ".join(f"b.{c.strip()}" for c in COLUMNS.split(","))
     cur = await conn.execute(
         f"SELECT {columns}, b.trunk_username, b.trunk_password, b.default_target"
-        " FROM blocks b JOIN pbxes p ON p.id = %s"
-        " LEFT JOIN assignments a ON a.block_id = b.id AND a.state = 'active'"
-        " WHERE b.mode = 'pbx' AND ("
-        "   a.target_pbx_id = p.id OR (a.id IS NULL AND b.owner = p.customer))"
-        " ORDER BY b.id",
+        + _USAGE
+        + " AND p.id = %s ORDER BY b.id",
         (pbx_id,),
     )
     return [

@@ -7,9 +7,9 @@ import re
 from provisioner.db import accounts as db_accounts
 from provisioner.db import apply_queue
 from provisioner.db import blocks as db_blocks
+from provisioner.db import pbx as db_pbx
 from provisioner.db.accounts import Account, Pbx
 from provisioner.domain.errors import InvalidInput, NotFound
-from provisioner.service import usage
 from provisioner.service.unit import Unit
 
 CUSTOMER = re.compile(r"^[A-Za-z0-9]{2,32}$")
@@ -68,7 +68,7 @@ async def put_pbx(u: Unit, customer: str, *, node: str | None = None) -> tuple[P
     )
     if created:
         for block in await db_blocks.of_owner(u.conn, customer):
-            if await usage.pbx_using(u.conn, block) == pbx.id:
+            if await db_pbx.pbx_using(u.conn, block.id) == pbx.id:
                 await apply_queue.request(u.conn, pbx.id, "pbx created", u.now)
                 break
     return pbx, created

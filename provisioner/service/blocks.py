@@ -14,7 +14,7 @@ from provisioner.db.blocks import BlockRow
 from provisioner.domain.errors import Conflict, InvalidInput, NotFound
 from provisioner.domain.numbers import parse_block
 from provisioner.render import safe
-from provisioner.service import accounts, usage
+from provisioner.service import accounts
 from provisioner.service.unit import Unit
 
 TRUNK_USER = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
@@ -130,7 +130,7 @@ async def put_block(
             trunk=trunk, default_target=default_target,
         )  # fmt: skip
     await _set_routing(u, row, trunk, default_target)
-    pbx_id = await usage.pbx_using(u.conn, row)
+    pbx_id = await db_pbx.pbx_using(u.conn, row.id)
     if pbx_id is not None:
         await apply_queue.request(u.conn, pbx_id, f"block {block_id} created", u.now)
     return row, True
@@ -146,7 +146,7 @@ async def _set_routing(
         await db_pbx.set_trunk(u.conn, row.id, trunk.username, trunk.password, u.now)
     if default_target is not None:
         await db_pbx.set_default_target(u.conn, row.id, default_target, u.now)
-    pbx_id = await usage.pbx_using(u.conn, row)
+    pbx_id = await db_pbx.pbx_using(u.conn, row.id)
     if pbx_id is not None:
         await apply_queue.request(u.conn, pbx_id, f"block {row.id} routing", u.now)
 
@@ -174,9 +174,9 @@ async def _set_mode(u: Unit, row: BlockRow, mode: str) -> BlockRow:
             field="mode",
             code="block_in_use",
         )
-    before = await usage.pbx_using(u.conn, row)
+    before = await db_pbx.pbx_using(u.conn, row.id)
     row = await db_blocks.set_mode(u.conn, row.id, mode, u.now)
-    after = await usage.pbx_using(u.conn, row)
+    after = await db_pbx.pbx_using(u.conn, row.id)
     for pbx_id in {before, after} - {None}:
         assert pbx_id is not None
         await apply_queue.request(u.conn, pbx_id, f"block {row.id} mode {mode}", u.now)
@@ -185,7 +185,7 @@ async def _set_mode(u: Unit, row: BlockRow, mode: str) -> BlockRow:
 
 async def used_by(u: Unit, row: BlockRow) -> str | None:
     """Customer number of the account whose PBX uses the block, if any."""
-    pbx_id = await usage.pbx_using(u.conn, row)
+    pbx_id = await db_pbx.pbx_using(u.conn, row.id)
     if pbx_id is None:
         return None
     pbx = await db_accounts.get_pbx_by_id(u.conn, pbx_id)
