@@ -23,7 +23,6 @@ from provisioner.asterisk import files
 from provisioner.asterisk.ami import Ami, AsteriskUnavailable
 from provisioner.clock import Clock
 from provisioner.db import Conn
-from provisioner.db import accounts as db_accounts
 from provisioner.db import config as db_config
 from provisioner.db.config import Job
 from provisioner.metrics import APPLY_SECONDS, RELOADS
@@ -114,19 +113,14 @@ async def _tenants(conn: Conn, node: Node, jobs: list[Job]) -> list[Tenant]:
     carrier = Carrier(node.carrier_host, node.carrier_port)
     by_pbx = {job.pbx_id: job for job in jobs}
     tenants = []
-    for pbx_id in await db_config.pbx_ids_on_node(conn, node.name):
-        pbx = await db_accounts.get_pbx_by_id(conn, pbx_id)
-        assert pbx is not None
-        latest = await db_config.latest_revision(conn, pbx_id)
-        state = await db_config.apply_state(conn, pbx_id)
-        good = None
-        if state is not None and state.good_revision is not None:
-            good_rev = await db_config.revision(conn, pbx_id, state.good_revision)
-            good = good_rev.files if good_rev else None
-        written = latest.files if latest else {}
-        wanted = pbx_files(await load_view(conn, pbx), carrier) if pbx_id in by_pbx else written
-        tenants.append(Tenant(pbx_id, pbx.slug, by_pbx.get(pbx_id), wanted, written, good,
-                              latest.revision if latest else None))  # fmt: skip
+    for found in await db_config.node_pbxes(conn, node.name):
+        pbx = found.pbx
+        job = by_pbx.get(pbx.id)
+        # Only PBXs with a job are rendered; the others must stay as last written.
+        wanted = pbx_files(await load_view(conn, pbx), carrier) if job else found.written
+        tenants.append(
+            Tenant(pbx.id, pbx.slug, job, wanted, found.written, found.good, found.latest)
+        )
     return tenants
 
 

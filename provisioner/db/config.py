@@ -9,6 +9,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from provisioner.db import Conn
+from provisioner.db.accounts import Pbx
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,30 @@ async def queue_depth(conn: Conn) -> int:
     return int(row[0]) if row else 0
 
 
-async def pbx_ids_on_node(conn: Conn, node: str) -> list[int]:
-    cur = await conn.execute("SELECT id FROM pbxes WHERE node = %s ORDER BY id", (node,))
-    return [row[0] for row in await cur.fetchall()]
+@dataclass(frozen=True)
+class NodePbx:
+    """A PBX of a node with what an apply round compares against."""
+
+    pbx: Pbx
+    latest: int | None  # the latest revision written
+    written: dict[str, str]  # its files (what should be on disk)
+    good: dict[str, str] | None  # the files of the last revision verified live
+
+
+async def node_pbxes(conn: Conn, node: str) -> list[NodePbx]:
+    """Every PBX of the node with its latest and last good revision, in one query (a
+    round looks at all of them, so this is on the apply path)."""
+    cur = await conn.execute(
+        "SELECT p.id, p.customer, p.slug, p.created_at, p.node,"
+        "       latest.revision, latest.files, good.files"
+        " FROM pbxes p"
+        " LEFT JOIN LATERAL (SELECT revision, files FROM config_revisions r"
+        "                    WHERE r.pbx_id = p.id ORDER BY revision DESC LIMIT 1) latest"
+        "   ON true"
+        " LEFT JOIN apply_state s ON s.pbx_id = p.id"
+        " LEFT JOIN config_revisions good"
+        "   ON good.pbx_id = p.id AND good.revision = s.good_revision"
+        " WHERE p.node = %s ORDER BY p.id",
+        (node,),
+    )
+    return [NodePbx(Pbx(*row[:5]), row[5], row[6] or {}, row[7]) for row in await cur.fetchall()]
