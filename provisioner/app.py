@@ -106,6 +106,19 @@ async def _workers(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def housekeeping(
+    pool: AsyncConnectionPool, clock: Clock, policy: Policy, composer: Composer
+) -> int:
+    """Expire pending assignments past their window (with notice mails) and forget old
+    idempotency keys; returns how many assignments expired."""
+    async with pool.connection() as conn, conn.transaction():
+        now = clock()
+        unit = Unit(conn, now, Actor("system"), policy, composer)
+        expired = await assignments.expire_due(unit)
+        await idempotency.forget_before(conn, now - IDEMPOTENCY_TTL)
+    return expired
+
+
 def start_workers(
     settings: Settings,
     pool: AsyncConnectionPool,
@@ -119,16 +132,11 @@ def start_workers(
     async def send_mails() -> int:
         return await sender.send_due(pool, transport, settings.smtp.sender, clock)
 
-    async def housekeeping() -> int:
-        async with pool.connection() as conn, conn.transaction():
-            now = clock()
-            unit = Unit(conn, now, Actor("system"), policy, composer)
-            expired = await assignments.expire_due(unit)
-            await idempotency.forget_before(conn, now - IDEMPOTENCY_TTL)
-        return expired
+    async def chores_step() -> int:
+        return await housekeeping(pool, clock, policy, composer)
 
     mail = loop.run("mail", send_mails, idle_seconds=5, url=url, channel=outbox.CHANNEL)
-    chores = loop.run("housekeeping", housekeeping, idle_seconds=60)
+    chores = loop.run("housekeeping", chores_step, idle_seconds=60)
     return [
         *(apply_worker(settings, pool, url, clock, node) for node in settings.nodes),
         asyncio.create_task(mail, name="mail-sender"),

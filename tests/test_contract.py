@@ -135,7 +135,9 @@ def test_migration_files_are_numbered_without_gaps() -> None:
         assert re.match(r"^\d{4}_[a-z0-9_]+\.sql$", name)
 
 
-@pytest.mark.parametrize("command", ["serve", "migrate", "demo"])
+@pytest.mark.parametrize(
+    "command", ["serve", "worker", "migrate", "demo", "render", "diff", "apply"]
+)
 def test_every_command_answers_help(command: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "provisioner", command, "--help"],

@@ -218,3 +218,38 @@ async def test_unknown_token_gets_a_page(api: Api) -> None:
         assert response.status == 404
         assert response.content_type == "text/html"
         assert "unknown" in page and "Traceback" not in page
+
+
+async def test_housekeeping_expires_untouched_requests_and_forgets_old_keys(
+    api: Api, inbox: Inbox, clock: FakeClock, db: psycopg.Connection[Any], db_url: str
+) -> None:
+    """The minutely sweep, not a read, expires a request nobody touches again."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from provisioner.app import housekeeping
+    from provisioner.mail.compose import Composer
+    from provisioner.service.unit import Policy
+
+    await scene(api)
+    assignment = await api.ok(
+        "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET},
+        headers={"Idempotency-Key": "old-key"},
+    )  # fmt: skip
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=2, open=False)
+    await pool.open()
+    try:
+        policy = Policy(7, "DE", "http://127.0.0.1")
+        clock.advance(hours=23)
+        assert await housekeeping(pool, clock, policy, Composer()) == 0
+        assert db.execute("SELECT count(*) FROM idempotency_keys").fetchone() == (1,)
+        clock.advance(days=7)
+        assert await housekeeping(pool, clock, policy, Composer()) == 1
+    finally:
+        await pool.close()
+    state = db.execute("SELECT state FROM assignments WHERE id = %s", (assignment["id"],))
+    assert state.fetchone() == ("expired",)
+    assert db.execute("SELECT count(*) FROM idempotency_keys").fetchone() == (0,)
+    expiry_mails = db.execute(
+        "SELECT recipient FROM mail_outbox WHERE message_id LIKE '<expired.%%'"
+    ).fetchall()
+    assert sorted(r[0] for r in expiry_mails) == sorted([OWNER_MAIL, TARGET_MAIL])
