@@ -79,40 +79,45 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _demo(settings: Settings) -> None:
-    pool = await open_pool(await database_url(settings), max_size=1)
+@contextlib.asynccontextmanager
+async def _pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool]:
+    """A small pool on a migrated database, for one console command."""
+    pool = await open_pool(await database_url(settings), max_size=3)
     try:
         async with pool.connection() as conn:
             await migrate(conn)
-            async with conn.transaction():
-                unit = Unit(
-                    conn,
-                    system_clock(),
-                    Actor("demo"),
-                    Policy(
-                        settings.confirm_within_days, settings.country, settings.public_base_url
-                    ),
-                    Composer(),
-                )
-                await accounts.put_account(
-                    unit, DEMO_TARGET, "Spree Logistik GmbH (Berlin)", "it@spree.example", "de"
-                )
-                await accounts.put_pbx(unit, DEMO_TARGET)
-                await accounts.put_account(
-                    unit, DEMO_OWNER, "Isar Logistik GmbH (München)", "admin@isar.example", "en"
-                )
-                await blocks.put_block(
-                    unit, DEMO_TARGET, "ber-main", "+4930123456", "0-99", "pbx",
-                    trunk=blocks.TrunkCredentials("k100200-ber", "Berlin-trunk-1"),
-                    default_target="100",
-                )  # fmt: skip
-                await blocks.put_block(
-                    unit, DEMO_OWNER, DEMO_BLOCK, "+4989123456", "0-99", "pbx",
-                    trunk=blocks.TrunkCredentials("k200300-muc", "Munich-trunk-1"),
-                    default_target="200",
-                )  # fmt: skip
+        yield pool
     finally:
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _unit(pool: AsyncConnectionPool, settings: Settings, actor: str) -> AsyncIterator[Unit]:
+    """One transaction, as the console's user."""
+    policy = Policy(settings.confirm_within_days, settings.country, settings.public_base_url)
+    async with pool.connection() as conn, conn.transaction():
+        yield Unit(conn, system_clock(), Actor(actor), policy, Composer())
+
+
+async def _demo(settings: Settings) -> None:
+    async with _pool(settings) as pool, _unit(pool, settings, "demo") as unit:
+        await accounts.put_account(
+            unit, DEMO_TARGET, "Spree Logistik GmbH (Berlin)", "it@spree.example", "de"
+        )
+        await accounts.put_pbx(unit, DEMO_TARGET)
+        await accounts.put_account(
+            unit, DEMO_OWNER, "Isar Logistik GmbH (München)", "admin@isar.example", "en"
+        )
+        await blocks.put_block(
+            unit, DEMO_TARGET, "ber-main", "+4930123456", "0-99", "pbx",
+            trunk=blocks.TrunkCredentials("k100200-ber", "Berlin-trunk-1"),
+            default_target="100",
+        )  # fmt: skip
+        await blocks.put_block(
+            unit, DEMO_OWNER, DEMO_BLOCK, "+4989123456", "0-99", "pbx",
+            trunk=blocks.TrunkCredentials("k200300-muc", "Munich-trunk-1"),
+            default_target="200",
+        )  # fmt: skip
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -152,22 +157,6 @@ The flow, with a portal API key in $KEY (the example config's is 'portal-dev-key
     return 0
 
 
-@contextlib.asynccontextmanager
-async def _unit(settings: Settings) -> AsyncIterator[tuple[AsyncConnectionPool, Unit]]:
-    """A pool and one transaction as the engineer at the console."""
-    pool = await open_pool(await database_url(settings), max_size=2)
-    try:
-        async with pool.connection() as conn:
-            await migrate(conn)
-            async with conn.transaction():
-                policy = Policy(
-                    settings.confirm_within_days, settings.country, settings.public_base_url
-                )
-                yield pool, Unit(conn, system_clock(), Actor("cli"), policy, Composer())
-    finally:
-        await pool.close()
-
-
 def _node_of(settings: Settings, pbx: Pbx) -> Node:
     node = settings.node(pbx.node)
     if node is None:
@@ -177,7 +166,7 @@ def _node_of(settings: Settings, pbx: Pbx) -> Node:
 
 
 async def _render(settings: Settings, customer: str) -> dict[str, str]:
-    async with _unit(settings) as (_, unit):
+    async with _pool(settings) as pool, _unit(pool, settings, "cli") as unit:
         pbx = await pbx_service.require_pbx(unit, customer)
         node = _node_of(settings, pbx)
         return await config_service.render(
@@ -201,7 +190,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 async def _diff(settings: Settings, args: argparse.Namespace) -> str:
-    async with _unit(settings) as (_, unit):
+    async with _pool(settings) as pool, _unit(pool, settings, "cli") as unit:
         return await config_service.diff(unit, args.customer, args.start, args.end)
 
 
@@ -213,17 +202,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 async def _apply(settings: Settings, customer: str) -> str:
-    async with _unit(settings) as (pool, unit):
-        pbx = await pbx_service.require_pbx(unit, customer)
-        node = _node_of(settings, pbx)
-        await apply_queue.request(unit.conn, pbx.id, "provisioner apply", unit.now)
-    pool = await open_pool(await database_url(settings), max_size=3)
-    try:
+    async with _pool(settings) as pool:
+        async with _unit(pool, settings, "cli") as unit:
+            pbx = await pbx_service.require_pbx(unit, customer)
+            node = _node_of(settings, pbx)
+            await apply_queue.request(unit.conn, pbx.id, "provisioner apply", unit.now)
+        # Committed: the round below (or any instance's applier) picks the job up.
         await apply_node(pool, node, system_clock, retry_seconds=settings.apply_retry_seconds)
         async with pool.connection() as conn:
             state = await db_config.apply_state(conn, pbx.id)
-    finally:
-        await pool.close()
     if state is None:
         return "pending"
     return f"{state.state} (revision {state.revision}){': ' + state.error if state.error else ''}"

@@ -123,7 +123,7 @@ async def put_extension(request: web.Request) -> web.Response:
         did=body.optional_text("did", max_length=16),
         pickup_group=body.optional_text("pickup_group", max_length=32),
     )
-    _, view = await pbx.list_extensions(unit, request.match_info["customer"])
+    view = await pbx.view_of(unit, request.match_info["customer"])
     data = serialize.extension(result.extension, view)
     if result.created:
         # Shown once: the portal hands it to the phone's provisioning, we never show it again.

@@ -110,6 +110,11 @@ async def put_extension(
     return ExtensionResult(row, created)
 
 
+async def view_of(u: Unit, customer: str) -> PbxView:
+    """The PBX as its config sees it now (what each extension falls back to)."""
+    return await load_view(u.conn, await require_pbx(u, customer))
+
+
 async def list_extensions(u: Unit, customer: str) -> tuple[list[Extension], PbxView]:
     pbx = await require_pbx(u, customer)
     return await db_pbx.extensions(u.conn, pbx.id), await load_view(u.conn, pbx)
