@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import Api, Lab, free_port
-from helpers import BLOCK, OWNER, TARGET, scene
+from helpers import BLOCK, OTHER, OWNER, TARGET, scene
 
 from provisioner.app import create_app
 from provisioner.settings import Node, Secret, Settings
@@ -103,3 +103,15 @@ async def branch_scene(api: Api) -> dict[str, Any]:
         },
     )
     return anna
+
+
+async def cologne_pbx(api: Api) -> dict[str, Any]:
+    """C (OTHER, whose account and PBX helpers.scene made) gets its Cologne block and a
+    phone 100 of its own. Returns the phone as created (with its password)."""
+    await api.ok("PUT", f"/v1/accounts/{OTHER}/blocks/cgn-main",
+                 {"number": "+4922112345", "range": "0-9", "mode": "pbx"})  # fmt: skip
+    emil: dict[str, Any] = await api.ok(
+        "PUT", f"/v1/accounts/{OTHER}/pbx/extensions/100",
+        {"name": "Emil Köln", "site_block": "cgn-main"},
+    )  # fmt: skip
+    return emil

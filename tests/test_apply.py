@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from conftest import LAB, Api, FakeClock, Inbox, Lab
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
-from lab_helpers import branch_scene, lab_node, lab_service, wait_applied
+from lab_helpers import branch_scene, cologne_pbx, lab_node, lab_service, wait_applied
 from panoramisk import Manager
 
 from provisioner.settings import Settings
@@ -124,22 +124,7 @@ async def test_a_broken_tenant_file_breaks_no_other_pbx(
 ) -> None:
     api = lab_api
     await branch_scene(api)
-    await api.ok(
-        "PUT",
-        "/v1/accounts/K300400",
-        {"name": "Rhein GmbH", "email": "it@rhein.example", "language": "de"},
-    )
-    await api.ok("PUT", "/v1/accounts/K300400/pbx")
-    await api.ok(
-        "PUT",
-        "/v1/accounts/K300400/blocks/cgn-main",
-        {"number": "+4922112345", "range": "0-9", "mode": "pbx"},
-    )
-    await api.ok(
-        "PUT",
-        "/v1/accounts/K300400/pbx/extensions/100",
-        {"name": "Emil Köln", "site_block": "cgn-main"},
-    )
+    await cologne_pbx(api)
     await wait_applied(api, TARGET)
     await wait_applied(api, "K300400")
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import Api, FakeClock, Inbox, Lab, free_port
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
-from lab_helpers import CARRIER_HOST, branch_scene, lab_service, wait_applied
+from lab_helpers import CARRIER_HOST, branch_scene, cologne_pbx, lab_service, wait_applied
 from panoramisk import Manager
 from sipp_peer import SipResult, run_scenario, start_scenario
 
@@ -62,6 +62,13 @@ class Scene:
         return run_scenario(
             scenario, remote_port=self.lab.sip_port, service=caller.username,
             username=caller.username, password=caller.password, local_port=caller.port,
+            variables={"dial": dial}, timeout=timeout,
+        )  # fmt: skip
+
+    def carrier_calls(self, dial: str, timeout: float = 20) -> SipResult:
+        """The network calls `dial` (E.164) from the carrier's address."""
+        return run_scenario(
+            "carrier_call", remote_port=self.lab.sip_port, local_ip=CARRIER_HOST,
             variables={"dial": dial}, timeout=timeout,
         )  # fmt: skip
 
@@ -127,20 +134,8 @@ async def scene(
                 "ring_seconds": 20,
             },
         )
-        await api.ok(
-            "PUT",
-            "/v1/accounts/K300400",
-            {"name": "Rhein Logistik GmbH", "email": "it@rhein.example", "language": "de"},
-        )
-        await api.ok("PUT", "/v1/accounts/K300400/pbx")
-        await api.ok(
-            "PUT",
-            "/v1/accounts/K300400/blocks/cgn-main",
-            {"number": "+4922112345", "range": "0-9", "mode": "pbx"},
-        )
-        other = await put_phone(
-            api, "K300400", "100", {"name": "Emil Köln", "site_block": "cgn-main"}
-        )
+        emil = await cologne_pbx(api)
+        other = Phone("100", emil["sip_username"], emil["sip_password"], free_port())
         await wait_applied(api, TARGET)
         await wait_applied(api, "K300400")
         yield Scene(api, clean_lab, node.carrier_port, phones, other, cdrs)
@@ -174,13 +169,7 @@ async def test_inbound_to_a_moved_number_rings_the_phone_billed_to_the_owner(
     scene.register(phone)
     answering = start_scenario("uas_answer", remote_port=scene.lab.sip_port, local_port=phone.port)
     await asyncio.sleep(0.3)
-    call = await asyncio.to_thread(
-        run_scenario,
-        "carrier_call",
-        remote_port=scene.lab.sip_port,
-        local_ip=CARRIER_HOST,
-        variables={"dial": "+49891234560"},
-    )
+    call = await asyncio.to_thread(scene.carrier_calls, "+49891234560")
     answered = await asyncio.to_thread(answering.wait, 20)
     assert call.ok, call.evidence()
     assert answered.ok, answered.evidence()
@@ -261,14 +250,7 @@ async def test_isolation_between_pbxs(scene: Scene) -> None:
 async def test_reset_takes_the_moved_numbers_out_of_the_pbx(scene: Scene) -> None:
     await scene.api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment")
     await wait_applied(scene.api, TARGET)
-    call = await asyncio.to_thread(
-        run_scenario,
-        "carrier_call",
-        remote_port=scene.lab.sip_port,
-        local_ip=CARRIER_HOST,
-        variables={"dial": "+49891234560"},
-        timeout=6,
-    )
+    call = await asyncio.to_thread(scene.carrier_calls, "+49891234560", 6)
     assert not call.ok and not invite_ok(call), call.evidence()
     for path in scene.lab.output_dir.rglob("*.conf"):
         assert "+4989123456" not in path.read_text(), path
@@ -392,10 +374,7 @@ async def test_blind_transfer_to_the_other_site(scene: Scene) -> None:
     answering = start_scenario("uas_answer", remote_port=scene.lab.sip_port,
                                local_port=target.port, timeout=20)  # fmt: skip
     await asyncio.sleep(0.3)
-    call = await asyncio.to_thread(
-        run_scenario, "carrier_call", remote_port=scene.lab.sip_port,
-        local_ip=CARRIER_HOST, variables={"dial": "+49301234560"},
-    )  # fmt: skip
+    call = await asyncio.to_thread(scene.carrier_calls, "+49301234560")
     referred = await asyncio.to_thread(referring.wait, 20)
     answered = await asyncio.to_thread(answering.wait, 20)
     evidence = "\n---\n".join(r.evidence() for r in (call, referred, answered))
