@@ -20,7 +20,7 @@ from provisioner.db.migrate import migrate
 from provisioner.db.pool import open_pool
 from provisioner.mail import sender
 from provisioner.mail.compose import Composer
-from provisioner.service import assignments
+from provisioner.service import assignments, blocks
 from provisioner.service.unit import Actor, Policy, Unit
 from provisioner.settings import Node, Settings
 from provisioner.web.pages import Pages
@@ -52,11 +52,7 @@ def create_app(
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock
     app[keys.COMPOSER] = Composer()
-    app[keys.POLICY] = Policy(
-        confirm_within_days=settings.confirm_within_days,
-        country=settings.country,
-        public_base_url=settings.public_base_url,
-    )
+    app[keys.POLICY] = Policy.from_settings(settings)
     app[PAGES] = Pages()
     app[RUN_WORKERS] = run_workers
     app.cleanup_ctx.append(_database)
@@ -79,6 +75,10 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     try:
         async with pool.connection() as conn:
             await migrate(conn)
+        async with pool.connection() as conn, conn.transaction():
+            box = app[keys.POLICY].secrets
+            if await blocks.seal_trunk_passwords(conn, box, reseal=False):
+                log.info("sealed the trunk passwords stored in plain text before")
         app[DATABASE_URL] = url
         app[keys.POOL] = pool
         yield
@@ -148,9 +148,12 @@ def apply_worker(
     settings: Settings, pool: AsyncConnectionPool, url: str, clock: Clock, node: Node
 ) -> asyncio.Task[None]:
     """The applier of one Asterisk node; woken by NOTIFY on the apply queue."""
+    secrets = settings.secret_box()
 
     async def step() -> int:
-        return await apply_node(pool, node, clock, retry_seconds=settings.apply_retry_seconds)
+        return await apply_node(
+            pool, node, clock, secrets, retry_seconds=settings.apply_retry_seconds
+        )
 
     return asyncio.create_task(
         loop.run(f"apply-{node.name}", step, idle_seconds=2, url=url, channel=apply_queue.CHANNEL),

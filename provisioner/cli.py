@@ -1,4 +1,4 @@
-"""The `provisioner` command: serve, migrate, demo."""
+"""The `provisioner` command: the service, its workers, and the engineers' console tools."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from provisioner.db import config as db_config
 from provisioner.db.accounts import Pbx
 from provisioner.db.migrate import migrate
 from provisioner.db.pool import open_pool
+from provisioner.domain.credentials import SecretBox
 from provisioner.mail.compose import Composer
 from provisioner.render.view import Carrier
 from provisioner.service import accounts, blocks
@@ -94,7 +95,7 @@ async def _pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool]:
 @contextlib.asynccontextmanager
 async def _unit(pool: AsyncConnectionPool, settings: Settings, actor: str) -> AsyncIterator[Unit]:
     """One transaction, as the console's user."""
-    policy = Policy(settings.confirm_within_days, settings.country, settings.public_base_url)
+    policy = Policy.from_settings(settings)
     async with pool.connection() as conn, conn.transaction():
         yield Unit(conn, system_clock(), Actor(actor), policy, Composer())
 
@@ -169,9 +170,7 @@ async def _render(settings: Settings, customer: str) -> dict[str, str]:
     async with _pool(settings) as pool, _unit(pool, settings, "cli") as unit:
         pbx = await pbx_service.require_pbx(unit, customer)
         node = _node_of(settings, pbx)
-        return await config_service.render(
-            unit.conn, pbx, Carrier(node.carrier_host, node.carrier_port)
-        )
+        return await config_service.render(unit.conn, pbx, Carrier.of(node), settings.secret_box())
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -208,7 +207,10 @@ async def _apply(settings: Settings, customer: str) -> str:
             node = _node_of(settings, pbx)
             await apply_queue.request(unit.conn, pbx.id, "provisioner apply", unit.now)
         # Committed: the round below (or any instance's applier) picks the job up.
-        await apply_node(pool, node, system_clock, retry_seconds=settings.apply_retry_seconds)
+        await apply_node(
+            pool, node, system_clock, settings.secret_box(),
+            retry_seconds=settings.apply_retry_seconds,
+        )  # fmt: skip
         async with pool.connection() as conn:
             state = await db_config.apply_state(conn, pbx.id)
     if state is None:
@@ -229,7 +231,7 @@ async def _work(settings: Settings) -> None:
     pool = await open_pool(url, max_size=settings.database_pool_size)
     tasks = start_workers(
         settings, pool, url, system_clock, Composer(),
-        Policy(settings.confirm_within_days, settings.country, settings.public_base_url),
+        Policy.from_settings(settings),
     )  # fmt: skip
     try:
         await asyncio.gather(*tasks)
@@ -244,6 +246,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _logging(settings)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_work(settings))
+    return 0
+
+
+def cmd_new_secrets_key(args: argparse.Namespace) -> int:
+    print(SecretBox.new_key())
+    return 0
+
+
+async def _rotate_secrets(settings: Settings) -> int:
+    box = settings.secret_box()
+    if not box.configured:
+        raise SystemExit("provisioner: secrets.keys is empty: nothing to seal with")
+    async with _pool(settings) as pool, pool.connection() as conn, conn.transaction():
+        return await blocks.seal_trunk_passwords(conn, box, reseal=True)
+
+
+def cmd_rotate_secrets(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(settings)
+    count = asyncio.run(_rotate_secrets(settings))
+    print(f"sealed {count} trunk password(s) with the first key of secrets.keys")
     return 0
 
 
@@ -266,6 +289,12 @@ def parser() -> argparse.ArgumentParser:
         ("render", cmd_render, "print (or write with --out) a PBX's config; touches no Asterisk"),
         ("diff", cmd_diff, "unified diff of a PBX's config between two revisions"),
         ("apply", cmd_apply, "render, write and apply a PBX's config to its node now"),
+        ("new-secrets-key", cmd_new_secrets_key, "print a new key for secrets.keys"),
+        (
+            "rotate-secrets",
+            cmd_rotate_secrets,
+            "seal every trunk password with the first key of secrets.keys",
+        ),
     ):
         found[name] = commands.add_parser(name, parents=[common], help=text, description=text)
         found[name].set_defaults(run=run)

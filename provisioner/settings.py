@@ -6,6 +6,7 @@ All keys are listed once in KEYS; loading, env overrides and the README's key ta
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import os
 import re
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from provisioner.domain.credentials import SecretBox
 
 
 class SettingsError(Exception):
@@ -76,6 +79,10 @@ def _bool(value: Any) -> bool:
 
 def _secret(value: Any) -> Secret:
     return Secret("" if value is None else _str(value))
+
+
+def _secret_list(value: Any) -> tuple[Secret, ...]:
+    return tuple(Secret(_str(v)) for v in _list(value))
 
 
 def _list(value: Any) -> list[Any]:
@@ -141,8 +148,24 @@ KEYS: tuple[Key, ...] = (
         [],
         _list,
         "Asterisk nodes: a list of `{name, ami_host, ami_port, ami_username, ami_secret, "
-        "output_dir, carrier_host, carrier_port}`. A PBX is homed on one node (`default` "
-        "unless its PUT names another); the node's carrier SBC is where trunks send calls.",
+        "output_dir, carrier_host, carrier_port, file_group}`. A PBX is homed on one node "
+        "(`default` unless its PUT names another); the node's carrier SBC is where trunks "
+        "send calls; `file_group` (Asterisk's group) may read the generated files.",
+    ),
+    Key(
+        "asterisk.sip_realm",
+        "provisioner",
+        _str,
+        "Digest realm of the phones' SIP accounts. A phone's password hash is made for the "
+        "realm in force when the phone is created and keeps it.",
+    ),
+    Key(
+        "secrets.keys",
+        [],
+        _secret_list,
+        "Fernet keys (`provisioner new-secrets-key`) that seal trunk passwords in the "
+        "database: the first seals, all open (put a new key first, run `provisioner "
+        "rotate-secrets`, then drop the old one). Empty: trunk credentials are refused (422).",
     ),
     Key(
         "asterisk.retry_seconds",
@@ -174,6 +197,8 @@ class Node:
     output_dir: Path
     carrier_host: str
     carrier_port: int
+    # Group that may read the generated files (Asterisk's); they are never world-readable.
+    file_group: int | None = None
 
 
 @dataclass(frozen=True)
@@ -202,9 +227,14 @@ class Settings:
     log_level: str
     nodes: tuple[Node, ...] = ()
     apply_retry_seconds: int = 5
+    sip_realm: str = "provisioner"
+    secret_keys: tuple[Secret, ...] = ()
 
     def node(self, name: str) -> Node | None:
         return next((n for n in self.nodes if n.name == name), None)
+
+    def secret_box(self) -> SecretBox:
+        return SecretBox([k.value for k in self.secret_keys])
 
     def api_key_for(self, presented: str) -> ApiKey | None:
         digest = hashlib.sha256(presented.encode()).hexdigest()
@@ -249,8 +279,21 @@ def _api_keys(raw: list[Any]) -> tuple[ApiKey, ...]:
     return tuple(keys)
 
 
+def _group(value: Any) -> int | None:
+    """A group name or number; None: the service's own group."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) or str(value).isdigit():
+        return int(value)
+    try:
+        return grp.getgrnam(str(value)).gr_gid
+    except KeyError:
+        raise ValueError(f"no group {value!r} on this machine") from None
+
+
 _NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _HOST = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
+_REALM = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def _nodes(raw: list[Any]) -> tuple[Node, ...]:
@@ -268,6 +311,7 @@ def _nodes(raw: list[Any]) -> tuple[Node, ...]:
                 output_dir=Path(str(entry["output_dir"])),
                 carrier_host=str(entry["carrier_host"]),
                 carrier_port=int(entry.get("carrier_port", 5060)),
+                file_group=_group(entry.get("file_group")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SettingsError(f"asterisk.nodes: entry {entry.get('name')!r}: {exc}") from None
@@ -331,7 +375,17 @@ def load(
         log_level=values["log.level"].upper(),
         nodes=_nodes(values["asterisk.nodes"]),
         apply_retry_seconds=values["asterisk.retry_seconds"],
+        sip_realm=values["asterisk.sip_realm"],
+        secret_keys=values["secrets.keys"],
     )
+    if not _REALM.match(settings.sip_realm):
+        raise SettingsError("asterisk.sip_realm: 1 to 64 letters, digits, '.', '_' or '-'")
+    for number, secret_key in enumerate(settings.secret_keys, 1):
+        if not SecretBox.valid_key(secret_key.value):
+            raise SettingsError(
+                f"secrets.keys: key {number} is no Fernet key (make one with"
+                " `provisioner new-secrets-key`)"
+            )
     if settings.confirm_within_days < 1:
         raise SettingsError("assignment.confirm_within_days must be at least 1")
     if not settings.public_base_url.startswith(("http://", "https://")):

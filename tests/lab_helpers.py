@@ -26,6 +26,7 @@ def lab_node(lab: Lab) -> Node:
         name="default", ami_host="127.0.0.1", ami_port=lab.ami_port,
         ami_username=lab.ami_user, ami_secret=Secret(lab.ami_secret),
         output_dir=lab.output_dir, carrier_host=CARRIER_HOST, carrier_port=free_port(),
+        file_group=lab.file_group,
     )  # fmt: skip
 
 

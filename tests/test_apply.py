@@ -11,11 +11,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import LAB, Api, FakeClock, Inbox, Lab
+from conftest import LAB, SECRETS_KEY, Api, FakeClock, Inbox, Lab
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
 from lab_helpers import branch_scene, cologne_pbx, lab_node, lab_service, wait_applied
 from panoramisk import Manager
 
+from provisioner.render.render import redact
 from provisioner.settings import Settings
 
 pytestmark = pytest.mark.lab
@@ -67,8 +68,10 @@ async def test_full_flow_reaches_asterisk_and_reset_removes_it(
     assert "[k100200-trunk-muc-main]" in pjsip and "accountcode = K200300" in pjsip
     assert "username = k200300-muc" in pjsip
     assert "Munich-trunk-1" not in str(await api.ok("GET", f"/v1/accounts/{OWNER}/blocks"))
+    # The API shows the file with <secret> where the disk has A's trunk password.
     on_disk = (clean_lab.output_dir / "pjsip/tenant-k100200.conf").read_text()
-    assert on_disk == pjsip
+    assert "password = Munich-trunk-1" in on_disk and "Munich-trunk-1" not in pjsip
+    assert redact(on_disk) == pjsip
     endpoints, contexts = await live(ami)
     assert {"k100200-200", "k100200-trunk-muc-main"} <= endpoints
     assert {"k100200-in-muc-main", "k100200-site-muc-main", "carrier-in"} <= contexts
@@ -171,7 +174,7 @@ async def test_a_burst_of_changes_ends_in_a_handful_of_reloads(lab_api: Api) -> 
 
 
 async def test_two_instances_share_a_node_without_applying_twice(
-    api: Api, clean_lab: Lab, db_url: str, db: psycopg.Connection[Any]
+    api: Api, clean_lab: Lab, db_url: str, db: psycopg.Connection[Any], settings: Settings
 ) -> None:
     """Two appliers (as in two service instances) race for the same node: the node lock
     lets one round through at a time, and every job is applied exactly once."""
@@ -186,9 +189,10 @@ async def test_two_instances_share_a_node_without_applying_twice(
     for pool in pools:
         await pool.open()
     try:
-        taken = await asyncio.gather(*(apply_node(p, node, system_clock) for p in pools))
+        box = settings.secret_box()
+        taken = await asyncio.gather(*(apply_node(p, node, system_clock, box) for p in pools))
         while db.execute("SELECT count(*) FROM apply_queue").fetchone() != (0,):
-            taken.append(await apply_node(pools[0], node, system_clock))
+            taken.append(await apply_node(pools[0], node, system_clock, box))
     finally:
         for pool in pools:
             await pool.close()
@@ -212,10 +216,12 @@ async def test_engineer_commands_render_diff_and_apply(
         "name": node.name, "ami_port": node.ami_port, "ami_username": node.ami_username,
         "ami_secret": node.ami_secret.value, "output_dir": str(node.output_dir),
         "carrier_host": node.carrier_host, "carrier_port": node.carrier_port,
+        "file_group": node.file_group,
     }  # fmt: skip
     env = {
         "PROVISIONER_DATABASE_URL": db_url,
         "PROVISIONER_ASTERISK_NODES": json.dumps([entry]),
+        "PROVISIONER_SECRETS_KEYS": json.dumps([SECRETS_KEY]),
         "PATH": "/usr/bin:/bin",
     }
 
@@ -230,9 +236,11 @@ async def test_engineer_commands_render_diff_and_apply(
     assert "[k100200-100]" in (tmp_path / "pjsip/tenant-k100200.conf").read_text()
     applied = await asyncio.to_thread(provisioner, "apply", TARGET)
     assert applied.returncode == 0 and applied.stdout.startswith("applied"), applied.stderr
-    assert (clean_lab.output_dir / "pjsip/tenant-k100200.conf").read_text() == (
-        tmp_path / "pjsip/tenant-k100200.conf"
-    ).read_text()
+    # `render` shows what `apply` writes, with <secret> for the secrets.
+    on_disk = (clean_lab.output_dir / "pjsip/tenant-k100200.conf").read_text()
+    shown = (tmp_path / "pjsip/tenant-k100200.conf").read_text()
+    assert redact(on_disk) == shown and "password = Berlin-trunk-1" in on_disk
+    assert "Berlin-trunk-1" not in shown and "md5_cred = <secret>" in shown
     assert "k100200-100" in clean_lab.cli("pjsip show endpoints")
     await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/101",
                  {"name": "Ben Berlin", "site_block": "ber-main"})  # fmt: skip

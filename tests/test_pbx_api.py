@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Api, snapshot
+from conftest import SECRETS_KEY, Api, snapshot
 from helpers import BLOCK, OWNER, TARGET, scene
 
 PBX = f"/v1/accounts/{TARGET}/pbx"
@@ -228,6 +228,7 @@ def test_render_command_prints_the_config(db_url: str, tmp_path: Any) -> None:
     config.write_text(
         "asterisk:\n  nodes:\n    - {name: default, ami_username: u, ami_secret: s,"
         f" output_dir: {tmp_path}, carrier_host: 127.0.0.2}}\n"
+        f"secrets:\n  keys: ['{SECRETS_KEY}']\n"
     )
     env = {"PROVISIONER_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"}
     seed = subprocess.run(

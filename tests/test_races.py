@@ -133,3 +133,47 @@ async def test_same_idempotency_key_at_once(api: Api, db: psycopg.Connection[Any
     assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 3
     assert db.execute("SELECT count(*) FROM assignments").fetchone() == (1,)
     assert db.execute("SELECT count(*) FROM mail_outbox").fetchone() == (2,)
+
+
+async def test_a_pbx_change_and_the_applier_recording_a_retry_never_deadlock(
+    api: Api, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """The deadlock CI once met: a request locks its PBX and then queues an apply, while
+    the applier, holding the PBX's queue row, records a retry (apply_state, whose
+    foreign key checks the PBX row). The PBX lock no longer blocks that check, so the
+    applier finishes and the request goes on after it: a wait, never a circle."""
+    from datetime import UTC, datetime
+
+    from provisioner.db import apply_queue
+    from provisioner.db import config as db_config
+    from provisioner.db import pbx as db_pbx
+    from provisioner.db.config import Job
+
+    await scene(api)
+    pbx_id = (db.execute("SELECT id FROM pbxes WHERE customer = %s", (TARGET,)).fetchone() or [0])[
+        0
+    ]
+    now = datetime.now(UTC)
+    async with await psycopg.AsyncConnection.connect(db_url) as setup:
+        await apply_queue.request(setup, pbx_id, "a job the applier holds", now)
+    request = await psycopg.AsyncConnection.connect(db_url)
+    applier = await psycopg.AsyncConnection.connect(db_url)
+    try:
+        await db_pbx.lock_pbx(request, pbx_id)  # the request's transaction begins
+        job = Job(pbx_id, 1, 0)
+        await db_config.retry_job(applier, job, "asterisk down", now)
+        # With the PBX row locked FOR UPDATE this waited for the request, which then
+        # waited for the queue row below: PostgreSQL killed one of them after 1 s.
+        await asyncio.wait_for(
+            db_config.set_apply_state(applier, pbx_id, "pending", now, error="waiting"), 5
+        )
+        queued = asyncio.create_task(apply_queue.request(request, pbx_id, "extension", now))
+        await asyncio.sleep(0.2)
+        assert not queued.done()  # waits for the applier's queue row, as it should
+        await applier.commit()
+        await asyncio.wait_for(queued, 5)
+        await request.commit()
+    finally:
+        await request.close()
+        await applier.close()
+    assert db.execute("SELECT state FROM apply_state").fetchall() == [("pending",)]

@@ -17,6 +17,7 @@ import pytest
 from provisioner.db.accounts import Pbx
 from provisioner.db.blocks import BlockRow
 from provisioner.db.pbx import Extension, RingGroup, UsedBlock
+from provisioner.domain.credentials import sip_ha1
 from provisioner.domain.numbers import parse_block
 from provisioner.render.render import node_files, pbx_files
 from provisioner.render.safe import UnsafeValue
@@ -38,16 +39,15 @@ def block_row(block_id: str, owner: str, number: str, range_text: str | None) ->
 def two_site_pbx() -> tuple[Pbx, list[UsedBlock], list[Extension], list[RingGroup]]:
     pbx = Pbx(1, "K100200", "k100200", T, "default")
     berlin = UsedBlock(
-        block_row("ber-main", "K100200", "+4930123456", "0-99"), "k100200-ber", "Ber-secret-1",
-        "100",
-    )  # fmt: skip
+        block_row("ber-main", "K100200", "+4930123456", "0-99"), "k100200-ber", None, None, "100"
+    )
     munich = UsedBlock(
-        block_row("muc-main", "K200300", "+4989123456", "0-99"), "k200300-muc", "Muc-secret-1",
-        "201",
-    )  # fmt: skip
+        block_row("muc-main", "K200300", "+4989123456", "0-99"), "k200300-muc", None, None, "201"
+    )
 
     def ext(number: str, name: str, site: str, did: str | None, group: str | None) -> Extension:
-        return Extension(1, number, name, site, did, group, f"pw{number}" + "x" * 20, T, T)
+        ha1 = sip_ha1(f"k100200-{number}", "provisioner", f"pw{number}" + "x" * 20)
+        return Extension(1, number, name, site, did, group, T, T, "provisioner", ha1)
 
     extensions = [
         ext("100", "Anna Berlin", "ber-main", None, "sales"),
@@ -59,9 +59,15 @@ def two_site_pbx() -> tuple[Pbx, list[UsedBlock], list[Extension], list[RingGrou
     return pbx, [berlin, munich], extensions, groups
 
 
+# The opened trunk passwords, by block.
+PASSWORDS = {"ber-main": "Ber-secret-1", "muc-main": "Muc-secret-1"}
+
+
 def render_two_site() -> dict[str, str]:
     pbx, used, extensions, groups = two_site_pbx()
-    return pbx_files(build(pbx, "Spree Logistik GmbH", used, extensions, groups), CARRIER)
+    return pbx_files(
+        build(pbx, "Spree Logistik GmbH", used, extensions, groups, PASSWORDS), CARRIER
+    )
 
 
 @pytest.mark.parametrize("name", ["pjsip/tenant-k100200.conf", "dialplan/tenant-k100200.conf"])
@@ -135,16 +141,14 @@ def test_injection_in_names_adds_no_section_and_no_option(evil: str) -> None:
 @pytest.mark.parametrize("evil", EVIL)
 def test_injection_in_tokens_and_secrets_is_refused(evil: str) -> None:
     pbx, used, extensions, groups = two_site_pbx()
-    for broken_used in (
-        [replace(used[0], trunk_password=evil), used[1]],
-        [replace(used[0], trunk_username=evil), used[1]],
-    ):
-        with pytest.raises(UnsafeValue):
-            pbx_files(build(pbx, "Spree", broken_used, extensions, groups), CARRIER)
     with pytest.raises(UnsafeValue):
-        pbx_files(
-            build(pbx, "Spree", used, [replace(extensions[0], sip_password=evil)], groups),
-            CARRIER,
-        )
+        evil_password = {**PASSWORDS, "ber-main": evil}
+        pbx_files(build(pbx, "Spree", used, extensions, groups, evil_password), CARRIER)
+    with pytest.raises(UnsafeValue):
+        broken_used = [replace(used[0], trunk_username=evil), used[1]]
+        pbx_files(build(pbx, "Spree", broken_used, extensions, groups, PASSWORDS), CARRIER)
+    for broken in (replace(extensions[0], sip_ha1=evil), replace(extensions[0], sip_realm=evil)):
+        with pytest.raises(UnsafeValue):
+            pbx_files(build(pbx, "Spree", used, [broken], groups, PASSWORDS), CARRIER)
     with pytest.raises(UnsafeValue):
         pbx_files(build(replace(pbx, customer=evil), "Spree", used, extensions, groups), CARRIER)

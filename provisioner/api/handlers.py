@@ -8,7 +8,7 @@ from aiohttp import web
 
 from provisioner.api import serialize
 from provisioner.api.body import read_json
-from provisioner.api.middleware import UNIT
+from provisioner.api.middleware import SHOWN_ONCE, UNIT
 from provisioner.domain.errors import InvalidInput
 from provisioner.service import accounts, assignments, blocks, config, pbx
 
@@ -125,10 +125,13 @@ async def put_extension(request: web.Request) -> web.Response:
     )
     view = await pbx.view_of(unit, request.match_info["customer"])
     data = serialize.extension(result.extension, view)
-    if result.created:
-        # Shown once: the portal hands it to the phone's provisioning, we never show it again.
-        data["sip_password"] = result.extension.sip_password
-    return _json(data, 201 if result.created else 200)
+    if result.password is not None:
+        # Shown once: the portal hands it to the phone's provisioning; we keep only its
+        # hash, and an idempotent replay gets it from the sealed stored response.
+        data["sip_password"] = result.password
+    response = _json(data, 201 if result.created else 200)
+    response[SHOWN_ONCE] = ("sip_password",)
+    return response
 
 
 async def list_extensions(request: web.Request) -> web.Response:

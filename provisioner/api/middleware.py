@@ -7,6 +7,7 @@ recorded response or did not happen at all.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -14,21 +15,35 @@ import logging
 import re
 import uuid
 
+import psycopg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from provisioner.api import keys
 from provisioner.api.problems import from_error, problem_response
 from provisioner.db import idempotency
-from provisioner.domain.errors import Forbidden, InvalidInput, ProblemError, Unauthorized
-from provisioner.service.unit import Actor, Unit
+from provisioner.domain.credentials import SecretUnreadable
+from provisioner.domain.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    ProblemError,
+    Unauthorized,
+)
+from provisioner.service.unit import Actor, Policy, Unit
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 UNIT = web.RequestKey("unit", Unit)
 API_KEY_NAME = web.RequestKey("api_key_name", str)
+# Fields of a response shown once (a new phone's password): an idempotency record keeps
+# the response sealed, or without them where no secrets key is configured.
+SHOWN_ONCE = web.ResponseKey("shown_once", tuple)
 
+# How often a request runs when PostgreSQL rolls it back for a deadlock or a
+# serialization failure; each run is the whole transaction, idempotency record included.
+RETRIES = 3
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -117,7 +132,6 @@ async def _request_hash(request: web.Request) -> bytes:
 async def unit_of_work(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not (_is_api(request) or request.path.startswith("/confirm/")):
         return await handler(request)
-    app = request.app
     actor = Actor(
         name=request.get(API_KEY_NAME, "confirm-link"),
         acting_customer=request.headers.get("X-Acting-Customer") if _is_api(request) else None,
@@ -131,10 +145,36 @@ async def unit_of_work(request: web.Request, handler: Handler) -> web.StreamResp
             code="invalid_idempotency_key",
         )
     request_hash = await _request_hash(request) if idem_key else b""
+    # A key is the client's for one acting customer: a replay never answers another
+    # customer's request, which must pass its own authorization checks.
+    client = f"{actor.name}/{actor.acting_customer or '-'}"
+    for attempt in range(1, RETRIES + 1):
+        try:
+            return await _in_transaction(request, handler, actor, idem_key, request_hash, client)
+        except psycopg.errors.TransactionRollback as exc:
+            # A deadlock or serialization failure rolled everything back: run it again.
+            if attempt == RETRIES:
+                raise
+            log.warning("request %s: %s; retrying (%d)", actor.request_id, type(exc).__name__,
+                        attempt)  # fmt: skip
+            await asyncio.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")
+
+
+async def _in_transaction(
+    request: web.Request,
+    handler: Handler,
+    actor: Actor,
+    idem_key: str | None,
+    request_hash: bytes,
+    client: str,
+) -> web.StreamResponse:
+    app = request.app
+    policy = app[keys.POLICY]
     async with app[keys.POOL].connection() as conn, conn.transaction():
         now = app[keys.CLOCK]()
         if idem_key is not None:
-            stored = await idempotency.claim(conn, actor.name, idem_key, request_hash, now)
+            stored = await idempotency.claim(conn, client, idem_key, request_hash, now)
             if stored is not None:
                 if stored.request_hash != request_hash:
                     raise InvalidInput(
@@ -145,17 +185,46 @@ async def unit_of_work(request: web.Request, handler: Handler) -> web.StreamResp
                 assert stored.status is not None and stored.body is not None
                 return web.Response(
                     status=stored.status,
-                    body=stored.body,
+                    body=_unseal(stored, policy),
                     content_type=stored.content_type or "application/json",
                     headers={"Idempotent-Replayed": "true"},
                 )
         request[UNIT] = Unit(
-            conn=conn, now=now, actor=actor, policy=app[keys.POLICY], mail=app[keys.COMPOSER]
+            conn=conn, now=now, actor=actor, policy=policy, mail=app[keys.COMPOSER]
         )
         response = await handler(request)
         if idem_key is not None and isinstance(response, web.Response):
             body = response.body if isinstance(response.body, bytes) else b""
+            body, sealed = _seal(body, response.get(SHOWN_ONCE, ()), policy)
             await idempotency.store(
-                conn, actor.name, idem_key, response.status, response.content_type, body
+                conn, client, idem_key, response.status, response.content_type, body, sealed
             )
     return response
+
+
+def _seal(body: bytes, shown_once: tuple[str, ...], policy: Policy) -> tuple[bytes, bool]:
+    """What an idempotency record keeps of a response: as it is, or, where it shows a
+    secret once, sealed (or without that secret when no key is configured)."""
+    if not shown_once:
+        return body, False
+    if policy.secrets.configured:
+        return policy.secrets.seal(body.decode()).encode(), True
+    data = json.loads(body)
+    for name in shown_once:
+        data.pop(name, None)
+    return json.dumps(data).encode(), False
+
+
+def _unseal(stored: idempotency.Stored, policy: Policy) -> bytes:
+    assert stored.body is not None
+    if not stored.sealed:
+        return stored.body
+    try:
+        return policy.secrets.open(stored.body.decode()).encode()
+    except SecretUnreadable:
+        raise Conflict(
+            "the response to this Idempotency-Key holds a secret that no configured key"
+            " opens any more; send the request without the key",
+            field="Idempotency-Key",
+            code="idempotent_response_unreadable",
+        ) from None

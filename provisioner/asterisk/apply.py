@@ -6,6 +6,12 @@ that what the files define is what is live, for every PBX of the node: a reload'
 "Success" proves nothing (a parse error in one tenant's file can drop another tenant's
 objects). A PBX whose new config does not come up is put back to its last good revision.
 Files changed by hand are set aside (never silently overwritten) and reported.
+
+Secrets: the files on disk carry them (Asterisk needs them); the revisions in the
+database carry `<secret>` in their place (render.redact). So what we wrote is compared
+with the disk in redacted form, a PBX whose files must be put back is rendered again,
+and the real text of each PBX's last good files is kept beside them (files.keep_good)
+for rollbacks.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -24,9 +29,11 @@ from provisioner.asterisk.ami import Ami, AsteriskUnavailable
 from provisioner.clock import Clock
 from provisioner.db import Conn
 from provisioner.db import config as db_config
+from provisioner.db.accounts import Pbx
 from provisioner.db.config import Job
+from provisioner.domain.credentials import SecretBox
 from provisioner.metrics import APPLY_SECONDS, RELOADS
-from provisioner.render.render import digest, node_files, pbx_files
+from provisioner.render.render import digest, node_files, pbx_files, redact, redacted
 from provisioner.render.view import Carrier
 from provisioner.service.pbx import load_view
 from provisioner.settings import Node
@@ -58,21 +65,34 @@ def kind_of(path: str) -> str:
 class Tenant:
     """One PBX of the node during a round."""
 
-    pbx_id: int
-    slug: str
+    pbx: Pbx
     job: Job | None
-    wanted: dict[str, str]  # what it should be now
-    written: dict[str, str]  # what we last wrote (latest revision), for hand-edit checks
-    good: dict[str, str] | None  # last revision verified live
+    wanted: dict[str, str] | None  # what it should be now, on disk (None: not rendered)
+    written: dict[str, str]  # what we last wrote (latest revision, redacted)
+    good: dict[str, str] | None  # last revision verified live (redacted)
     revision: int | None = None
     attempted: dict[str, str] | None = None  # the config that was rolled back
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def pbx_id(self) -> int:
+        return self.pbx.id
+
+    @property
+    def slug(self) -> str:
+        return self.pbx.slug
+
+    @property
+    def expected(self) -> dict[str, str]:
+        """What must be live after this round (redacted: only names are compared)."""
+        return redacted(self.wanted) if self.wanted is not None else self.written
 
 
 async def apply_node(
     pool: AsyncConnectionPool,
     node: Node,
     clock: Clock,
+    secrets: SecretBox,
     *,
     retry_seconds: int = 5,
     limit: int = 500,
@@ -90,7 +110,7 @@ async def apply_node(
                 return 0
             started = time.monotonic()
             try:
-                await _round(pool, node, clock, jobs)
+                await _round(pool, node, clock, secrets, jobs)
                 result = "applied"
             except AsteriskUnavailable as exc:
                 result = "retry"
@@ -109,60 +129,68 @@ async def apply_node(
             await db_config.node_unlock(lock_conn, node.name)
 
 
-async def _tenants(conn: Conn, node: Node, jobs: list[Job]) -> list[Tenant]:
-    carrier = Carrier(node.carrier_host, node.carrier_port)
+async def _tenants(conn: Conn, node: Node, secrets: SecretBox, jobs: list[Job]) -> list[Tenant]:
     by_pbx = {job.pbx_id: job for job in jobs}
     tenants = []
     for found in await db_config.node_pbxes(conn, node.name):
-        pbx = found.pbx
-        job = by_pbx.get(pbx.id)
+        t = Tenant(found.pbx, by_pbx.get(found.pbx.id), None, found.written, found.good,
+                   found.latest)  # fmt: skip
         # Only PBXs with a job are rendered; the others must stay as last written.
-        wanted = pbx_files(await load_view(conn, pbx), carrier) if job else found.written
-        tenants.append(
-            Tenant(pbx.id, pbx.slug, job, wanted, found.written, found.good, found.latest)
-        )
+        if t.job is not None:
+            await _render(conn, node, secrets, t)
+        tenants.append(t)
     return tenants
 
 
-async def _round(pool: AsyncConnectionPool, node: Node, clock: Clock, jobs: list[Job]) -> None:
+async def _render(conn: Conn, node: Node, secrets: SecretBox, t: Tenant) -> None:
+    t.wanted = pbx_files(await load_view(conn, t.pbx, secrets), Carrier.of(node))
+
+
+async def _round(
+    pool: AsyncConnectionPool, node: Node, clock: Clock, secrets: SecretBox, jobs: list[Job]
+) -> None:
     folder = node.output_dir
     async with pool.connection() as conn, conn.transaction():
-        tenants = await _tenants(conn, node, jobs)
+        tenants = await _tenants(conn, node, secrets, jobs)
     changed: set[str] = set()
 
     # 1. The node's own files (carrier endpoint), from the config.
-    for path, text in node_files(Carrier(node.carrier_host, node.carrier_port)).items():
+    for path, text in node_files(Carrier.of(node)).items():
         if files.read(folder, path) != text:
-            files.write_atomic(folder, path, text)
+            files.write_atomic(folder, path, text, group=node.file_group)
             changed.add(kind_of(path))
 
-    # 2. Hand edits, in any PBX's files of this node: set aside, put ours back.
+    # 2. Hand edits, in any PBX's files of this node: set aside; the PBX is rendered
+    # again and its files written in step 3.
     now = clock()
     for t in tenants:
+        ours = t.expected
         for path, text in t.written.items():
             on_disk = files.read(folder, path)
             # What we render now is ours too: a crash after writing, before the
             # revision was committed, leaves exactly that on disk.
-            if on_disk is not None and on_disk not in (text, t.wanted.get(path)):
+            if on_disk is not None and redact(on_disk) in (text, ours.get(path)):
+                continue
+            if on_disk is not None:
                 kept = files.set_aside(folder, path, now)
                 t.problems.append(f"{path} was changed by hand; set aside as {kept}")
                 log.error("PBX %s: %s changed by hand, set aside as %s", t.slug, path, kept)
-            if on_disk not in (text, t.wanted.get(path)):
-                files.write_atomic(folder, path, text)
-                changed.add(kind_of(path))
+            if t.wanted is None:
+                async with pool.connection() as conn:
+                    await _render(conn, node, secrets, t)
 
-    # 3. New config of the PBXs with jobs.
+    # 3. New config of the PBXs rendered in this round.
     for t in tenants:
-        if t.job is None:
+        if t.wanted is None:
             continue
         for path in set(t.written) - set(t.wanted):
             files.remove(folder, path)
             changed.add(kind_of(path))
         for path, text in t.wanted.items():
             if files.read(folder, path) != text:
-                files.write_atomic(folder, path, text)
+                files.write_atomic(folder, path, text, group=node.file_group)
                 changed.add(kind_of(path))
-            if t.good is None or t.good.get(path) != text:
+            if t.good is None or t.good.get(path) != redact(text):
                 changed.add(kind_of(path))  # written earlier but never seen live
 
     async with Ami(node) as ami:
@@ -171,33 +199,38 @@ async def _round(pool: AsyncConnectionPool, node: Node, clock: Clock, jobs: list
         if failing:
             # Put each failing PBX with a job back to what was live, and check again.
             for t in failing:
-                if t.job is None:
+                if t.wanted is None:
                     continue
                 t.problems.append("new config did not come up in Asterisk; rolled back")
-                _restore(folder, t)
+                _restore(node, t)
             await _reload(ami, {"pjsip", "dialplan"})
             still = await _verify(ami, tenants)
             for t in still:
                 t.problems.append("still not live after rollback")
             failing = list({id(t): t for t in failing + still}.values())
 
+    for t in tenants:
+        if t.wanted is not None and t not in failing:
+            files.keep_good(folder, t.wanted, t.good or {}, group=node.file_group)
+
     async with pool.connection() as conn, conn.transaction():
         now = clock()
         for t in tenants:
             broken = t in failing
-            if t.job is not None:
-                if t.attempted is not None and t.attempted != t.written:
+            if t.wanted is not None:
+                shown = redacted(t.wanted)
+                if t.attempted is not None and redacted(t.attempted) != t.written:
                     # Keep what was tried, for diffs; then what is on disk again.
-                    tried = await db_config.add_revision(
-                        conn, t.pbx_id, digest(t.attempted), t.attempted, now
+                    tried = redacted(t.attempted)
+                    revision = await db_config.add_revision(
+                        conn, t.pbx_id, digest(tried), tried, now
                     )
-                    t.revision = tried.revision
-                    t.written = t.attempted
-                if t.wanted != t.written:
-                    rev = await db_config.add_revision(
-                        conn, t.pbx_id, digest(t.wanted), t.wanted, now
-                    )
+                    t.revision = revision.revision
+                    t.written = tried
+                if shown != t.written:
+                    rev = await db_config.add_revision(conn, t.pbx_id, digest(shown), shown, now)
                     t.revision = t.revision if broken else rev.revision
+                # A repaired hand edit ends applied too, with the note of what was set aside.
                 if broken:
                     await db_config.set_apply_state(
                         conn, t.pbx_id, "failed", now, revision=t.revision,
@@ -208,7 +241,8 @@ async def _round(pool: AsyncConnectionPool, node: Node, clock: Clock, jobs: list
                         conn, t.pbx_id, "applied", now, revision=t.revision,
                         good_revision=t.revision, error="; ".join(t.problems) or None,
                     )  # fmt: skip
-                await db_config.finish_job(conn, t.job)
+                if t.job is not None:
+                    await db_config.finish_job(conn, t.job)
             elif t.problems or broken:
                 await db_config.set_apply_state(
                     conn, t.pbx_id, "failed", now, error="; ".join(t.problems or ["not live"])
@@ -232,7 +266,7 @@ async def _verify(ami: Ami, tenants: list[Tenant]) -> list[Tenant]:
     contexts = await ami.contexts()
     failing = []
     for t in tenants:
-        config = t.wanted if t.job is not None else t.written
+        config = t.expected
         expected = endpoints_in(config)
         missing = expected - live
         stale = {e for e in live if e.startswith(f"{t.slug}-")} - expected
@@ -246,12 +280,19 @@ async def _verify(ami: Ami, tenants: list[Tenant]) -> list[Tenant]:
     return failing
 
 
-def _restore(folder: Path, t: Tenant) -> None:
+def _restore(node: Node, t: Tenant) -> None:
     """Put the PBX's last good files back (none: remove its files)."""
+    assert t.wanted is not None
+    folder = node.output_dir
     t.attempted = dict(t.wanted)
-    good = t.good or {}
+    good = {path: files.read_good(folder, path) for path in t.good or {}}
     for path in set(t.wanted) - set(good):
         files.remove(folder, path)
+    restored = {}
     for path, text in good.items():
-        files.write_atomic(folder, path, text)
-    t.wanted = dict(good)
+        if text is None:  # its copy is lost: better nothing than a broken file
+            files.remove(folder, path)
+        else:
+            files.write_atomic(folder, path, text, group=node.file_group)
+            restored[path] = text
+    t.wanted = restored

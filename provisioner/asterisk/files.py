@@ -1,4 +1,8 @@
-"""The node's output folder: atomic writes, reading back, and setting hand edits aside."""
+"""The node's output folder: atomic writes, reading back, and setting hand edits aside.
+
+The files carry SIP secrets (trunk passwords, phones' digest hashes), so they are
+readable by their owner (the service) and by the node's `file_group` (Asterisk) only.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +18,26 @@ def read(folder: Path, relative: str) -> str | None:
         return None
 
 
-def write_atomic(folder: Path, relative: str, text: str) -> None:
-    """Temp file, fsync, rename, fsync the folder: Asterisk sees the old or the new file."""
+FILE_MODE = 0o640
+GOOD = ".good"  # the last good files of each PBX, for rollbacks; outside any #include
+
+
+def write_atomic(
+    folder: Path, relative: str, text: str, *, group: int | None = None, mode: int = FILE_MODE
+) -> None:
+    """Temp file, fsync, rename, fsync the folder: Asterisk sees the old or the new file.
+    The temp file is created with its final mode, so no reader ever sees it wider."""
     path = folder / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
     temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "w") as handle:
+    handle = os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w")
+    with handle:
+        os.fchmod(handle.fileno(), mode)  # an earlier temp file may have had another mode
+        if group is not None:
+            os.fchown(handle.fileno(), -1, group)
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
-    temp.chmod(0o644)
     os.replace(temp, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
@@ -42,3 +56,19 @@ def set_aside(folder: Path, relative: str, now: datetime) -> str:
     kept = path.with_name(f"{path.name}.hand-edited-{now:%Y%m%dT%H%M%S}")
     os.replace(path, kept)
     return str(kept.relative_to(folder))
+
+
+def keep_good(
+    folder: Path, now_good: dict[str, str], before: dict[str, str], *, group: int | None = None
+) -> None:
+    """Keep the real text of a PBX's files that were just verified live (the database
+    keeps them redacted, and a rollback must write the secrets too)."""
+    for relative in set(before) - set(now_good):
+        (folder / GOOD / relative).unlink(missing_ok=True)
+    for relative, text in now_good.items():
+        if read_good(folder, relative) != text:
+            write_atomic(folder / GOOD, relative, text, group=group, mode=0o600)
+
+
+def read_good(folder: Path, relative: str) -> str | None:
+    return read(folder / GOOD, relative)

@@ -30,7 +30,7 @@ class Pbx:
 
 
 async def get(conn: Conn, customer: str, *, lock: bool = False) -> Account | None:
-    query = "SELECT * FROM accounts WHERE customer = %s" + (" FOR UPDATE" if lock else "")
+    query = "SELECT * FROM accounts WHERE customer = %s" + (" FOR NO KEY UPDATE" if lock else "")
     async with conn.cursor(row_factory=class_row(Account)) as cur:
         await cur.execute(query, (customer,))
         return await cur.fetchone()

@@ -85,7 +85,7 @@ async def insert(
 
 
 async def get(conn: Conn, assignment_id: uuid.UUID, *, lock: bool = False) -> Assignment | None:
-    query = "SELECT * FROM assignments WHERE id = %s" + (" FOR UPDATE" if lock else "")
+    query = "SELECT * FROM assignments WHERE id = %s" + (" FOR NO KEY UPDATE" if lock else "")
     async with conn.cursor(row_factory=class_row(Assignment)) as cur:
         await cur.execute(query, (assignment_id,))
         return await cur.fetchone()
@@ -94,7 +94,7 @@ async def get(conn: Conn, assignment_id: uuid.UUID, *, lock: bool = False) -> As
 async def live_for_block(conn: Conn, block_id: str, *, lock: bool = False) -> Assignment | None:
     """The pending or active assignment of a block, if any."""
     query = "SELECT * FROM assignments WHERE block_id = %s AND state IN ('pending', 'active')" + (
-        " FOR UPDATE" if lock else ""
+        " FOR NO KEY UPDATE" if lock else ""
     )
     async with conn.cursor(row_factory=class_row(Assignment)) as cur:
         await cur.execute(query, (block_id,))
@@ -114,7 +114,7 @@ async def latest_for_block(conn: Conn, block_id: str) -> Assignment | None:
 
 async def by_token_hash(conn: Conn, token_hash: bytes, *, lock: bool = False) -> Assignment | None:
     query = "SELECT * FROM assignments WHERE owner_token_hash = %s OR target_token_hash = %s" + (
-        " FOR UPDATE" if lock else ""
+        " FOR NO KEY UPDATE" if lock else ""
     )
     async with conn.cursor(row_factory=class_row(Assignment)) as cur:
         await cur.execute(query, (token_hash, token_hash))

@@ -44,7 +44,7 @@ class Overlap(Exception):
 
 
 async def get(conn: Conn, block_id: str, *, lock: bool = False) -> BlockRow | None:
-    query = f"SELECT {COLUMNS} FROM blocks WHERE id = %s" + (" FOR UPDATE" if lock else "")
+    query = f"SELECT {COLUMNS} FROM blocks WHERE id = %s" + (" FOR NO KEY UPDATE" if lock else "")
     async with conn.cursor(row_factory=class_row(BlockRow)) as cur:
         await cur.execute(query, (block_id,))
         return await cur.fetchone()

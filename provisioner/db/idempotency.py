@@ -14,6 +14,7 @@ class Stored:
     status: int | None
     content_type: str | None
     body: bytes | None
+    sealed: bool = False
 
 
 async def claim(
@@ -32,22 +33,29 @@ async def claim(
     if await cur.fetchone() is not None:
         return None
     cur = await conn.execute(
-        "SELECT request_hash, status, content_type, body FROM idempotency_keys"
+        "SELECT request_hash, status, content_type, body, sealed FROM idempotency_keys"
         " WHERE client = %s AND key = %s",
         (client, key),
     )
     row = await cur.fetchone()
     assert row is not None
-    return Stored(bytes(row[0]), row[1], row[2], None if row[3] is None else bytes(row[3]))
+    body = None if row[3] is None else bytes(row[3])
+    return Stored(bytes(row[0]), row[1], row[2], body, row[4])
 
 
 async def store(
-    conn: Conn, client: str, key: str, status: int, content_type: str, body: bytes
+    conn: Conn,
+    client: str,
+    key: str,
+    status: int,
+    content_type: str,
+    body: bytes,
+    sealed: bool = False,
 ) -> None:
     await conn.execute(
-        "UPDATE idempotency_keys SET status = %s, content_type = %s, body = %s"
+        "UPDATE idempotency_keys SET status = %s, content_type = %s, body = %s, sealed = %s"
         " WHERE client = %s AND key = %s",
-        (status, content_type, body, client, key),
+        (status, content_type, body, sealed, client, key),
     )
 
 

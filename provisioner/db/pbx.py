@@ -19,9 +19,10 @@ class Extension:
     site_block: str
     did: str | None
     pickup_group: str | None
-    sip_password: str
     created_at: datetime
     updated_at: datetime
+    sip_realm: str  # the digest realm its password hash was made for
+    sip_ha1: str  # md5(username:realm:password); the password itself is never stored
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,14 @@ class UsedBlock:
 
     block: BlockRow
     trunk_username: str | None
-    trunk_password: str | None
+    trunk_sealed: str | None  # the password, sealed (domain.credentials)
+    trunk_unsealed_legacy: str | None  # written before sealing existed; sealed at start
     default_target: str | None
 
 
 async def lock_pbx(conn: Conn, pbx_id: int) -> None:
     """Serialize changes to one PBX's numbering plan (extensions and groups share it)."""
-    await conn.execute("SELECT 1 FROM pbxes WHERE id = %s FOR UPDATE", (pbx_id,))
+    await conn.execute("SELECT 1 FROM pbxes WHERE id = %s FOR NO KEY UPDATE", (pbx_id,))
 
 
 async def extensions(conn: Conn, pbx_id: int) -> list[Extension]:
@@ -74,11 +76,11 @@ async def upsert_extension(
     site_block: str,
     did: str | None,
     pickup_group: str | None,
-    new_password: str,
+    new_credentials: tuple[str, str],
     now: datetime,
 ) -> tuple[Extension, bool]:
-    """Create or update (the caller holds the PBX lock); the password is set on creation
-    only. Returns (row, created)."""
+    """Create or update (the caller holds the PBX lock); the credentials (realm, HA1) are
+    set on creation only. Returns (row, created)."""
     existed = await extension(conn, pbx_id, ext) is not None
     async with conn.cursor(row_factory=class_row(Extension)) as cur:
         if existed:
@@ -90,9 +92,9 @@ async def upsert_extension(
         else:
             await cur.execute(
                 "INSERT INTO extensions (pbx_id, ext, name, site_block, did, pickup_group,"
-                " sip_password, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
-                (pbx_id, ext, name, site_block, did, pickup_group, new_password, now, now),
+                " sip_realm, sip_ha1, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                (pbx_id, ext, name, site_block, did, pickup_group, *new_credentials, now, now),
             )
         row = await cur.fetchone()
     assert row is not None
@@ -168,20 +170,42 @@ async def used_blocks(conn: Conn, pbx_id: int) -> list[UsedBlock]:
     """The blocks this PBX uses now, with their trunk and default target."""
     columns = ", ".join(f"b.{c.strip()}" for c in COLUMNS.split(","))
     cur = await conn.execute(
-        f"SELECT {columns}, b.trunk_username, b.trunk_password, b.default_target"
-        + _USAGE
-        + " AND p.id = %s ORDER BY b.id",
+        f"SELECT {columns}, b.trunk_username, b.trunk_sealed, b.trunk_password,"
+        " b.default_target" + _USAGE + " AND p.id = %s ORDER BY b.id",
         (pbx_id,),
     )
-    return [
-        UsedBlock(BlockRow(*row[:10]), row[10], row[11], row[12]) for row in await cur.fetchall()
-    ]
+    return [UsedBlock(BlockRow(*row[:10]), *row[10:14]) for row in await cur.fetchall()]
 
 
-async def set_trunk(conn: Conn, block_id: str, username: str, password: str, now: datetime) -> None:
+async def set_trunk(conn: Conn, block_id: str, username: str, sealed: str, now: datetime) -> None:
     await conn.execute(
-        "UPDATE blocks SET trunk_username = %s, trunk_password = %s, updated_at = %s WHERE id = %s",
-        (username, password, now, block_id),
+        "UPDATE blocks SET trunk_username = %s, trunk_sealed = %s, trunk_password = NULL,"
+        " updated_at = %s WHERE id = %s",
+        (username, sealed, now, block_id),
+    )
+
+
+async def unsealed_trunks(conn: Conn) -> list[tuple[str, str]]:
+    """(block id, plain password) of trunks written before passwords were sealed."""
+    cur = await conn.execute(
+        "SELECT id, trunk_password FROM blocks WHERE trunk_password IS NOT NULL FOR UPDATE"
+    )
+    return [(row[0], row[1]) for row in await cur.fetchall()]
+
+
+async def sealed_trunks(conn: Conn) -> list[tuple[str, str]]:
+    """(block id, sealed password) of every sealed trunk, locked for resealing."""
+    cur = await conn.execute(
+        "SELECT id, trunk_sealed FROM blocks WHERE trunk_sealed IS NOT NULL ORDER BY id FOR UPDATE"
+    )
+    return [(row[0], row[1]) for row in await cur.fetchall()]
+
+
+async def store_sealed(conn: Conn, block_id: str, sealed: str) -> None:
+    """Replace the stored form of a trunk password (sealing or resealing: same secret)."""
+    await conn.execute(
+        "UPDATE blocks SET trunk_sealed = %s, trunk_password = NULL WHERE id = %s",
+        (sealed, block_id),
     )
 
 

@@ -32,6 +32,22 @@ def _environment() -> jinja2.Environment:
 _ENV = _environment()
 
 
+# Options whose value is a credential. Config shown to people (the API, `provisioner diff`,
+# the stored revisions) has `<secret>` in their place; only the files on disk have them.
+SECRET_OPTIONS = ("password", "md5_cred")
+PLACEHOLDER = "<secret>"
+_SECRET_LINE = re.compile(rf"^(\s*(?:{'|'.join(SECRET_OPTIONS)})\s*=>?\s*)\S.*$", re.M)
+
+
+def redact(text: str) -> str:
+    """The text with every secret option's value replaced by the placeholder."""
+    return _SECRET_LINE.sub(lambda m: m.group(1) + PLACEHOLDER, text)
+
+
+def redacted(files: dict[str, str]) -> dict[str, str]:
+    return {path: redact(text) for path, text in files.items()}
+
+
 def _tidy(text: str) -> str:
     """At most one blank line in a row, one newline at the end: diffs stay quiet."""
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"

@@ -13,13 +13,13 @@ address) in [carrier-in], to which each PBX adds the numbers of the blocks it us
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup, UsedBlock
 from provisioner.domain.numbers import Block, describe
-
-EMERGENCY = ("110", "112")
+from provisioner.settings import Node
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Trunk:
     block_text: str
     owner: str  # the block owner's customer number: the CDR accountcode of its calls
     username: str | None
-    password: str | None
+    password: str | None  # in plain text: the carrier's digest needs it
     in_context: str
     carrier_patterns: tuple[str, ...]  # dialplan extensions covering all its numbers
     routes: tuple[InboundRoute, ...]
@@ -48,7 +48,8 @@ class Phone:
     ext: str
     endpoint: str
     name: str
-    password: str
+    realm: str
+    ha1: str  # md5(endpoint:realm:password), Asterisk's md5_cred
     site_context: str
     pickup_group: str | None
     out_number: str | None  # caller ID of external calls
@@ -93,8 +94,14 @@ class PbxView:
 
 @dataclass(frozen=True)
 class Carrier:
+    """The node's carrier SBC: where trunks send calls, and whom inbound calls come from."""
+
     host: str
     port: int
+
+    @classmethod
+    def of(cls, node: Node) -> Carrier:
+        return cls(node.carrier_host, node.carrier_port)
 
 
 def carrier_patterns(block: Block) -> tuple[str, ...]:
@@ -125,7 +132,10 @@ def build(
     used: list[UsedBlock],
     extensions: list[Extension],
     ring_groups: list[RingGroup],
+    trunk_passwords: Mapping[str, str] | None = None,
 ) -> PbxView:
+    """The view of one PBX; `trunk_passwords` are the opened trunk passwords by block id."""
+    trunk_passwords = trunk_passwords or {}
     slug = pbx.slug
     internal = f"{slug}-internal"
     by_id = {u.block.id: u for u in used}
@@ -159,7 +169,8 @@ def build(
                 ext=e.ext,
                 endpoint=f"{slug}-{e.ext}",
                 name=e.name,
-                password=e.sip_password,
+                realm=e.sip_realm,
+                ha1=e.sip_ha1,
                 site_context=f"{slug}-site-{site.block.id}" if site else internal,
                 pickup_group=f"{slug}-{e.pickup_group}" if e.pickup_group else None,
                 out_number=out_number,
@@ -179,7 +190,7 @@ def build(
             block_text=describe(u.block.block),
             owner=u.block.owner,
             username=u.trunk_username,
-            password=u.trunk_password,
+            password=trunk_passwords.get(u.block.id),
             in_context=f"{slug}-in-{u.block.id}",
             carrier_patterns=carrier_patterns(u.block.block),
             routes=tuple(sorted(routes[u.block.id], key=lambda r: r.number)),

@@ -270,10 +270,12 @@ async def _event(
 async def _request_applies(u: Unit, block: BlockRow, assignment: Assignment, why: str) -> None:
     """The target PBX gains or loses the block; the owner's own PBX, if any, the reverse."""
     reason = f"{why}: block {block.id}"
-    await apply_queue.request(u.conn, assignment.target_pbx_id, reason, u.now)
+    pbx_ids = {assignment.target_pbx_id}
     own = await db_accounts.get_pbx(u.conn, block.owner)
     if own is not None and block.mode == "pbx":
-        await apply_queue.request(u.conn, own.id, reason, u.now)
+        pbx_ids.add(own.id)
+    for pbx_id in sorted(pbx_ids):  # the lock order of db/__init__.py
+        await apply_queue.request(u.conn, pbx_id, reason, u.now)
 
 
 async def _by_token(u: Unit, token: str) -> Assignment:

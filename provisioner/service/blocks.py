@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from provisioner.db import Conn, apply_queue
 from provisioner.db import accounts as db_accounts
-from provisioner.db import apply_queue
 from provisioner.db import assignments as db_assignments
 from provisioner.db import blocks as db_blocks
 from provisioner.db import pbx as db_pbx
 from provisioner.db.blocks import BlockRow
+from provisioner.domain.credentials import SecretBox
 from provisioner.domain.errors import Conflict, InvalidInput, NotFound
 from provisioner.domain.numbers import parse_block
 from provisioner.render import safe
@@ -88,6 +89,8 @@ async def put_block(
     block = parse_block(number, range_text, u.policy.country)
     if trunk is not None:
         check_trunk(trunk)
+        if not u.policy.secrets.configured:
+            u.policy.secrets.seal(trunk.password)  # raises the 422 that says why
     if default_target is not None and not DEFAULT_TARGET.match(default_target):
         raise InvalidInput(
             "default_target is an extension or ring group number", field="default_target",
@@ -143,7 +146,8 @@ async def _set_routing(
     if trunk is None and default_target is None:
         return
     if trunk is not None:
-        await db_pbx.set_trunk(u.conn, row.id, trunk.username, trunk.password, u.now)
+        sealed = u.policy.secrets.seal(trunk.password)
+        await db_pbx.set_trunk(u.conn, row.id, trunk.username, sealed, u.now)
     if default_target is not None:
         await db_pbx.set_default_target(u.conn, row.id, default_target, u.now)
     pbx_id = await db_pbx.pbx_using(u.conn, row.id)
@@ -177,8 +181,7 @@ async def _set_mode(u: Unit, row: BlockRow, mode: str) -> BlockRow:
     before = await db_pbx.pbx_using(u.conn, row.id)
     row = await db_blocks.set_mode(u.conn, row.id, mode, u.now)
     after = await db_pbx.pbx_using(u.conn, row.id)
-    for pbx_id in {before, after} - {None}:
-        assert pbx_id is not None
+    for pbx_id in sorted(p for p in (before, after) if p is not None):
         await apply_queue.request(u.conn, pbx_id, f"block {row.id} mode {mode}", u.now)
     return row
 
@@ -190,3 +193,20 @@ async def used_by(u: Unit, row: BlockRow) -> str | None:
         return None
     pbx = await db_accounts.get_pbx_by_id(u.conn, pbx_id)
     return pbx.customer if pbx else None
+
+
+async def seal_trunk_passwords(conn: Conn, box: SecretBox, *, reseal: bool) -> int:
+    """Seal trunk passwords stored in plain text before sealing existed and, with
+    `reseal`, put every sealed one under the first key (after a new key was put first).
+    Returns how many were written. Without a key nothing can be sealed: 0."""
+    if not box.configured:
+        return 0
+    done = 0
+    for block_id, plain in await db_pbx.unsealed_trunks(conn):
+        await db_pbx.store_sealed(conn, block_id, box.seal(plain))
+        done += 1
+    if reseal:
+        for block_id, sealed in await db_pbx.sealed_trunks(conn):
+            await db_pbx.store_sealed(conn, block_id, box.reseal(sealed))
+            done += 1
+    return done

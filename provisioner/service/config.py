@@ -9,8 +9,9 @@ from provisioner.db import Conn
 from provisioner.db import config as db_config
 from provisioner.db.accounts import Pbx
 from provisioner.db.config import ApplyState, Revision
+from provisioner.domain.credentials import SecretBox
 from provisioner.domain.errors import NotFound
-from provisioner.render.render import pbx_files
+from provisioner.render.render import pbx_files, redacted
 from provisioner.render.view import Carrier
 from provisioner.service.pbx import load_view, require_pbx
 from provisioner.service.unit import Unit
@@ -34,9 +35,10 @@ async def current(u: Unit, customer: str) -> ConfigStatus:
     )
 
 
-async def render(conn: Conn, pbx: Pbx, carrier: Carrier) -> dict[str, str]:
-    """What the PBX's files would be now, from the database; touches no Asterisk."""
-    return pbx_files(await load_view(conn, pbx), carrier)
+async def render(conn: Conn, pbx: Pbx, carrier: Carrier, secrets: SecretBox) -> dict[str, str]:
+    """What the PBX's files would be now, from the database, as people may see them
+    (secrets redacted); touches no Asterisk."""
+    return redacted(pbx_files(await load_view(conn, pbx, secrets), carrier))
 
 
 async def _files(u: Unit, pbx: Pbx, number: int | None) -> tuple[str, dict[str, str]]:

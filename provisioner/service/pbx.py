@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from provisioner.db import Conn, apply_queue
 from provisioner.db import accounts as db_accounts
 from provisioner.db import pbx as db_pbx
 from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup
+from provisioner.domain.credentials import SecretBox, sip_ha1
 from provisioner.domain.errors import Conflict, InvalidInput, NotFound
 from provisioner.render.view import PbxView, build
 from provisioner.service import accounts
@@ -63,6 +64,8 @@ async def _used_numbers(conn: Conn, pbx: Pbx) -> tuple[set[str], set[str]]:
 class ExtensionResult:
     extension: Extension
     created: bool
+    # The phone's SIP password, only when it was created: shown once, stored as a hash.
+    password: str | None = field(default=None, repr=False)
 
 
 async def put_extension(
@@ -102,22 +105,31 @@ async def put_extension(
                            code="did_taken")  # fmt: skip
     if await db_pbx.ring_group(u.conn, pbx.id, ext) is not None:
         raise Conflict(f"{ext} is a ring group of this PBX", field="ext", code="ext_taken")
+    password = secrets.token_urlsafe(18)
+    realm = u.policy.sip_realm
     row, created = await db_pbx.upsert_extension(
         u.conn, pbx.id, ext, name=name, site_block=site_block, did=did,
-        pickup_group=pickup_group, new_password=secrets.token_urlsafe(18), now=u.now,
+        pickup_group=pickup_group, now=u.now,
+        new_credentials=(realm, sip_ha1(sip_username(pbx, ext), realm, password)),
     )  # fmt: skip
     await apply_queue.request(u.conn, pbx.id, f"extension {ext}", u.now)
-    return ExtensionResult(row, created)
+    return ExtensionResult(row, created, password if created else None)
+
+
+def sip_username(pbx: Pbx, ext: str) -> str:
+    """A phone registers as its endpoint's name (render.view names it the same)."""
+    return f"{pbx.slug}-{ext}"
 
 
 async def view_of(u: Unit, customer: str) -> PbxView:
-    """The PBX as its config sees it now (what each extension falls back to)."""
-    return await load_view(u.conn, await require_pbx(u, customer))
+    """The PBX as its config sees it now (what each extension falls back to); without
+    trunk passwords, which the API never needs."""
+    return await load_view(u.conn, await require_pbx(u, customer), None)
 
 
 async def list_extensions(u: Unit, customer: str) -> tuple[list[Extension], PbxView]:
     pbx = await require_pbx(u, customer)
-    return await db_pbx.extensions(u.conn, pbx.id), await load_view(u.conn, pbx)
+    return await db_pbx.extensions(u.conn, pbx.id), await load_view(u.conn, pbx, None)
 
 
 async def put_ring_group(
@@ -160,14 +172,24 @@ async def list_ring_groups(u: Unit, customer: str) -> list[RingGroup]:
     return await db_pbx.ring_groups(u.conn, pbx.id)
 
 
-async def load_view(conn: Conn, pbx: Pbx) -> PbxView:
-    """The typed view of a PBX, from what the database holds now."""
+async def load_view(conn: Conn, pbx: Pbx, secrets_box: SecretBox | None) -> PbxView:
+    """The typed view of a PBX, from what the database holds now. With a box, trunk
+    passwords are opened for the files on disk; without, they stay out of the view."""
     account = await db_accounts.get(conn, pbx.customer)
     assert account is not None
+    used = await db_pbx.used_blocks(conn, pbx.id)
+    passwords = {}
+    if secrets_box is not None:
+        for u in used:
+            if u.trunk_sealed is not None:
+                passwords[u.block.id] = secrets_box.open(u.trunk_sealed)
+            elif u.trunk_unsealed_legacy is not None:
+                passwords[u.block.id] = u.trunk_unsealed_legacy
     return build(
         pbx,
         account.name,
-        await db_pbx.used_blocks(conn, pbx.id),
+        used,
         await db_pbx.extensions(conn, pbx.id),
         await db_pbx.ring_groups(conn, pbx.id),
+        passwords,
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from provisioner.db import Conn
+from provisioner.domain.credentials import SecretBox
 from provisioner.domain.errors import Forbidden
 from provisioner.mail.compose import Composer
+from provisioner.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,23 @@ class Actor:
 
 @dataclass(frozen=True)
 class Policy:
+    """The operator's rules a use case follows, from the settings."""
+
     confirm_within_days: int
     country: str
     public_base_url: str
+    sip_realm: str = "provisioner"
+    secrets: SecretBox = field(default_factory=SecretBox)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            confirm_within_days=settings.confirm_within_days,
+            country=settings.country,
+            public_base_url=settings.public_base_url,
+            sip_realm=settings.sip_realm,
+            secrets=settings.secret_box(),
+        )
 
 
 @dataclass(frozen=True)
