@@ -45,6 +45,7 @@ def create_app(
         middlewares=[
             middleware.request_id,
             middleware.problems,
+            middleware.read_body,
             middleware.api_keys,
             middleware.unit_of_work,
         ],

@@ -207,12 +207,18 @@ async def _apply(settings: Settings, customer: str) -> str:
             node = _node_of(settings, pbx)
             await apply_queue.request(unit.conn, pbx.id, "provisioner apply", unit.now)
         # Committed: the round below (or any instance's applier) picks the job up.
-        await apply_node(
+        taken = await apply_node(
             pool, node, system_clock, settings.secret_box(),
             retry_seconds=settings.apply_retry_seconds,
         )  # fmt: skip
         async with pool.connection() as conn:
             state = await db_config.apply_state(conn, pbx.id)
+            waiting = await db_config.waiting_job(conn, pbx.id)
+    if taken == 0 and waiting is not None:
+        # The round above took nothing: another instance holds the node, or the job
+        # waits for its retry time. Whatever the state says is from before.
+        why = waiting.last_error or f"another instance is applying to node {node.name} now"
+        return f"not applied yet, the change stays queued: {why}"
     if state is None:
         return "pending"
     return f"{state.state} (revision {state.revision}){': ' + state.error if state.error else ''}"

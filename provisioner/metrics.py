@@ -17,3 +17,7 @@ RELOADS = Counter(
     ["module", "result"],
 )
 QUEUE_DEPTH = Gauge("provisioner_apply_queue_depth", "PBXs waiting for an apply")
+BROKEN = Counter(
+    "provisioner_apply_pbx_failures_total",
+    "PBXs whose config could not be rendered or written in an apply round",
+)

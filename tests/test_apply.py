@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -148,6 +149,49 @@ async def test_a_broken_tenant_file_breaks_no_other_pbx(
     c_state = await api.ok("GET", "/v1/accounts/K300400/pbx/config")
     assert "changed by hand" in (c_state["apply_error"] or "")
     assert "[globtest" not in broken.read_text()
+    # Repaired and live again: applied (with the note), not failed until its next change.
+    assert c_state["apply_state"] == "applied", c_state
+
+
+async def test_a_pbx_that_cannot_be_rendered_holds_back_no_other(
+    lab_api: Api, ami: Manager, clean_lab: Lab, db: psycopg.Connection[Any]
+) -> None:
+    """The case the API once let through: PUT /v1/accounts/LONGCUSTOMER1/blocks/b<63 x>,
+    whose trunk name (84 characters) cannot be config. The API refuses such ids now;
+    rows written before can still be there. That PBX is marked failed with the reason
+    and waits for a retry; B's change, in the same round, goes live at once."""
+    api = lab_api
+    await branch_scene(api)
+    await wait_applied(api, TARGET)
+    long_customer = "LONGCUSTOMER1"
+    await api.ok("PUT", f"/v1/accounts/{long_customer}",
+                 {"name": "Lang GmbH", "email": "it@lang.example", "language": "de"})  # fmt: skip
+    await api.ok("PUT", f"/v1/accounts/{long_customer}/pbx")
+    db.execute(
+        "INSERT INTO blocks (id, owner, base_number, range_first, range_last, country_code,"
+        " area_code, mode, created_at, updated_at) VALUES (%s, %s, '+4922199999', '0', '9',"
+        " 49, '221', 'pbx', now(), now())",
+        ("b" + "x" * 63, long_customer),
+    )
+    db.execute("INSERT INTO apply_queue (pbx_id, reason, requested_at, next_attempt_at)"
+               " SELECT id, 'test', now(), now() FROM pbxes WHERE customer = %s"
+               " ON CONFLICT DO NOTHING", (long_customer,))  # fmt: skip
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/101",
+                 {"name": "Ben Berlin", "site_block": "ber-main"})  # fmt: skip
+    await wait_applied(api, TARGET)
+    endpoints, _ = await live(ami)
+    assert {"k100200-100", "k100200-101"} <= endpoints
+    state = await api.ok("GET", f"/v1/accounts/{long_customer}/pbx/config")
+    assert state["apply_state"] == "failed", state
+    assert "cannot render" in state["apply_error"] and "not a config token" in state["apply_error"]
+    job = db.execute(
+        "SELECT claimed_until, attempts FROM apply_queue q JOIN pbxes p ON p.id = q.pbx_id"
+        " WHERE p.customer = %s",
+        (long_customer,),
+    ).fetchone()
+    assert job is not None and job[0] is None and job[1] >= 1  # waits for a retry, not leased
+    metrics = await (await api.call("GET", "/metrics", key="")).text()
+    assert re.search(r"^provisioner_apply_pbx_failures_total [1-9]", metrics, re.M), metrics
 
 
 def test_output_folder_is_the_lab_folder(lab: Lab) -> None:

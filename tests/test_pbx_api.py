@@ -162,10 +162,17 @@ CASES: list[tuple[int, str, str, str, Any]] = [
     ),
     (
         422,
-        "invalid_trunk",
+        "invalid_field",  # a line break is refused in any text, before the trunk rules
         "PUT",
         f"/v1/accounts/{TARGET}/blocks/ber-main",
         {**BERLIN, "trunk": {"username": "u\n[x]", "password": "long-enough"}},
+    ),
+    (
+        422,
+        "invalid_trunk",
+        "PUT",
+        f"/v1/accounts/{TARGET}/blocks/ber-main",
+        {**BERLIN, "trunk": {"username": "u [x]", "password": "long-enough"}},
     ),
     (
         422,
@@ -243,3 +250,31 @@ def test_render_command_prints_the_config(db_url: str, tmp_path: Any) -> None:
     assert done.returncode == 0, done.stderr
     assert ";;; pjsip/tenant-k100200.conf" in done.stdout
     assert "[k100200-internal]" in done.stdout
+
+
+def test_apply_command_says_so_when_another_instance_holds_the_node(
+    db_url: str, db: psycopg.Connection[Any], tmp_path: Any
+) -> None:
+    """`provisioner apply` while another instance applies to the node: exit 1 and say
+    the change is queued, not the state from before."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "asterisk:\n  nodes:\n    - {name: default, ami_username: u, ami_secret: s,"
+        f" output_dir: {tmp_path}, carrier_host: 127.0.0.2}}\n"
+        f"secrets:\n  keys: ['{SECRETS_KEY}']\n"
+    )
+    env = {"PROVISIONER_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"}
+
+    def provisioner(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "provisioner", *args, "--config", str(config)],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+
+    assert provisioner("demo").returncode == 0
+    with psycopg.connect(db_url, autocommit=True) as other_instance:
+        other_instance.execute("SELECT pg_advisory_lock(hashtext('apply:' || 'default'))")
+        done = provisioner("apply", "K100200")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.startswith("not applied yet, the change stays queued"), done.stdout
+    assert "another instance is applying to node default" in done.stdout

@@ -152,3 +152,23 @@ def test_injection_in_tokens_and_secrets_is_refused(evil: str) -> None:
             pbx_files(build(pbx, "Spree", used, [broken], groups, PASSWORDS), CARRIER)
     with pytest.raises(UnsafeValue):
         pbx_files(build(replace(pbx, customer=evil), "Spree", used, extensions, groups), CARRIER)
+
+
+def test_the_longest_values_the_api_accepts_render() -> None:
+    """A 32-character customer, a block id as long as the API allows, a 32-character
+    pickup group, a 5-digit extension: every generated name fits Asterisk."""
+    from provisioner.render.view import BLOCK_ID_MAX, MAX_NAME, SLUG_MAX
+
+    pbx = Pbx(1, "C" * SLUG_MAX, "c" * SLUG_MAX, T, "default")
+    block_id = "b" * BLOCK_ID_MAX
+    used = [UsedBlock(block_row(block_id, pbx.customer, "+4930123456", "0-99"),
+                      "u" * 64, None, None, "12345")]  # fmt: skip
+    ha1 = sip_ha1(f"{pbx.slug}-12345", "provisioner", "p" * 24)
+    phone = Extension(1, "12345", "N" * 100, block_id, "+49301234561", "g" * 32, T, T,
+                      "provisioner", ha1)  # fmt: skip
+    group = RingGroup(1, "54321", "R" * 100, "hunt", ["12345"], 300, T, T)
+    files = pbx_files(build(pbx, "A" * 200, used, [phone], [group], {block_id: "x" * 128}),
+                      CARRIER)  # fmt: skip
+    names = {n for text in files.values() for n in re.findall(r"^\[([^\]]+)\]", text, re.M)}
+    assert f"{pbx.slug}-trunk-{block_id}" in names
+    assert max(len(n) for n in names) == MAX_NAME

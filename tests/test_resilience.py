@@ -62,7 +62,9 @@ async def test_database_restart_delays_mail_and_loses_none(
         ready = await client.get("/readyz")
         assert ready.status == 503
         down = await api.call("GET", f"/v1/blocks/{BLOCK}/assignment")
-        assert down.status == 500 and down.content_type == "application/problem+json"
+        assert down.status == 503 and down.content_type == "application/problem+json"
+        assert down.headers["Retry-After"] == "1"
+        assert (await down.json(content_type=None))["code"] == "service_unavailable"
 
         await asyncio.to_thread(embedded.start, folder)
         clock.advance(seconds=30)  # past the mails' backoff

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 from aiohttp import web
 
 from provisioner.domain.errors import InvalidInput, ProblemError
+
+# Unicode categories no text field may hold: they end lines (Zl, Zp, and Cc's CR, LF,
+# NEL), hide or reorder text (Cf: right-to-left override, zero-width characters) or are
+# no text at all (Cs, lone surrogates). Mails, pages and config never see them.
+INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
 class UnsupportedMediaType(ProblemError):
@@ -72,6 +78,11 @@ class Body:
             raise InvalidInput(
                 f"{name} is longer than {max_length} characters", field=name, code="too_long"
             )
+        if any(unicodedata.category(c) in INVISIBLE for c in value):
+            raise InvalidInput(
+                f"{name} holds control, format, separator or surrogate characters",
+                field=name,
+            )
         return value
 
 
@@ -85,6 +96,8 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> Body:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ProblemError("the body is not valid JSON", code="malformed_json") from None
+    except RecursionError:
+        raise ProblemError("the body is nested too deeply", code="malformed_json") from None
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object", code="invalid_body")
     return Body(data)

@@ -16,8 +16,9 @@ import re
 import uuid
 
 import psycopg
-from aiohttp import web
+from aiohttp import EofStream, web
 from aiohttp.typedefs import Handler
+from psycopg_pool import PoolTimeout
 
 from provisioner.api import keys
 from provisioner.api.problems import from_error, problem_response
@@ -28,6 +29,7 @@ from provisioner.domain.errors import (
     Forbidden,
     InvalidInput,
     ProblemError,
+    RequestTimeout,
     Unauthorized,
 )
 from provisioner.service.unit import Actor, Policy, Unit
@@ -44,6 +46,8 @@ SHOWN_ONCE = web.ResponseKey("shown_once", tuple)
 # How often a request runs when PostgreSQL rolls it back for a deadlock or a
 # serialization failure; each run is the whole transaction, idempotency record included.
 RETRIES = 3
+# A request body arrives within this many seconds, or the request ends with 408.
+BODY_TIMEOUT = 10.0
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -71,6 +75,22 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return await handler(request)
     except ProblemError as error:
         return from_error(error, rid)
+    except ClientGone:
+        # Nobody reads this answer; the log says what happened, as a client's doing.
+        log.info("client went away while sending %s %s (request %s)",
+                 request.method, request.path, rid)  # fmt: skip
+        return problem_response(
+            400, "client_closed_request", "Client closed the request",
+            "the connection closed before the body arrived", request_id=rid,
+        )  # fmt: skip
+    except PoolTimeout:
+        log.warning("no database connection for %s %s (request %s)",
+                    request.method, request.path, rid)  # fmt: skip
+        return problem_response(
+            503, "service_unavailable", "Service unavailable",
+            "no database connection could be had in time (all busy, or the database is"
+            " away); retry shortly", request_id=rid, headers={"Retry-After": "1"},
+        )  # fmt: skip
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -94,15 +114,39 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         )
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its request body arrived."""
+
+
+@web.middleware
+async def read_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The whole body, within BODY_TIMEOUT, before anything takes a database connection:
+    a slow or stalled client holds no transaction and no pooled connection."""
+    if request.method in MUTATING and request.can_read_body:
+        try:
+            await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {BODY_TIMEOUT:.0f} s"
+            ) from None
+        except (ConnectionError, EofStream):
+            raise ClientGone() from None
+    return await handler(request)
+
+
 @web.middleware
 async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not _is_api(request):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
         raise Unauthorized("send Authorization: Bearer <api key>", code="missing_api_key")
-    key = request.app[keys.SETTINGS].api_key_for(presented.strip())
+    # Keys are printable ASCII; raw bytes in the header arrive as other characters here.
+    if not (presented.isascii() and presented.isprintable()):
+        raise Unauthorized("unknown API key", code="unknown_api_key")
+    key = request.app[keys.SETTINGS].api_key_for(presented)
     if key is None:
         raise Unauthorized("unknown API key", code="unknown_api_key")
     if request.method in MUTATING and key.role != "portal":
@@ -121,7 +165,7 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
 async def _request_hash(request: web.Request) -> bytes:
     raw = await request.read()
     # The same JSON written with other spacing or key order is the same request.
-    with contextlib.suppress(ValueError, UnicodeDecodeError):
+    with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
         raw = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
     digest = hashlib.sha256(f"{request.method} {request.path}\n".encode())
     digest.update(raw)
@@ -137,7 +181,10 @@ async def unit_of_work(request: web.Request, handler: Handler) -> web.StreamResp
         acting_customer=request.headers.get("X-Acting-Customer") if _is_api(request) else None,
         request_id=request[REQUEST_ID],
     )
-    idem_key = request.headers.get("Idempotency-Key") if request.method in MUTATING else None
+    # Only API clients keep idempotency records: confirming is idempotent by itself, and
+    # nobody unauthenticated may fill the table.
+    keyed = request.method in MUTATING and _is_api(request)
+    idem_key = request.headers.get("Idempotency-Key") if keyed else None
     if idem_key is not None and not _IDEMPOTENCY_KEY.match(idem_key):
         raise ProblemError(
             "Idempotency-Key must be 1 to 200 printable ASCII characters",

@@ -35,7 +35,9 @@ def problem_response(
         body["request_id"] = request_id
     return web.Response(
         status=status,
-        body=json.dumps(body, ensure_ascii=False).encode(),
+        # ASCII escapes: a detail that quotes input (a lone surrogate in a path) still
+        # encodes, so the answer stays problem+json.
+        body=json.dumps(body).encode(),
         content_type=CONTENT_TYPE,
         headers=headers,
     )

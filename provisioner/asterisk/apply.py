@@ -20,7 +20,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -32,7 +32,7 @@ from provisioner.db import config as db_config
 from provisioner.db.accounts import Pbx
 from provisioner.db.config import Job
 from provisioner.domain.credentials import SecretBox
-from provisioner.metrics import APPLY_SECONDS, RELOADS
+from provisioner.metrics import APPLY_SECONDS, BROKEN, RELOADS
 from provisioner.render.render import digest, node_files, pbx_files, redact, redacted
 from provisioner.render.view import Carrier
 from provisioner.service.pbx import load_view
@@ -73,6 +73,9 @@ class Tenant:
     revision: int | None = None
     attempted: dict[str, str] | None = None  # the config that was rolled back
     problems: list[str] = field(default_factory=list)
+    # Why its files could not be rendered or written this round: it waits for a retry,
+    # and the node's other PBXs go on without it.
+    broken: str | None = None
 
     @property
     def pbx_id(self) -> int:
@@ -110,15 +113,21 @@ async def apply_node(
                 return 0
             started = time.monotonic()
             try:
-                await _round(pool, node, clock, secrets, jobs)
+                await _round(pool, node, clock, secrets, jobs, retry_seconds)
                 result = "applied"
-            except AsteriskUnavailable as exc:
+            except Exception as exc:
+                # Asterisk away, or anything else that stopped the whole round: every job
+                # of it waits for a retry (never for its lease to run out).
                 result = "retry"
-                log.warning("node %s unavailable, %d applies wait: %s", node.name, len(jobs), exc)
+                if isinstance(exc, AsteriskUnavailable):
+                    log.warning("node %s unavailable, %d applies wait: %s",
+                                node.name, len(jobs), exc)  # fmt: skip
+                else:
+                    log.exception("apply round on node %s failed; %d applies wait",
+                                  node.name, len(jobs))  # fmt: skip
                 async with pool.connection() as conn, conn.transaction():
                     for job in jobs:
-                        delay = timedelta(seconds=retry_seconds * 2 ** min(job.attempts, 10))
-                        retry_at = clock() + min(delay, MAX_BACKOFF)
+                        retry_at = clock() + _backoff(job, retry_seconds)
                         await db_config.retry_job(conn, job, str(exc), retry_at)
                         await db_config.set_apply_state(
                             conn, job.pbx_id, "pending", clock(), error=f"waiting: {exc}"
@@ -143,11 +152,25 @@ async def _tenants(conn: Conn, node: Node, secrets: SecretBox, jobs: list[Job]) 
 
 
 async def _render(conn: Conn, node: Node, secrets: SecretBox, t: Tenant) -> None:
-    t.wanted = pbx_files(await load_view(conn, t.pbx, secrets), Carrier.of(node))
+    """The PBX's files as they should be now; a PBX that cannot be rendered (a value
+    config cannot carry, a key that no longer opens its trunk password) is marked
+    broken with the reason, and the round goes on with the others."""
+    try:
+        async with conn.transaction():  # a failed query must not end the round's
+            view = await load_view(conn, t.pbx, secrets)
+        t.wanted = pbx_files(view, Carrier.of(node))
+    except Exception as exc:
+        t.broken = f"cannot render: {exc}"
+        log.exception("PBX %s cannot be rendered", t.slug)
 
 
 async def _round(
-    pool: AsyncConnectionPool, node: Node, clock: Clock, secrets: SecretBox, jobs: list[Job]
+    pool: AsyncConnectionPool,
+    node: Node,
+    clock: Clock,
+    secrets: SecretBox,
+    jobs: list[Job],
+    retry_seconds: int,
 ) -> None:
     folder = node.output_dir
     async with pool.connection() as conn, conn.transaction():
@@ -175,23 +198,19 @@ async def _round(
                 kept = files.set_aside(folder, path, now)
                 t.problems.append(f"{path} was changed by hand; set aside as {kept}")
                 log.error("PBX %s: %s changed by hand, set aside as %s", t.slug, path, kept)
-            if t.wanted is None:
+            if t.wanted is None and t.broken is None:
                 async with pool.connection() as conn:
                     await _render(conn, node, secrets, t)
 
     # 3. New config of the PBXs rendered in this round.
     for t in tenants:
-        if t.wanted is None:
+        if t.wanted is None or t.broken is not None:
             continue
-        for path in set(t.written) - set(t.wanted):
-            files.remove(folder, path)
-            changed.add(kind_of(path))
-        for path, text in t.wanted.items():
-            if files.read(folder, path) != text:
-                files.write_atomic(folder, path, text, group=node.file_group)
-                changed.add(kind_of(path))
-            if t.good is None or t.good.get(path) != redact(text):
-                changed.add(kind_of(path))  # written earlier but never seen live
+        try:
+            changed |= _write(node, t)
+        except OSError as exc:  # a full or read-only disk: this PBX waits, others go on
+            t.broken = f"cannot write its files: {exc}"
+            log.error("PBX %s: %s", t.slug, t.broken)
 
     async with Ami(node) as ami:
         await _reload(ami, changed)
@@ -210,12 +229,15 @@ async def _round(
             failing = list({id(t): t for t in failing + still}.values())
 
     for t in tenants:
-        if t.wanted is not None and t not in failing:
+        if t.wanted is not None and t.broken is None and t not in failing:
             files.keep_good(folder, t.wanted, t.good or {}, group=node.file_group)
 
     async with pool.connection() as conn, conn.transaction():
         now = clock()
         for t in tenants:
+            if t.broken is not None:
+                await _record_broken(conn, t, now, retry_seconds)
+                continue
             broken = t in failing
             if t.wanted is not None:
                 shown = redacted(t.wanted)
@@ -249,6 +271,35 @@ async def _round(
                 )
 
 
+async def _record_broken(conn: Conn, t: Tenant, now: datetime, retry_seconds: int) -> None:
+    """Failed with the reason; its job waits (backoff) for a retry or a newer change."""
+    assert t.broken is not None
+    BROKEN.inc()
+    await db_config.set_apply_state(conn, t.pbx_id, "failed", now, error=t.broken[:1000])
+    if t.job is not None:
+        await db_config.retry_job(conn, t.job, t.broken, now + _backoff(t.job, retry_seconds))
+
+
+def _backoff(job: Job, first_seconds: int) -> timedelta:
+    return min(timedelta(seconds=first_seconds * 2 ** min(job.attempts, 10)), MAX_BACKOFF)
+
+
+def _write(node: Node, t: Tenant) -> set[str]:
+    """Write the PBX's rendered files; the kinds of config that changed."""
+    assert t.wanted is not None
+    folder, changed = node.output_dir, set()
+    for path in set(t.written) - set(t.wanted):
+        files.remove(folder, path)
+        changed.add(kind_of(path))
+    for path, text in t.wanted.items():
+        if files.read(folder, path) != text:
+            files.write_atomic(folder, path, text, group=node.file_group)
+            changed.add(kind_of(path))
+        if t.good is None or t.good.get(path) != redact(text):
+            changed.add(kind_of(path))  # written earlier but never seen live
+    return changed
+
+
 async def _reload(ami: Ami, kinds: set[str]) -> None:
     for kind in sorted(kinds):
         module = MODULES[kind]
@@ -266,6 +317,8 @@ async def _verify(ami: Ami, tenants: list[Tenant]) -> list[Tenant]:
     contexts = await ami.contexts()
     failing = []
     for t in tenants:
+        if t.broken is not None:
+            continue  # recorded as broken; what is live of it is whatever was before
         config = t.expected
         expected = endpoints_in(config)
         missing = expected - live

@@ -76,16 +76,15 @@ async def get_pbx_by_id(conn: Conn, pbx_id: int) -> Pbx | None:
 
 async def create_pbx(
     conn: Conn, customer: str, slug: str, node: str, now: datetime
-) -> tuple[Pbx, bool]:
+) -> tuple[Pbx | None, bool]:
+    """(the PBX, created); (None, False) when another account's PBX has the slug."""
     async with conn.cursor(row_factory=class_row(Pbx)) as cur:
         await cur.execute(
             "INSERT INTO pbxes (customer, slug, node, created_at) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT (customer) DO NOTHING RETURNING *",
+            " ON CONFLICT DO NOTHING RETURNING *",
             (customer, slug, node, now),
         )
         created = await cur.fetchone()
     if created is not None:
         return created, True
-    existing = await get_pbx(conn, customer)
-    assert existing is not None
-    return existing, False
+    return await get_pbx(conn, customer), False

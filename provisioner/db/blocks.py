@@ -95,16 +95,18 @@ async def insert(
     return row
 
 
-async def overlapping(conn: Conn, block: Block) -> list[str]:
-    """Ids of the blocks whose numbers overlap these."""
-    ids: set[str] = set()
+async def overlapping(conn: Conn, block: Block) -> list[tuple[str, str]]:
+    """(id, owner) of the blocks whose numbers overlap these."""
+    found: set[tuple[str, str]] = set()
     for span in block.spans():
         low, high = span.key_range()
         cur = await conn.execute(
-            "SELECT block_id FROM block_spans WHERE span && %s", (Range(low, high, "[]"),)
+            "SELECT s.block_id, b.owner FROM block_spans s JOIN blocks b ON b.id = s.block_id"
+            " WHERE s.span && %s",
+            (Range(low, high, "[]"),),
         )
-        ids.update(row[0] for row in await cur.fetchall())
-    return sorted(ids)
+        found.update((row[0], row[1]) for row in await cur.fetchall())
+    return sorted(found)
 
 
 async def set_mode(conn: Conn, block_id: str, mode: str, now: datetime) -> BlockRow:

@@ -128,6 +128,23 @@ async def finish_job(conn: Conn, job: Job) -> None:
         )
 
 
+@dataclass(frozen=True)
+class WaitingJob:
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+
+
+async def waiting_job(conn: Conn, pbx_id: int) -> WaitingJob | None:
+    """The PBX's queued apply, if one is waiting."""
+    async with conn.cursor(row_factory=class_row(WaitingJob)) as cur:
+        await cur.execute(
+            "SELECT attempts, next_attempt_at, last_error FROM apply_queue WHERE pbx_id = %s",
+            (pbx_id,),
+        )
+        return await cur.fetchone()
+
+
 async def retry_job(conn: Conn, job: Job, error: str, retry_at: datetime) -> None:
     await conn.execute(
         "UPDATE apply_queue SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s,"

@@ -16,6 +16,15 @@ def masked(url: str) -> str:
     return re.sub(r"(password=)[^\s&]*", r"\1***", url)
 
 
+# No statement runs longer, and no transaction idles longer, than this: a stuck client
+# or worker cannot hold rows or a connection for long. The mail sender holds its mail's
+# row during one SMTP attempt (smtp.timeout_seconds), well below the idle limit.
+STATEMENT_TIMEOUT_MS = 30_000
+IDLE_IN_TRANSACTION_MS = 120_000
+# A request waits this long for a free connection, then gets 503 with Retry-After.
+CHECKOUT_TIMEOUT_S = 10.0
+
+
 async def open_pool(url: str, *, max_size: int = 10) -> AsyncConnectionPool:
     # check: a connection is tested when handed out, so after a database restart the pool
     # replaces its dead connections instead of failing one request per connection.
@@ -25,6 +34,11 @@ async def open_pool(url: str, *, max_size: int = 10) -> AsyncConnectionPool:
         max_size=max_size,
         open=False,
         check=AsyncConnectionPool.check_connection,
+        timeout=CHECKOUT_TIMEOUT_S,
+        kwargs={
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+            f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+        },
     )
     await pool.open(wait=True, timeout=30)
     async with pool.connection() as conn:

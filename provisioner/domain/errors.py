@@ -54,3 +54,9 @@ class Gone(ProblemError):
     status = 410
     code = "gone"
     title = "No longer valid"
+
+
+class RequestTimeout(ProblemError):
+    status = 408
+    code = "request_timeout"
+    title = "The request body did not arrive in time"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 
-# Object names, numbers, usernames: what may stand unquoted anywhere in a config line.
-TOKEN = re.compile(r"^[A-Za-z0-9_.+-]{1,80}$")
+# Object names, numbers, usernames: what may stand unquoted anywhere in a config line,
+# and no longer than Asterisk keeps a dialplan context's name (80 bytes with the NUL).
+MAX_TOKEN = 79
+TOKEN = re.compile(rf"^[A-Za-z0-9_.+-]{{1,{MAX_TOKEN}}}$")
 # Secrets (passwords): printable ASCII without ; # [ ] = $ { } " \ and no spaces.
 SECRET = re.compile(r"^[A-Za-z0-9_.,:@%!?*/()<>^~|'`&+-]{1,128}$")
 # Display names keep letters of any script, digits and a little punctuation.

@@ -9,6 +9,10 @@ Names in the generated config, all derived from the PBX slug so tenants never co
   <slug>-outbound           the subroutine every external call leaves through
 Calls from the carrier arrive on the node's one carrier endpoint (identified by the SBC's
 address) in [carrier-in], to which each PBX adds the numbers of the blocks it uses.
+
+Every name fits Asterisk: a dialplan context name has at most 79 characters (80 with the
+terminating NUL). The longest is <slug>-trunk-<block>, so what the API accepts for a
+block id follows from the longest slug (a customer number) and that suffix.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ from dataclasses import dataclass
 from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup, UsedBlock
 from provisioner.domain.numbers import Block, describe
+from provisioner.render import safe
 from provisioner.settings import Node
+
+MAX_NAME = safe.MAX_TOKEN
+SLUG_MAX = 32  # a slug is the customer number in lower case
+LONGEST_BLOCK_INFIX = "-trunk-"
+BLOCK_ID_MAX = MAX_NAME - SLUG_MAX - len(LONGEST_BLOCK_INFIX)
 
 
 @dataclass(frozen=True)
@@ -142,7 +152,7 @@ def build(
     numbers_of = {u.block.id: set(u.block.block.numbers()) for u in used}
 
     def trunk_name(block_id: str) -> str:
-        return f"{slug}-trunk-{block_id}"
+        return f"{slug}{LONGEST_BLOCK_INFIX}{block_id}"
 
     def block_of(number: str) -> str | None:
         return next((bid for bid, nums in numbers_of.items() if number in nums), None)

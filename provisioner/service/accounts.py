@@ -9,15 +9,17 @@ from provisioner.db import apply_queue
 from provisioner.db import blocks as db_blocks
 from provisioner.db import pbx as db_pbx
 from provisioner.db.accounts import Account, Pbx
-from provisioner.domain.errors import InvalidInput, NotFound
+from provisioner.domain.errors import Conflict, InvalidInput, NotFound
+from provisioner.render.view import SLUG_MAX
 from provisioner.service.unit import Unit
 
-CUSTOMER = re.compile(r"^[A-Za-z0-9]{2,32}$")
+CUSTOMER = re.compile(rf"^[A-Za-z0-9]{{2,{SLUG_MAX}}}$")
 # Deliberately plain: the portal validated the address already; this keeps out what
 # would break a mail header (spaces, line breaks, angle brackets, commas).
 EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 LANGUAGES = ("de", "en")
 NODE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+DEFAULT_NODE = "default"
 
 
 def check_customer(customer: str, field: str = "customer") -> str:
@@ -62,10 +64,21 @@ async def put_pbx(u: Unit, customer: str, *, node: str | None = None) -> tuple[P
     u.actor.require_one_of(customer)
     if node is not None and not NODE.match(node):
         raise InvalidInput("node is a node name from asterisk.nodes", field="node")
+    # "default" is where a PBX goes when none is named; it may be configured later.
+    if node is not None and node not in {*u.policy.nodes, DEFAULT_NODE}:
+        raise InvalidInput(
+            f"no Asterisk node {node} is configured", field="node", code="unknown_node"
+        )
     await require(u, customer, lock=True)
     pbx, created = await db_accounts.create_pbx(
-        u.conn, customer, customer.lower(), node or "default", u.now
+        u.conn, customer, customer.lower(), node or DEFAULT_NODE, u.now
     )
+    if pbx is None:
+        raise Conflict(
+            f"another account's PBX already has the config name {customer.lower()}: customer"
+            " numbers that differ only in case cannot both have a cloud PBX",
+            field="customer", code="pbx_name_taken",
+        )  # fmt: skip
     if created:
         for block in await db_blocks.of_owner(u.conn, customer):
             if await db_pbx.pbx_using(u.conn, block.id) == pbx.id:

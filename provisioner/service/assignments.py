@@ -66,8 +66,7 @@ class ConfirmView:
 
 async def create(u: Unit, block_id: str, target_customer: str) -> Assignment:
     """Ask to assign the block to the target's PBX; mail both sides their confirm link."""
-    block = await blocks.require(u, block_id, lock=True)
-    u.actor.require_one_of(block.owner)
+    block = await blocks.require(u, block_id, lock=True, owner_only=True)
     accounts.check_customer(target_customer, field="target_customer")
     if block.mode != "pbx":
         raise Conflict(
@@ -136,9 +135,11 @@ async def current(u: Unit, block_id: str) -> Assignment:
     if live is not None:
         await _expire_if_due(u, live)
     assignment = await db_assignments.latest_for_block(u.conn, block_id)
+    # Parties first: a non-party hears "no block" whether or not there is one.
+    if not u.actor.acts_for(block.owner, *([assignment.target] if assignment else [])):
+        raise blocks.no_block(block_id)
     if assignment is None:
         raise NotFound(f"block {block_id} has never been assigned", code="assignment_not_found")
-    u.actor.require_one_of(block.owner, assignment.target)
     return assignment
 
 
@@ -148,11 +149,12 @@ async def reset(u: Unit, block_id: str) -> Assignment:
     live = await db_assignments.live_for_block(u.conn, block_id, lock=True)
     if live is not None:
         live = await _expire_if_due(u, live)
+    if not u.actor.acts_for(block.owner, *([live.target] if live else [])):
+        raise blocks.no_block(block_id)
     if live is None or live.state not in states.LIVE:
         raise NotFound(
             f"block {block_id} has no pending or active assignment", code="assignment_not_found"
         )
-    u.actor.require_one_of(block.owner, live.target)
     was_active = live.state == states.ACTIVE
     updated = await _transition(u, live, states.RESET, "reset", u.actor)
     if was_active:
@@ -167,9 +169,8 @@ async def events(u: Unit, assignment_id: str) -> list[Event]:
     except ValueError:
         raise NotFound(f"no assignment {assignment_id}", code="assignment_not_found") from None
     assignment = await db_assignments.get(u.conn, key)
-    if assignment is None:
+    if assignment is None or not u.actor.acts_for(assignment.owner, assignment.target):
         raise NotFound(f"no assignment {assignment_id}", code="assignment_not_found")
-    u.actor.require_one_of(assignment.owner, assignment.target)
     return await db_assignments.events(u.conn, key)
 
 

@@ -15,19 +15,21 @@ from provisioner.domain.credentials import SecretBox
 from provisioner.domain.errors import Conflict, InvalidInput, NotFound
 from provisioner.domain.numbers import parse_block
 from provisioner.render import safe
+from provisioner.render.view import BLOCK_ID_MAX
 from provisioner.service import accounts
 from provisioner.service.unit import Unit
 
 TRUNK_USER = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
 DEFAULT_TARGET = re.compile(r"^[1-9][0-9]{1,4}$")
-BLOCK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# As long as the names generated from it fit Asterisk (render.view).
+BLOCK_ID = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{BLOCK_ID_MAX - 1}}}$")
 MODES = ("standard", "pbx")
 
 
 def check_block_id(block_id: str) -> str:
     if not BLOCK_ID.match(block_id):
         raise InvalidInput(
-            "a block id has 1 to 64 letters, digits, '.', '_' or '-'",
+            f"a block id has 1 to {BLOCK_ID_MAX} letters, digits, '.', '_' or '-'",
             field="block_id",
             code="invalid_block_id",
         )
@@ -40,10 +42,18 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-async def require(u: Unit, block_id: str, *, lock: bool = False) -> BlockRow:
+def no_block(block_id: str) -> NotFound:
+    return NotFound(f"no block {block_id}", code="block_not_found")
+
+
+async def require(
+    u: Unit, block_id: str, *, lock: bool = False, owner_only: bool = False
+) -> BlockRow:
+    """The block; with `owner_only`, a block the acting customer does not own is answered
+    as if it did not exist (a non-party learns nothing of other accounts' blocks)."""
     row = await db_blocks.get(u.conn, check_block_id(block_id), lock=lock)
-    if row is None:
-        raise NotFound(f"no block {block_id}", code="block_not_found")
+    if row is None or (owner_only and not u.actor.acts_for(row.owner)):
+        raise no_block(block_id)
     return row
 
 
@@ -121,11 +131,14 @@ async def put_block(
     try:
         row = await db_blocks.insert(u.conn, block_id, customer, block, mode, u.now)
     except db_blocks.Overlap:
-        others = await db_blocks.overlapping(u.conn, block)
+        # Name the customer's own blocks only: another account's block ids are not theirs
+        # to learn.
+        found = await db_blocks.overlapping(u.conn, block)
+        names = [bid for bid, owner in found if owner == customer]
+        if len(names) < len(found) or not found:
+            names.append("another account's block")
         raise Conflict(
-            f"these numbers overlap block(s) {', '.join(others) or 'being created'}",
-            field="number",
-            code="numbers_overlap",
+            f"these numbers overlap {', '.join(names)}", field="number", code="numbers_overlap"
         ) from None
     if row is None:  # created by a concurrent request in between: treat as the update
         return await put_block(
@@ -163,8 +176,7 @@ async def list_blocks(u: Unit, customer: str) -> list[BlockRow]:
 
 async def set_mode(u: Unit, block_id: str, mode: str) -> BlockRow:
     check_mode(mode)
-    row = await require(u, block_id, lock=True)
-    u.actor.require_one_of(row.owner)
+    row = await require(u, block_id, lock=True, owner_only=True)
     return await _set_mode(u, row, mode)
 
 

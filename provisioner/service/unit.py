@@ -20,6 +20,10 @@ class Actor:
     acting_customer: str | None = None
     request_id: str | None = None
 
+    def acts_for(self, *customers: str) -> bool:
+        """True unless the portal said it acts for someone who is none of these."""
+        return self.acting_customer is None or self.acting_customer in customers
+
     def require_one_of(self, *customers: str) -> None:
         """The portal said whom it acts for: refuse if that is none of these accounts."""
         if self.acting_customer is not None and self.acting_customer not in customers:
@@ -38,6 +42,7 @@ class Policy:
     public_base_url: str
     sip_realm: str = "provisioner"
     secrets: SecretBox = field(default_factory=SecretBox)
+    nodes: tuple[str, ...] = ()  # the Asterisk nodes configured, by name
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -47,6 +52,7 @@ class Policy:
             public_base_url=settings.public_base_url,
             sip_realm=settings.sip_realm,
             secrets=settings.secret_box(),
+            nodes=tuple(n.name for n in settings.nodes),
         )
 
 
