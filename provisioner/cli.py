@@ -15,6 +15,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from provisioner import settings as settings_module
 from provisioner.app import create_app, database_url, start_workers
+from provisioner.asterisk import check
+from provisioner.asterisk.ami import AsteriskUnavailable
 from provisioner.asterisk.apply import apply_node
 from provisioner.clock import system_clock
 from provisioner.db import apply_queue
@@ -255,6 +257,42 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _check(settings: Settings, node_name: str | None, repair: bool) -> tuple[str, bool]:
+    nodes = [n for n in settings.nodes if node_name in (None, n.name)]
+    if not nodes:
+        raise SystemExit(f"provisioner: no node {node_name!r} in asterisk.nodes")
+    secrets = settings.secret_box()
+    lines, clean = [], True
+    async with _pool(settings) as pool:
+        for node in nodes:
+            try:
+                pbxes, node_problems = await check.check_node(pool, node, secrets)
+                drifted = [d for d in pbxes if not d.ok]
+                if repair and (drifted or node_problems):
+                    await check.repair_node(pool, node, secrets, drifted)
+                    pbxes, node_problems = await check.check_node(pool, node, secrets)
+            except AsteriskUnavailable as exc:
+                lines.append(f"{node.name:<12} {'-':<14} {'unavailable':<10} {exc}")
+                clean = False
+                continue
+            for problem in node_problems:
+                lines.append(f"{node.name:<12} {'(node)':<14} {'drift':<10} {problem}")
+            for d in pbxes:
+                detail = "; ".join(d.files + d.live) or "-"
+                lines.append(f"{node.name:<12} {d.customer:<14} {d.status:<10} {detail}")
+            clean = clean and check.node_clean(pbxes, node_problems)
+    header = f"{'node':<12} {'customer':<14} {'status':<10} problems"
+    return "\n".join([header, *lines]), clean
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _logging(settings)
+    table, clean = asyncio.run(_check(settings, args.node, args.repair))
+    print(table)
+    return 0 if clean else 1
+
+
 def cmd_new_secrets_key(args: argparse.Namespace) -> int:
     print(SecretBox.new_key())
     return 0
@@ -295,6 +333,11 @@ def parser() -> argparse.ArgumentParser:
         ("render", cmd_render, "print (or write with --out) a PBX's config; touches no Asterisk"),
         ("diff", cmd_diff, "unified diff of a PBX's config between two revisions"),
         ("apply", cmd_apply, "render, write and apply a PBX's config to its node now"),
+        (
+            "check",
+            cmd_check,
+            "compare database, files and live Asterisk per PBX (drift); --repair fixes",
+        ),
         ("new-secrets-key", cmd_new_secrets_key, "print a new key for secrets.keys"),
         (
             "rotate-secrets",
@@ -311,6 +354,10 @@ def parser() -> argparse.ArgumentParser:
         "--from", dest="start", type=int, help="revision (default: previous)"
     )
     found["diff"].add_argument("--to", dest="end", type=int, help="revision (default: latest)")
+    found["check"].add_argument("--node", help="only this node (default: every node)")
+    found["check"].add_argument(
+        "--repair", action="store_true", help="write drifted PBXs again and reload both modules"
+    )
     return top
 
 

@@ -116,3 +116,23 @@ async def cologne_pbx(api: Api) -> dict[str, Any]:
         {"name": "Emil Köln", "site_block": "cgn-main"},
     )  # fmt: skip
     return emil
+
+
+def console_env(node: Node, db_url: str) -> dict[str, str]:
+    """The environment of a `provisioner` console command on the lab's node."""
+    import json
+
+    from conftest import SECRETS_KEY
+
+    entry = {
+        "name": node.name, "ami_port": node.ami_port, "ami_username": node.ami_username,
+        "ami_secret": node.ami_secret.value, "output_dir": str(node.output_dir),
+        "carrier_host": node.carrier_host, "carrier_port": node.carrier_port,
+        "file_group": node.file_group,
+    }  # fmt: skip
+    return {
+        "PROVISIONER_DATABASE_URL": db_url,
+        "PROVISIONER_ASTERISK_NODES": json.dumps([entry]),
+        "PROVISIONER_SECRETS_KEYS": json.dumps([SECRETS_KEY]),
+        "PATH": "/usr/bin:/bin",
+    }

@@ -6,10 +6,12 @@ from typing import Any
 
 from aiohttp import web
 
-from provisioner.api import serialize
+from provisioner.api import keys, serialize
 from provisioner.api.body import read_json
 from provisioner.api.middleware import SHOWN_ONCE, UNIT
-from provisioner.domain.errors import InvalidInput
+from provisioner.asterisk import check
+from provisioner.asterisk.ami import AsteriskUnavailable
+from provisioner.domain.errors import AsteriskDown, Forbidden, InvalidInput, NotFound
 from provisioner.service import accounts, assignments, blocks, config, pbx
 
 
@@ -180,3 +182,21 @@ def _revision_param(request: web.Request, name: str) -> int | None:
     if not raw.isdigit() or len(raw) > 9:
         raise InvalidInput(f"{name} must be a revision number", field=name)
     return int(raw)
+
+
+async def check_node(request: web.Request) -> web.Response:
+    """The drift check of a node: the operator's view, refused to anyone acting for a
+    customer."""
+    if request[UNIT].actor.acting_customer is not None:
+        raise Forbidden("nodes are the operator's, not a customer's", code="operator_only")
+    settings = request.app[keys.SETTINGS]
+    node = settings.node(request.match_info["node"])
+    if node is None:
+        raise NotFound(f"no node {request.match_info['node']}", code="node_not_found")
+    try:
+        pbxes, problems = await check.check_node(
+            request.app[keys.POOL], node, request.app[keys.POLICY].secrets
+        )
+    except AsteriskUnavailable as exc:
+        raise AsteriskDown(str(exc)) from None
+    return _json(serialize.node_check(node.name, pbxes, problems))

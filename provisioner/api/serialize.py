@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from provisioner.asterisk.check import PbxDrift, node_clean
 from provisioner.db.accounts import Account, Pbx
 from provisioner.db.assignments import Assignment, Event
 from provisioner.db.blocks import BlockRow
@@ -135,4 +136,22 @@ def config(c: ConfigStatus) -> dict[str, Any]:
         "applied_revision": c.state.good_revision if c.state else None,
         "apply_error": c.state.error if c.state else None,
         "apply_updated_at": when(c.state.updated_at) if c.state else None,
+    }
+
+
+def node_check(node: str, pbxes: list[PbxDrift], problems: list[str]) -> dict[str, Any]:
+    return {
+        "node": node,
+        "ok": node_clean(pbxes, problems),
+        "problems": problems,
+        "pbxes": [
+            {
+                "customer": d.customer,
+                "slug": d.slug,
+                "status": d.status,
+                "files": d.files,
+                "live": d.live,
+            }
+            for d in pbxes
+        ],
     }

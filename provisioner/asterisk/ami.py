@@ -88,9 +88,12 @@ class Ami:
         }
 
     async def contexts(self) -> dict[str, set[str]]:
-        """Every dialplan context and its extensions."""
+        """Every dialplan context and its extensions (a context with only includes has
+        none: its events carry IncludeContext, no Extension)."""
         found: dict[str, set[str]] = {}
         for m in await self._send({"Action": "ShowDialPlan"}):
             if m.get("Event") == "ListDialplan":
-                found.setdefault(str(m.get("Context")), set()).add(str(m.get("Extension")))
+                extensions = found.setdefault(str(m.get("Context")), set())
+                if m.get("Extension") is not None:
+                    extensions.add(str(m.get("Extension")))
         return found

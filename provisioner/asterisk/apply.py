@@ -17,7 +17,6 @@ for rollbacks.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from provisioner.asterisk import files
 from provisioner.asterisk.ami import Ami, AsteriskUnavailable
+from provisioner.asterisk.check import dialplan_of, endpoints_of
 from provisioner.clock import Clock
 from provisioner.db import Conn
 from provisioner.db import config as db_config
@@ -43,18 +43,16 @@ log = logging.getLogger(__name__)
 MODULES = {"pjsip": "res_pjsip.so", "dialplan": "pbx_config.so"}
 LEASE = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(minutes=5)
-_ENDPOINT = re.compile(r"^\[([^\]\n]+)\]\ntype = endpoint$", re.M)
-_CONTEXT = re.compile(r"^\[([^\]\n]+)\]$", re.M)
 
 
 def endpoints_in(config: dict[str, str]) -> set[str]:
-    return {m for path, text in config.items() if path.startswith("pjsip/")
-            for m in _ENDPOINT.findall(text)}  # fmt: skip
+    return {e for path, text in config.items() if path.startswith("pjsip/")
+            for e in endpoints_of(text)}  # fmt: skip
 
 
 def contexts_in(config: dict[str, str]) -> set[str]:
-    return {m for path, text in config.items() if path.startswith("dialplan/")
-            for m in _CONTEXT.findall(text)}  # fmt: skip
+    return {c for path, text in config.items() if path.startswith("dialplan/")
+            for c in dialplan_of(text)}  # fmt: skip
 
 
 def kind_of(path: str) -> str:
@@ -99,8 +97,10 @@ async def apply_node(
     *,
     retry_seconds: int = 5,
     limit: int = 500,
+    full: bool = False,
 ) -> int:
-    """One round for one node; returns how many PBX jobs it took (0: nothing due)."""
+    """One round for one node; returns how many PBX jobs it took (0: nothing due).
+    `full` reloads both modules even where no file changed (a drift repair)."""
     async with pool.connection() as lock_conn:
         await lock_conn.set_autocommit(True)
         if not await db_config.try_node_lock(lock_conn, node.name):
@@ -113,7 +113,7 @@ async def apply_node(
                 return 0
             started = time.monotonic()
             try:
-                await _round(pool, node, clock, secrets, jobs, retry_seconds)
+                await _round(pool, node, clock, secrets, jobs, retry_seconds, full)
                 result = "applied"
             except Exception as exc:
                 # Asterisk away, or anything else that stopped the whole round: every job
@@ -171,6 +171,7 @@ async def _round(
     secrets: SecretBox,
     jobs: list[Job],
     retry_seconds: int,
+    full: bool,
 ) -> None:
     folder = node.output_dir
     async with pool.connection() as conn, conn.transaction():
@@ -212,6 +213,8 @@ async def _round(
             t.broken = f"cannot write its files: {exc}"
             log.error("PBX %s: %s", t.slug, t.broken)
 
+    if full:
+        changed |= set(MODULES)
     async with Ami(node) as ami:
         await _reload(ami, changed)
         failing = await _verify(ami, tenants)

@@ -60,3 +60,9 @@ class RequestTimeout(ProblemError):
     status = 408
     code = "request_timeout"
     title = "The request body did not arrive in time"
+
+
+class AsteriskDown(ProblemError):
+    status = 503
+    code = "asterisk_unavailable"
+    title = "The Asterisk node does not answer"

@@ -1,0 +1,168 @@
+"""The drift check: database, files on disk and live Asterisk compared, PBX by PBX.
+
+An apply round checks only what it changed. This check looks at a whole node: what
+each PBX's files should be now (rendered from the database), what is on disk, and what
+Asterisk has live (endpoints, contexts and their extensions, the PBX's numbers in
+[carrier-in]). Engineers run it (`provisioner check`, or GET /v1/nodes/{node}/check);
+with repair, every drifted PBX is written again and both modules are reloaded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from psycopg_pool import AsyncConnectionPool
+
+from provisioner.asterisk import files
+from provisioner.asterisk.ami import Ami
+from provisioner.db import config as db_config
+from provisioner.domain.credentials import SecretBox
+from provisioner.render.render import node_files, pbx_files
+from provisioner.render.view import Carrier
+from provisioner.service.pbx import load_view
+from provisioner.settings import Node
+
+CARRIER_IN = "carrier-in"
+_SECTION = re.compile(r"^\[([^\]\n]+)\]", re.M)
+_EXTEN = re.compile(r"^exten\s*=>\s*([^,\s]+),", re.M)
+_ENDPOINT = re.compile(r"^\[([^\]\n]+)\]\ntype = endpoint$", re.M)
+
+
+def dialplan_of(text: str) -> dict[str, set[str]]:
+    """Contexts of a dialplan file and the extensions each defines."""
+    plan: dict[str, set[str]] = {}
+    parts = _SECTION.split(text)
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        plan.setdefault(name, set()).update(_EXTEN.findall(body))
+    return plan
+
+
+def endpoints_of(text: str) -> set[str]:
+    return set(_ENDPOINT.findall(text))
+
+
+@dataclass
+class PbxDrift:
+    """What differs for one PBX; empty lists: database, disk and Asterisk agree."""
+
+    customer: str
+    slug: str
+    pending: bool  # a change is queued: differences may be that change, not drift
+    files: list[str] = field(default_factory=list)
+    live: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.files and not self.live
+
+    @property
+    def status(self) -> str:
+        """ok; pending (differs, but a queued change explains it); drift."""
+        return "ok" if self.ok else "pending" if self.pending else "drift"
+
+
+def node_clean(pbxes: list[PbxDrift], node_problems: list[str]) -> bool:
+    return not node_problems and all(d.status != "drift" for d in pbxes)
+
+
+@dataclass(frozen=True)
+class Live:
+    endpoints: set[str]
+    dialplan: dict[str, set[str]]
+
+
+async def check_node(
+    pool: AsyncConnectionPool, node: Node, secrets: SecretBox
+) -> tuple[list[PbxDrift], list[str]]:
+    """Every PBX of the node, and the node's own problems (its carrier files)."""
+    carrier = Carrier.of(node)
+    found = []
+    async with pool.connection() as conn:
+        for pbx in await db_config.node_pbxes(conn, node.name):
+            drift = PbxDrift(pbx.pbx.customer, pbx.pbx.slug,
+                             await db_config.waiting_job(conn, pbx.pbx.id) is not None)  # fmt: skip
+            try:
+                wanted = pbx_files(await load_view(conn, pbx.pbx, secrets), carrier)
+            except Exception as exc:
+                drift.files.append(f"cannot render: {exc}")
+                wanted = {}
+            found.append((drift, wanted))
+    async with Ami(node) as ami:
+        live = Live(await ami.endpoints(), await ami.contexts())
+    node_problems = _compare_node(node, live)
+    for drift, wanted in found:
+        _compare_files(node, drift, wanted)
+        if wanted:
+            _compare_live(drift, wanted, live)
+    return [drift for drift, _ in found], node_problems
+
+
+def _compare_node(node: Node, live: Live) -> list[str]:
+    problems = []
+    for path, text in node_files(Carrier.of(node)).items():
+        if files.read(node.output_dir, path) != text:
+            problems.append(f"{path} differs from what the config says")
+    if "carrier" not in live.endpoints:
+        problems.append("endpoint carrier is not live")
+    if CARRIER_IN not in live.dialplan:
+        problems.append("context carrier-in is not live")
+    return problems
+
+
+def _compare_files(node: Node, drift: PbxDrift, wanted: dict[str, str]) -> None:
+    for path, text in sorted(wanted.items()):
+        on_disk = files.read(node.output_dir, path)
+        if on_disk is None:
+            drift.files.append(f"{path} is missing")
+        elif on_disk != text:
+            drift.files.append(f"{path} differs from the database")
+
+
+def _compare_live(drift: PbxDrift, wanted: dict[str, str], live: Live) -> None:
+    prefix = f"{drift.slug}-"
+    expected_endpoints = {e for p, t in wanted.items() if p.startswith("pjsip/")
+                          for e in endpoints_of(t)}  # fmt: skip
+    missing = sorted(expected_endpoints - live.endpoints)
+    stale = sorted({e for e in live.endpoints if e.startswith(prefix)} - expected_endpoints)
+    if missing:
+        drift.live.append(f"endpoints not live: {', '.join(missing[:10])}")
+    if stale:
+        drift.live.append(f"endpoints live but not in the files: {', '.join(stale[:10])}")
+    plan: dict[str, set[str]] = {}
+    for path, text in wanted.items():
+        if path.startswith("dialplan/"):
+            for context, extensions in dialplan_of(text).items():
+                plan.setdefault(context, set()).update(extensions)
+    own_contexts = {c for c in plan if c != CARRIER_IN}
+    stale_contexts = sorted({c for c in live.dialplan if c.startswith(prefix)} - own_contexts)
+    if stale_contexts:
+        drift.live.append(f"contexts live but not in the files: {', '.join(stale_contexts)}")
+    for context, extensions in sorted(plan.items()):
+        if context not in live.dialplan:
+            drift.live.append(f"context {context} is not live")
+            continue
+        absent = sorted(extensions - live.dialplan[context])
+        if absent:
+            drift.live.append(f"{context}: extensions not live: {', '.join(absent[:10])}")
+        if context != CARRIER_IN:  # shared by every PBX of the node
+            extra = sorted(live.dialplan[context] - extensions)
+            if extra:
+                drift.live.append(
+                    f"{context}: extensions not in the files: {', '.join(extra[:10])}"
+                )
+
+
+async def repair_node(
+    pool: AsyncConnectionPool, node: Node, secrets: SecretBox, drifted: list[PbxDrift]
+) -> None:
+    """Write every drifted PBX again (hand edits set aside) and reload both modules."""
+    from provisioner.asterisk.apply import apply_node  # apply uses this module's parsers
+    from provisioner.clock import system_clock
+    from provisioner.db import apply_queue
+
+    async with pool.connection() as conn, conn.transaction():
+        for pbx in await db_config.node_pbxes(conn, node.name):
+            if any(d.slug == pbx.pbx.slug for d in drifted):
+                await apply_queue.request(conn, pbx.pbx.id, "drift repair", system_clock())
+    await apply_node(pool, node, system_clock, secrets, full=True)

@@ -1,0 +1,71 @@
+"""The drift check against the lab: database, files and live Asterisk compared per PBX,
+reported over the API and the console, and repaired."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+from conftest import ENGINEER_KEY, Inbox, Lab
+from helpers import OTHER, TARGET
+from lab_helpers import branch_scene, cologne_pbx, console_env, lab_service, wait_applied
+
+from provisioner.settings import Settings
+
+
+async def test_drift_is_found_reported_and_repaired(
+    settings: Settings, clean_lab: Lab, inbox: Inbox, db_url: str
+) -> None:
+    async with lab_service(settings, clean_lab) as (api, node):
+        await branch_scene(api)
+        await cologne_pbx(api)
+        await wait_applied(api, TARGET)
+        await wait_applied(api, OTHER)
+        check = await api.ok("GET", "/v1/nodes/default/check", key=ENGINEER_KEY)
+        assert check["ok"] and check["problems"] == [], check
+        assert {p["customer"] for p in check["pbxes"]} == {TARGET, OTHER}
+        assert all(p["status"] == "ok" for p in check["pbxes"]), check
+
+        # Drift an engineer can cause: an extension removed live, a file edited by hand.
+        clean_lab.cli("dialplan remove extension 100@k100200-internal")
+        edited = clean_lab.output_dir / "dialplan/tenant-k300400.conf"
+        edited.write_text(edited.read_text() + "; a note by hand\n")
+        check = await api.ok("GET", "/v1/nodes/default/check", key=ENGINEER_KEY)
+        by_customer = {p["customer"]: p for p in check["pbxes"]}
+        assert not check["ok"]
+        assert by_customer[TARGET]["status"] == "drift"
+        assert any("k100200-internal: extensions not live: 100" in line
+                   for line in by_customer[TARGET]["live"]), by_customer[TARGET]  # fmt: skip
+        assert by_customer[OTHER]["files"] == [
+            "dialplan/tenant-k300400.conf differs from the database"
+        ]
+
+        def console(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "provisioner", *args],
+                capture_output=True, text=True, env=console_env(node, db_url), timeout=120,
+                check=False,
+            )  # fmt: skip
+
+        found = await asyncio.to_thread(console, "check")
+        assert found.returncode == 1, found.stdout + found.stderr
+        assert "drift" in found.stdout and "k100200-internal" in found.stdout
+        repaired = await asyncio.to_thread(console, "check", "--repair")
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        check = await api.ok("GET", "/v1/nodes/default/check", key=ENGINEER_KEY)
+        assert check["ok"], check
+        assert list(edited.parent.glob("tenant-k300400.conf.hand-edited-*"))
+        assert "100" in clean_lab.cli("dialplan show 100@k100200-internal")
+
+
+async def test_the_check_is_the_operators(settings: Settings, clean_lab: Lab, inbox: Inbox) -> None:
+    async with lab_service(settings, clean_lab) as (api, _node):
+        await api.problem(403, "operator_only", "GET", "/v1/nodes/default/check",
+                          headers={"X-Acting-Customer": TARGET})  # fmt: skip
+        await api.problem(404, "node_not_found", "GET", "/v1/nodes/elsewhere/check")
+        # Nothing applied to this node yet: not even its own carrier files are there.
+        answer: Any = await api.ok("GET", "/v1/nodes/default/check")
+        assert answer["pbxes"] == [] and not answer["ok"]
+        assert "pjsip/node-carrier.conf differs from what the config says" in answer["problems"]
