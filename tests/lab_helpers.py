@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import Api, Lab, free_port
+from conftest import LAB, Api, Lab, free_port
 from helpers import BLOCK, OTHER, OWNER, TARGET, scene
 
 from provisioner.app import create_app
@@ -136,3 +137,11 @@ def console_env(node: Node, db_url: str) -> dict[str, str]:
         "PROVISIONER_SECRETS_KEYS": json.dumps([SECRETS_KEY]),
         "PATH": "/usr/bin:/bin",
     }
+
+
+def lab_command(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    """asterisk-docker/lab on this lab (up, down, status, ...)."""
+    return subprocess.run(
+        [str(LAB), "--dir", str(lab.folder), *args],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip

@@ -12,9 +12,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import LAB, SECRETS_KEY, Api, FakeClock, Inbox, Lab
+from conftest import SECRETS_KEY, Api, FakeClock, Inbox, Lab
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
-from lab_helpers import branch_scene, cologne_pbx, lab_node, lab_service, wait_applied
+from lab_helpers import (
+    branch_scene,
+    cologne_pbx,
+    lab_command,
+    lab_node,
+    lab_service,
+    wait_applied,
+)
 from panoramisk import Manager
 
 from provisioner.render.render import redact
@@ -28,13 +35,6 @@ async def lab_api(settings: Settings, clock: FakeClock, clean_lab: Lab) -> Async
     del clock  # the assignment flow may use it; the applier runs on real time
     async with lab_service(settings, clean_lab) as (api, _):
         yield api
-
-
-def lab_command(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(LAB), "--dir", str(lab.folder), *args],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
 
 
 async def live(ami: Manager) -> tuple[set[str], set[str]]:

@@ -23,10 +23,24 @@ class AsteriskUnavailable(Exception):
     """The node's AMI cannot be reached or does not answer; the apply is retried later."""
 
 
+class _Manager(Manager):  # type: ignore[misc]  # panoramisk is untyped
+    """panoramisk's manager without its reconnecting: it would log in again behind our
+    back and leave the action in flight waiting forever. A lost connection ends the
+    round at once (AsteriskUnavailable), and the round is retried as a whole."""
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self.lost = asyncio.Event()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connected = False
+        self.lost.set()
+
+
 class Ami:
     def __init__(self, node: Node) -> None:
         self._node = node
-        self._manager: Manager | None = None
+        self._manager: _Manager | None = None
 
     async def __aenter__(self) -> Ami:
         node = self._node
@@ -40,7 +54,7 @@ class Ami:
             await writer.wait_closed()
         except (OSError, TimeoutError) as exc:
             raise AsteriskUnavailable(f"AMI {node.ami_host}:{node.ami_port}: {exc}") from None
-        manager = Manager(
+        manager = _Manager(
             loop=asyncio.get_running_loop(),
             host=node.ami_host,
             port=node.ami_port,
@@ -68,10 +82,25 @@ class Ami:
         """Send one action; list actions (EventList: start) come back as all their events.
         (panoramisk tells the two apart by itself; forcing a list on Reload would wait for
         a completion event that never comes.)"""
-        assert self._manager is not None
+        manager = self._manager
+        assert manager is not None
+        if manager.lost.is_set():
+            raise AsteriskUnavailable(f"AMI {action['Action']}: the connection is lost")
+        answer = asyncio.ensure_future(manager.send_action(action))
+        lost = asyncio.ensure_future(manager.lost.wait())
         try:
-            reply = await asyncio.wait_for(self._manager.send_action(action), ACTION_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
+            done, _ = await asyncio.wait(
+                {answer, lost}, timeout=ACTION_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            lost.cancel()
+        if answer not in done:
+            answer.cancel()
+            why = "the connection was lost" if lost in done else f"no answer in {ACTION_TIMEOUT} s"
+            raise AsteriskUnavailable(f"AMI {action['Action']}: {why}")
+        try:
+            reply = answer.result()
+        except OSError as exc:
             raise AsteriskUnavailable(f"AMI {action['Action']}: {exc!r}") from None
         return list(reply) if isinstance(reply, list) else [reply]
 

@@ -16,6 +16,7 @@ for rollbacks.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,9 @@ from provisioner.settings import Node
 log = logging.getLogger(__name__)
 
 MODULES = {"pjsip": "res_pjsip.so", "dialplan": "pbx_config.so"}
-LEASE = timedelta(minutes=5)
+# A round holds its jobs by a lease it renews while it runs; an instance that dies
+# (kill -9) loses them to another instance within one lease.
+LEASE = timedelta(seconds=15)
 MAX_BACKOFF = timedelta(minutes=5)
 
 
@@ -112,6 +115,7 @@ async def apply_node(
             if not jobs:
                 return 0
             started = time.monotonic()
+            renewing = asyncio.create_task(_renew_lease(pool, jobs, clock))
             try:
                 await _round(pool, node, clock, secrets, jobs, retry_seconds, full)
                 result = "applied"
@@ -132,10 +136,25 @@ async def apply_node(
                         await db_config.set_apply_state(
                             conn, job.pbx_id, "pending", clock(), error=f"waiting: {exc}"
                         )
+            finally:
+                renewing.cancel()
+                await asyncio.gather(renewing, return_exceptions=True)
             APPLY_SECONDS.labels(result=result).observe(time.monotonic() - started)
             return len(jobs)
         finally:
             await db_config.node_unlock(lock_conn, node.name)
+
+
+async def _renew_lease(pool: AsyncConnectionPool, jobs: list[Job], clock: Clock) -> None:
+    """Keep the round's jobs leased while it runs (a slow reload must not let another
+    instance take them); stops with the round."""
+    while True:
+        await asyncio.sleep(LEASE.total_seconds() / 3)
+        try:
+            async with pool.connection() as conn:
+                await db_config.renew_lease(conn, [j.pbx_id for j in jobs], clock() + LEASE)
+        except Exception as exc:  # the round itself will meet the same trouble
+            log.warning("could not renew the lease of %d apply jobs: %s", len(jobs), exc)
 
 
 async def _tenants(conn: Conn, node: Node, secrets: SecretBox, jobs: list[Job]) -> list[Tenant]:

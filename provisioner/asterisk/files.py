@@ -31,14 +31,18 @@ def write_atomic(
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
     temp = path.with_name(f".{path.name}.tmp")
     handle = os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w")
-    with handle:
-        os.fchmod(handle.fileno(), mode)  # an earlier temp file may have had another mode
-        if group is not None:
-            os.fchown(handle.fileno(), -1, group)
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    try:
+        with handle:
+            os.fchmod(handle.fileno(), mode)  # an earlier temp file may have had another mode
+            if group is not None:
+                os.fchown(handle.fileno(), -1, group)
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a full disk keeps the old file and no debris
+        raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)

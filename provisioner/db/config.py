@@ -115,6 +115,18 @@ async def claim_jobs(
     return sorted((Job(*row) for row in await cur.fetchall()), key=lambda j: j.pbx_id)
 
 
+async def renew_lease(conn: Conn, pbx_ids: list[int], lease_until: datetime) -> None:
+    """Extend the lease of jobs this round holds (a finished job is no longer leased).
+    Rows another transaction holds (the round recording them) are skipped, never
+    waited for: no lock order to get wrong."""
+    await conn.execute(
+        "UPDATE apply_queue SET claimed_until = %s WHERE pbx_id IN ("
+        "  SELECT pbx_id FROM apply_queue WHERE pbx_id = ANY(%s) AND claimed_until IS NOT NULL"
+        "  ORDER BY pbx_id FOR UPDATE SKIP LOCKED)",
+        (lease_until, pbx_ids),
+    )
+
+
 async def finish_job(conn: Conn, job: Job) -> None:
     """Done, unless a change came in meanwhile: then the job stays, free for the next round."""
     cur = await conn.execute(
