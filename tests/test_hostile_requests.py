@@ -209,3 +209,27 @@ async def test_block_ids_are_as_long_as_generated_names_allow(api: Api) -> None:
     await api.problem(422, "invalid_block_id", "PUT",
                       f"/v1/accounts/{TARGET}/blocks/{'b' * 41}", body)  # fmt: skip
     await api.ok("PUT", f"/v1/accounts/{TARGET}/blocks/{'b' * 40}", body)
+
+
+async def test_malformed_requests_log_no_error(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    """A client's mistake is the client's: answered 4xx, and no ERROR line or traceback
+    in the service's log."""
+    caplog.set_level(logging.DEBUG)
+    await api.ok("PUT", "/v1/accounts/K9", ACCOUNT)
+    json_headers = {"Content-Type": "application/json"}
+    for method, path, data, headers in (
+        ("PUT", "/v1/accounts/K9", "{not json", json_headers),
+        ("PUT", "/v1/accounts/K9", "[" * 30000, json_headers),
+        ("PUT", "/v1/accounts/K9", "name=x", {"Content-Type": "text/plain"}),
+        ("PUT", "/v1/accounts/K9", '{"name": 1}', json_headers),
+        ("PUT", "/v1/accounts/K9/pbx", '{"node": "x/y"}', json_headers),
+        ("GET", "/v1/accounts/K9/pbx/config/diff?from=x", None, {}),
+        ("POST", "/v1/blocks/%ff%fe/mode", '{"mode": "pbx"}', json_headers),
+        ("PUT", "/v1/accounts/K9", "x" * 70_000, json_headers),
+    ):
+        response = await api.call(method, path, data=data, headers=headers)
+        assert 400 <= response.status < 500, (path, response.status, await response.text())
+    answer = await raw_request(api.client, b"GARBAGE / HTTP/9.9\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 4") or answer.startswith(b"HTTP/1.0 4"), answer[:100]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [f"{r.name}: {r.getMessage()}" for r in errors]
