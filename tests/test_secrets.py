@@ -51,6 +51,7 @@ def get_paths(assignment_id: str) -> list[str]:
         "assignment_id": (assignment_id,),
         "ext": ("100", "200"),
         "token": ("not-a-token",),
+        "node": ("default",),
     }
     paths = []
     for template, operations in document["paths"].items():
