@@ -145,3 +145,29 @@ def lab_command(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
         [str(LAB), "--dir", str(lab.folder), *args],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
+
+
+async def until_channel(lab: Lab, prefix: str, state: str, timeout: float = 15) -> None:
+    """Until Asterisk has a channel named prefix... in `state` (Ringing, Up, ...)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = await asyncio.to_thread(lab.cli, "core show channels concise")
+        for line in listing.splitlines():
+            fields = line.split("!")
+            if fields[0].startswith(prefix) and len(fields) > 4 and fields[4] == state:
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no channel {prefix}... in state {state}: {listing}")
+        await asyncio.sleep(0.05)
+
+
+async def until_subscribed(lab: Lab, endpoint: str, timeout: float = 15) -> None:
+    """Until Asterisk holds an inbound subscription (BLF) from this endpoint."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = await asyncio.to_thread(lab.cli, "pjsip show subscriptions inbound")
+        if endpoint in listing:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no subscription from {endpoint}: {listing}")
+        await asyncio.sleep(0.05)

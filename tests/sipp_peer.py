@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -156,7 +158,25 @@ def start_scenario(
         args, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    if local_port:  # a peer that waits for a call: ready once its port is bound
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not udp_bound(local_ip, local_port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                out, err = process.communicate()
+                raise AssertionError(f"sipp {scenario} did not bind {local_port}: {out}{err}")
+            time.sleep(0.02)
     return Running(process, work)
+
+
+READY_TIMEOUT = 10.0
+
+
+def udp_bound(ip: str, port: int) -> bool:
+    """Whether some socket is bound to ip:port (UDP), from the kernel's table."""
+    # The address as the kernel lists it (little-endian hex), or the wildcard.
+    wanted = {f"{socket.inet_aton(ip)[::-1].hex().upper()}:{port:04X}", f"00000000:{port:04X}"}
+    lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    return any(line.split()[1] in wanted for line in lines)
 
 
 def run_scenario(scenario: str, *, timeout: float = 20.0, **options: Any) -> SipResult:

@@ -1,4 +1,5 @@
-"""Numbered plain-SQL migrations, applied in order, each in its own transaction."""
+"""Numbered plain-SQL migrations, applied in order in one transaction (a savepoint each,
+under an advisory lock): a failing migration leaves the database as it was."""
 
 from __future__ import annotations
 
