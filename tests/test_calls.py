@@ -221,8 +221,11 @@ async def test_outbound_by_site_over_the_caller_id_owners_trunk(
 
 def final_status(result: SipResult) -> int | None:
     """The last final answer (>= 200) to an INVITE."""
-    finals = [m.status for m in result.messages
-              if m.status and m.status >= 200 and "INVITE" in m.headers.get("cseq", "")]  # fmt: skip
+    finals = [
+        m.status
+        for m in result.messages
+        if m.status and m.status >= 200 and "INVITE" in m.headers.get("cseq", "")
+    ]
     return finals[-1] if finals else None
 
 
