@@ -14,7 +14,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from provisioner import settings as settings_module
-from provisioner.app import create_app, database_url, start_workers
+from provisioner.app import create_app, database_url
 from provisioner.asterisk import check
 from provisioner.asterisk.ami import AsteriskUnavailable
 from provisioner.asterisk.apply import apply_node
@@ -32,6 +32,7 @@ from provisioner.service import config as config_service
 from provisioner.service import pbx as pbx_service
 from provisioner.service.unit import Actor, Policy, Unit
 from provisioner.settings import Node, Settings
+from provisioner.workers.tasks import start_workers
 
 DEMO_OWNER, DEMO_TARGET, DEMO_BLOCK = "K200300", "K100200", "muc-main"
 

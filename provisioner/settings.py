@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +269,9 @@ def _api_keys(raw: list[Any]) -> tuple[ApiKey, ...]:
     for entry in raw:
         if not isinstance(entry, Mapping):
             raise SettingsError("api_keys: each entry needs name, role and key_sha256")
+        unknown = sorted(set(entry) - {f.name for f in fields(ApiKey)})
+        if unknown:
+            raise SettingsError(f"api_keys: entry {entry.get('name')!r}: unknown keys: {unknown}")
         name, role = str(entry.get("name", "")), str(entry.get("role", ""))
         digest = str(entry.get("key_sha256", "")).lower()
         if not name or role not in ROLES:
@@ -301,6 +304,11 @@ def _nodes(raw: list[Any]) -> tuple[Node, ...]:
     for entry in raw:
         if not isinstance(entry, Mapping):
             raise SettingsError("asterisk.nodes: each entry must be a mapping")
+        unknown = sorted(set(entry) - {f.name for f in fields(Node)})
+        if unknown:
+            raise SettingsError(
+                f"asterisk.nodes: entry {entry.get('name')!r}: unknown keys: {', '.join(unknown)}"
+            )
         try:
             node = Node(
                 name=str(entry["name"]),

@@ -147,3 +147,19 @@ def test_every_command_answers_help(command: str) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "--config" in result.stdout
+
+
+def test_unknown_keys_inside_entries_are_refused(tmp_path: Path) -> None:
+    """A typo inside a node or API-key entry is an error, not a silent default."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "asterisk:\n  nodes:\n    - {name: n1, ami_username: u, ami_secret: s,"
+        " output_dir: /tmp, carrier_host: 127.0.0.2, carier_port: 5070}\n"
+    )
+    with pytest.raises(settings_module.SettingsError, match="carier_port"):
+        settings_module.load(config, env={})
+    config.write_text(
+        "api_keys:\n  - {name: k, role: portal, key_sha256: " + "0" * 64 + ", rol: engineer}\n"
+    )
+    with pytest.raises(settings_module.SettingsError, match="rol"):
+        settings_module.load(config, env={})

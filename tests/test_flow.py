@@ -226,9 +226,9 @@ async def test_housekeeping_expires_untouched_requests_and_forgets_old_keys(
     """The minutely sweep, not a read, expires a request nobody touches again."""
     from psycopg_pool import AsyncConnectionPool
 
-    from provisioner.app import housekeeping
     from provisioner.mail.compose import Composer
     from provisioner.service.unit import Policy
+    from provisioner.workers.tasks import housekeeping
 
     await scene(api)
     assignment = await api.ok(

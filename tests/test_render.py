@@ -129,3 +129,14 @@ def test_the_longest_values_the_api_accepts_render() -> None:
     names = {n for text in files.values() for n in re.findall(r"^\[([^\]]+)\]", text, re.M)}
     assert f"{pbx.slug}-trunk-{block_id}" in names
     assert max(len(n) for n in names) == MAX_NAME
+
+
+def test_an_interpolation_without_a_filter_is_checked_as_a_token() -> None:
+    """A template line that forgets its filter cannot write unchecked text."""
+    from provisioner.render.render import ENVIRONMENT
+
+    template = ENVIRONMENT.from_string("[{{ name }}]\ncallerid = {{ caller|name }}\n")
+    assert template.render(name="k1-100", caller="A;B") == "[k1-100]\ncallerid = AB\n"
+    for evil in EVIL:
+        with pytest.raises(UnsafeValue):
+            template.render(name=evil, caller="x")

@@ -18,18 +18,18 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 - Asterisk config, escaped by the filters below
+        autoescape=False,  # noqa: S701 - Asterisk config: checked by finalize and filters
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # Every {{ }} is a token unless a filter below made it something else.
+        finalize=safe.by_default,
     )
-    env.filters.update(
-        t=safe.token, secret=safe.secret, name=safe.display_name, comment=safe.comment
-    )
+    env.filters.update(secret=safe.secret, name=safe.display_name, comment=safe.comment)
     return env
 
 
-_ENV = _environment()
+ENVIRONMENT = _environment()
 
 
 # Options whose value is a credential. Config shown to people (the API, `provisioner diff`,
@@ -57,10 +57,10 @@ def pbx_files(view: PbxView, carrier: Carrier) -> dict[str, str]:
     """The files of one PBX, by path relative to the node's output folder."""
     return {
         f"pjsip/tenant-{view.slug}.conf": _tidy(
-            _ENV.get_template("pjsip/tenant.conf.j2").render(v=view, carrier=carrier)
+            ENVIRONMENT.get_template("pjsip/tenant.conf.j2").render(v=view, carrier=carrier)
         ),
         f"dialplan/tenant-{view.slug}.conf": _tidy(
-            _ENV.get_template("dialplan/tenant.conf.j2").render(v=view)
+            ENVIRONMENT.get_template("dialplan/tenant.conf.j2").render(v=view)
         ),
     }
 
@@ -69,9 +69,11 @@ def node_files(carrier: Carrier) -> dict[str, str]:
     """The node's own files: the carrier endpoint and the fallback of [carrier-in]."""
     return {
         "pjsip/node-carrier.conf": _tidy(
-            _ENV.get_template("pjsip/carrier.conf.j2").render(carrier=carrier)
+            ENVIRONMENT.get_template("pjsip/carrier.conf.j2").render(carrier=carrier)
         ),
-        "dialplan/node-carrier.conf": _tidy(_ENV.get_template("dialplan/carrier.conf.j2").render()),
+        "dialplan/node-carrier.conf": _tidy(
+            ENVIRONMENT.get_template("dialplan/carrier.conf.j2").render()
+        ),
     }
 
 

@@ -3,7 +3,8 @@
 A config value can end a line, open a section ([x]), add an option (=), start a
 comment (;), include a file (#include) or expand a variable (${...}). Every value that
 reaches a template passes one of these filters, which either keep a value to a
-character set that can do none of that, or refuse it.
+character set that can do none of that, or refuse it; a value written without a filter
+is checked as a token (by_default, the environment's finalize).
 """
 
 from __future__ import annotations
@@ -24,27 +25,38 @@ class UnsafeValue(ValueError):
     """A value that cannot be written into config as it is."""
 
 
-def token(value: object) -> str:
+class Checked(str):
+    """Text one of the doors below let through. The template environment checks every
+    other output as a token (by_default), so an interpolation without a filter is never
+    written unchecked."""
+
+
+def token(value: object) -> Checked:
     text = str(value)
     if not TOKEN.match(text):
         raise UnsafeValue(f"not a config token: {text!r}")
-    return text
+    return Checked(text)
 
 
-def secret(value: object) -> str:
+def secret(value: object) -> Checked:
     text = str(value)
     if not SECRET.match(text):
         raise UnsafeValue("a secret holds characters config cannot carry")
-    return text
+    return Checked(text)
 
 
-def display_name(value: object) -> str:
+def display_name(value: object) -> Checked:
     """A caller name for `callerid = "NAME" <num>`: everything else is dropped."""
     text = _NAME_DROP.sub("", str(value).replace("_", " "))
-    return " ".join(text.split())[:60] or "PBX"
+    return Checked(" ".join(text.split())[:60] or "PBX")
 
 
-def comment(value: object) -> str:
+def comment(value: object) -> Checked:
     """Free text for a `;` comment: one line, and (belt and braces) none of the
     characters that mean something in config, even though a comment would disarm them."""
-    return " ".join(_NAME_DROP.sub(" ", str(value)).split())[:120]
+    return Checked(" ".join(_NAME_DROP.sub(" ", str(value)).split())[:120])
+
+
+def by_default(value: object) -> Checked:
+    """The template environment's finalize: what no filter checked must be a token."""
+    return value if isinstance(value, Checked) else token(value)
