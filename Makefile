@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 CONFIG ?= config/dev.yaml
 
-.PHONY: run test setup system-deps lint typecheck pytest lock clean
+.PHONY: run test setup system-deps lint typecheck pytest mutation lock clean
 
 run: setup
 	PROVISIONER_CONFIG=$(CONFIG) $(BIN)/provisioner serve
@@ -32,6 +32,14 @@ typecheck: setup
 
 pytest: setup
 	$(BIN)/pytest
+
+# Mutation testing of the pure rules (domain/, render/) against their fast tests; slow,
+# so not part of `make test`. Prints the score; `.venv/bin/mutmut browse` shows survivors.
+mutation: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,mutation]'
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 > /dev/null
+	$(BIN)/mutmut results --all true | awk '{print $$NF}' | sort | uniq -c
 
 # Re-pin every dependency to what a fresh install resolves today.
 lock:

@@ -63,3 +63,55 @@ def test_refused_blocks(number: str, range_text: object, code: str) -> None:
     with pytest.raises(InvalidInput) as caught:
         parse_block(number, range_text, "DE")
     assert caught.value.code == code
+
+
+# The field a refusal names is the portal's contract as much as the code (mutation
+# testing found both unchecked here): (number, range, code, field).
+FIELDS = [
+    ("4989123456", None, "invalid_number", "number"),
+    ("+4989123456", "a-b", "invalid_range", "range"),
+    ("+4989123456", "9-0", "invalid_range", "range"),
+    ("+4989123456", "5-5x", "invalid_range", "range"),
+    ("+498912345678", "0-9999", "invalid_range", "range"),  # 12 + 4 digits: 16 > 15
+    ("+4915112345678", None, "not_geographic", "number"),
+    ("+33142345678", None, "foreign_number", "number"),
+    ("+4989123456", "0-99999", "invalid_range", "range"),
+]
+
+
+@pytest.mark.parametrize(("number", "range_text", "code", "field"), FIELDS)
+def test_refusals_name_their_field(
+    number: str, range_text: str | None, code: str, field: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_block(number, range_text, "DE")
+    assert (caught.value.code, caught.value.field) == (code, field)
+    assert caught.value.detail and caught.value.detail == str(caught.value)
+
+
+def test_fifteen_digits_in_all_are_accepted() -> None:
+    block = parse_block("+4989123456", "0-9999", "DE")  # 10 + 4 digits
+    assert block.last_number() == "+49891234569999" and len(block.last_number()) == 15
+    assert block.country_code == 49
+
+
+def test_a_range_of_one_number_and_mixed_widths() -> None:
+    single = parse_block("+4989123456", "5-5", "DE")
+    assert single.numbers() == ["+49891234565"] and single.size() == 1
+    mixed = parse_block("+4989123456", "5-123", "DE")
+    spans = mixed.spans()
+    assert [(s.digits, s.first, s.last) for s in spans] == [
+        (11, 49891234565, 49891234569),
+        (12, 498912345610, 498912345699),
+        (13, 4989123456100, 4989123456123),
+    ]
+    assert mixed.size() == 5 + 90 + 24
+    assert mixed.first_number() == "+49891234565" and mixed.last_number() == "+4989123456123"
+    # A span of one width whose low end is above its high end is left out.
+    assert parse_block("+4989123456", "50-99", "DE").size() == 50
+
+
+def test_a_block_without_range_is_one_number() -> None:
+    block = parse_block("+4989123456", None, "DE")
+    assert block.range_text is None and block.numbers() == ["+4989123456"]
+    assert block.spans()[0].first == block.spans()[0].last == 4989123456
