@@ -18,7 +18,7 @@ from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup, UsedBlock
 from provisioner.domain.credentials import sip_ha1
 from provisioner.domain.numbers import parse_block
-from provisioner.render.render import pbx_files
+from provisioner.render.render import node_files, pbx_files
 from provisioner.render.safe import UnsafeValue
 from provisioner.render.view import build, carrier_patterns
 
@@ -32,9 +32,17 @@ def render_two_site() -> dict[str, str]:
     )
 
 
-@pytest.mark.parametrize("name", ["pjsip/tenant-k100200.conf", "dialplan/tenant-k100200.conf"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pjsip/tenant-k100200.conf",
+        "dialplan/tenant-k100200.conf",
+        "pjsip/node-carrier.conf",
+        "dialplan/node-carrier.conf",
+    ],
+)
 def test_golden_two_site_pbx(name: str) -> None:
-    rendered = render_two_site()[name]
+    rendered = {**render_two_site(), **node_files(CARRIER)}[name]
     golden = GOLDEN / name.replace("/", "-")
     if os.environ.get("UPDATE_GOLDEN"):
         golden.parent.mkdir(exist_ok=True)
