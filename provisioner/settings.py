@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from provisioner.domain import rules
 from provisioner.domain.credentials import SecretBox
 
 
@@ -294,7 +295,6 @@ def _group(value: Any) -> int | None:
         raise ValueError(f"no group {value!r} on this machine") from None
 
 
-_NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _HOST = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
 _REALM = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -323,7 +323,7 @@ def _nodes(raw: list[Any]) -> tuple[Node, ...]:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SettingsError(f"asterisk.nodes: entry {entry.get('name')!r}: {exc}") from None
-        if not _NODE_NAME.match(node.name):
+        if not rules.NAME.match(node.name):
             raise SettingsError(f"asterisk.nodes: bad node name {node.name!r}")
         if not _HOST.match(node.carrier_host) or not _HOST.match(node.ami_host):
             raise SettingsError(f"asterisk.nodes: {node.name}: bad host")

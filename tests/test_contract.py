@@ -163,3 +163,52 @@ def test_unknown_keys_inside_entries_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(settings_module.SettingsError, match="rol"):
         settings_module.load(config, env={})
+
+
+def sql_patterns(db: psycopg.Connection[Any]) -> dict[tuple[str, str], str]:
+    """(table, column) -> the regular expression of its CHECK constraint."""
+    found = {}
+    for table, definition in db.execute(
+        "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE contype = 'c'"
+    ):
+        match = re.match(r"^CHECK \(\((\w+) ~ '(.+)'::text\)\)$", definition)
+        if match:
+            found[(table, match.group(1))] = match.group(2)
+    return found
+
+
+def test_each_identifier_rule_is_declared_once(db: psycopg.Connection[Any]) -> None:
+    """The OpenAPI document and the database say what domain/rules.py says."""
+    from provisioner.domain import rules
+
+    document = openapi_document()
+    parameters = document["components"]["parameters"]
+    schemas = document["components"]["schemas"]
+    assert parameters["customer"]["schema"]["pattern"] == rules.CUSTOMER.pattern
+    assert parameters["block_id"]["schema"]["pattern"] == rules.BLOCK_ID.pattern
+    assert parameters["ActingCustomer"]["schema"]["pattern"] == rules.CUSTOMER.pattern
+    assert schemas["PbxInput"]["properties"]["node"]["pattern"] == rules.NAME.pattern
+    block = schemas["BlockInput"]["properties"]
+    assert block["default_target"]["pattern"] == rules.EXTENSION.pattern
+    trunk = block["trunk"]["properties"]["username"]
+    assert trunk["pattern"] == rules.TRUNK_USER.pattern
+    pickup = schemas["ExtensionInput"]["properties"]["pickup_group"]
+    assert pickup["pattern"] == rules.NAME.pattern
+    for path, item in document["paths"].items():
+        for parameter in item.get("parameters", []):
+            if parameter.get("name") == "ext":
+                assert parameter["schema"]["pattern"] == rules.EXTENSION.pattern, path
+            if parameter.get("name") == "node":
+                assert parameter["schema"]["pattern"] == rules.NAME.pattern, path
+    sql = sql_patterns(db)
+    assert sql[("accounts", "customer")] == rules.CUSTOMER.pattern
+    for column in (("extensions", "ext"), ("ring_groups", "ext"), ("blocks", "default_target")):
+        assert sql[column] == rules.EXTENSION.pattern, column
+    assert sql[("extensions", "pickup_group")] == rules.NAME.pattern
+    assert sql[("blocks", "trunk_username")] == rules.TRUNK_USER.pattern
+    # Wider on purpose: rows written when block ids could have 64 characters.
+    assert sql[("blocks", "id")] == "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+    assert (
+        rules.BLOCK_ID.pattern.replace(str(rules.BLOCK_ID_MAX - 1), "63") == sql[("blocks", "id")]
+    )

@@ -23,6 +23,7 @@ from psycopg_pool import PoolTimeout
 from provisioner.api import keys
 from provisioner.api.problems import from_error, problem_response
 from provisioner.db import idempotency
+from provisioner.domain import rules
 from provisioner.domain.credentials import SecretUnreadable
 from provisioner.domain.errors import (
     Conflict,
@@ -51,7 +52,6 @@ BODY_TIMEOUT = 10.0
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-_CUSTOMER = re.compile(r"^[A-Za-z0-9]{2,32}$")
 
 
 def _is_api(request: web.Request) -> bool:
@@ -152,7 +152,7 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
     if request.method in MUTATING and key.role != "portal":
         raise Forbidden(f"API key {key.name} ({key.role}) is read-only", code="read_only_key")
     acting = request.headers.get("X-Acting-Customer")
-    if acting is not None and not _CUSTOMER.match(acting):
+    if acting is not None and not rules.CUSTOMER.match(acting):
         raise ProblemError(
             "X-Acting-Customer must be a customer number",
             field="X-Acting-Customer",

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 
+from provisioner.domain import rules
+
 # Object names, numbers, usernames: what may stand unquoted anywhere in a config line,
 # and no longer than Asterisk keeps a dialplan context's name (80 bytes with the NUL).
-MAX_TOKEN = 79
+MAX_TOKEN = rules.MAX_CONFIG_NAME
 TOKEN = re.compile(rf"^[A-Za-z0-9_.+-]{{1,{MAX_TOKEN}}}$")
 # Secrets (passwords): printable ASCII without ; # [ ] = $ { } " \ and no spaces.
 SECRET = re.compile(r"^[A-Za-z0-9_.,:@%!?*/()<>^~|'`&+-]{1,128}$")

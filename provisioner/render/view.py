@@ -22,14 +22,14 @@ from dataclasses import dataclass
 
 from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup, UsedBlock
+from provisioner.domain import rules
 from provisioner.domain.numbers import Block, describe
-from provisioner.render import safe
 from provisioner.settings import Node
 
-MAX_NAME = safe.MAX_TOKEN
-SLUG_MAX = 32  # a slug is the customer number in lower case
-LONGEST_BLOCK_INFIX = "-trunk-"
-BLOCK_ID_MAX = MAX_NAME - SLUG_MAX - len(LONGEST_BLOCK_INFIX)
+MAX_NAME = rules.MAX_CONFIG_NAME
+SLUG_MAX = rules.CUSTOMER_MAX  # a slug is the customer number in lower case
+LONGEST_BLOCK_INFIX = rules.LONGEST_BLOCK_INFIX
+BLOCK_ID_MAX = rules.BLOCK_ID_MAX
 
 
 @dataclass(frozen=True)

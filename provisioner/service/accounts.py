@@ -9,21 +9,19 @@ from provisioner.db import apply_queue
 from provisioner.db import blocks as db_blocks
 from provisioner.db import pbx as db_pbx
 from provisioner.db.accounts import Account, Pbx
+from provisioner.domain import rules
 from provisioner.domain.errors import Conflict, InvalidInput, NotFound
-from provisioner.render.view import SLUG_MAX
 from provisioner.service.unit import Unit
 
-CUSTOMER = re.compile(rf"^[A-Za-z0-9]{{2,{SLUG_MAX}}}$")
 # Deliberately plain: the portal validated the address already; this keeps out what
 # would break a mail header (spaces, line breaks, angle brackets, commas).
 EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 LANGUAGES = ("de", "en")
-NODE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 DEFAULT_NODE = "default"
 
 
 def check_customer(customer: str, field: str = "customer") -> str:
-    if not CUSTOMER.match(customer):
+    if not rules.CUSTOMER.match(customer):
         raise InvalidInput(
             "a customer number has 2 to 32 letters and digits",
             field=field,
@@ -62,7 +60,7 @@ async def put_pbx(u: Unit, customer: str, *, node: str | None = None) -> tuple[P
     """Create the account's PBX, homed on `node` (default: "default"). A PBX stays on
     its node: moving PBXs between nodes is not offered."""
     u.actor.require_one_of(customer)
-    if node is not None and not NODE.match(node):
+    if node is not None and not rules.NAME.match(node):
         raise InvalidInput("node is a node name from asterisk.nodes", field="node")
     # "default" is where a PBX goes when none is named; it may be configured later.
     if node is not None and node not in {*u.policy.nodes, DEFAULT_NODE}:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from provisioner.db import Conn, apply_queue
@@ -11,25 +10,21 @@ from provisioner.db import assignments as db_assignments
 from provisioner.db import blocks as db_blocks
 from provisioner.db import pbx as db_pbx
 from provisioner.db.blocks import BlockRow
+from provisioner.domain import rules
 from provisioner.domain.credentials import SecretBox
 from provisioner.domain.errors import Conflict, InvalidInput, NotFound
 from provisioner.domain.numbers import parse_block
 from provisioner.render import safe
-from provisioner.render.view import BLOCK_ID_MAX
 from provisioner.service import accounts
 from provisioner.service.unit import Unit
 
-TRUNK_USER = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
-DEFAULT_TARGET = re.compile(r"^[1-9][0-9]{1,4}$")
-# As long as the names generated from it fit Asterisk (render.view).
-BLOCK_ID = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{BLOCK_ID_MAX - 1}}}$")
 MODES = ("standard", "pbx")
 
 
 def check_block_id(block_id: str) -> str:
-    if not BLOCK_ID.match(block_id):
+    if not rules.BLOCK_ID.match(block_id):
         raise InvalidInput(
-            f"a block id has 1 to {BLOCK_ID_MAX} letters, digits, '.', '_' or '-'",
+            f"a block id has 1 to {rules.BLOCK_ID_MAX} letters, digits, '.', '_' or '-'",
             field="block_id",
             code="invalid_block_id",
         )
@@ -66,7 +61,7 @@ class TrunkCredentials:
 
 
 def check_trunk(trunk: TrunkCredentials) -> TrunkCredentials:
-    if not TRUNK_USER.match(trunk.username):
+    if not rules.TRUNK_USER.match(trunk.username):
         raise InvalidInput(
             "trunk.username: 1 to 64 letters, digits, '.', '_', '+' or '-'",
             field="trunk.username", code="invalid_trunk",
@@ -101,7 +96,7 @@ async def put_block(
         check_trunk(trunk)
         if not u.policy.secrets.configured:
             u.policy.secrets.seal(trunk.password)  # raises the 422 that says why
-    if default_target is not None and not DEFAULT_TARGET.match(default_target):
+    if default_target is not None and not rules.EXTENSION.match(default_target):
         raise InvalidInput(
             "default_target is an extension or ring group number", field="default_target",
             code="invalid_extension",

@@ -11,14 +11,13 @@ from provisioner.db import accounts as db_accounts
 from provisioner.db import pbx as db_pbx
 from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup
+from provisioner.domain import rules
 from provisioner.domain.credentials import SecretBox, sip_ha1
 from provisioner.domain.errors import Conflict, InvalidInput, NotFound
 from provisioner.render.view import PbxView, build
 from provisioner.service import accounts
 from provisioner.service.unit import Unit
 
-EXT = re.compile(r"^[1-9][0-9]{1,4}$")
-PICKUP_GROUP = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 # German service numbers a phone must still reach: emergency 110 and 112, the authority
 # line 115, the 116 xxx harmonised services and 118 xx directories.
 SERVICE_NUMBERS = re.compile(r"^(110|112|115|116\d*|118\d*)$")
@@ -26,7 +25,7 @@ STRATEGIES = ("ringall", "hunt")
 
 
 def check_ext(ext: str, field: str = "ext") -> str:
-    if not EXT.match(ext):
+    if not rules.EXTENSION.match(ext):
         raise InvalidInput(
             "an extension has 2 to 5 digits and does not start with 0", field=field,
             code="invalid_extension",
@@ -81,7 +80,7 @@ async def put_extension(
     pbx = await require_pbx(u, customer)
     check_ext(ext)
     name = check_name(name)
-    if pickup_group is not None and not PICKUP_GROUP.match(pickup_group):
+    if pickup_group is not None and not rules.NAME.match(pickup_group):
         raise InvalidInput(
             "a pickup group is 1 to 32 lower-case letters, digits or '-'",
             field="pickup_group", code="invalid_pickup_group",

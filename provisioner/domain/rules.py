@@ -1,0 +1,27 @@
+"""The shape of every identifier the API accepts, declared once.
+
+The services, the middlewares and the settings use these patterns; the OpenAPI
+document and the database's CHECK constraints are tested against them
+(tests/test_contract.py), so a rule changed here and nowhere else fails a test.
+
+Lengths follow from Asterisk: a dialplan context name has at most 79 characters (80
+with the terminating NUL). The longest generated name is <slug>-trunk-<block>
+(render/view.py), where the slug is the customer number in lower case.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_CONFIG_NAME = 79
+CUSTOMER_MAX = 32
+LONGEST_BLOCK_INFIX = "-trunk-"
+BLOCK_ID_MAX = MAX_CONFIG_NAME - CUSTOMER_MAX - len(LONGEST_BLOCK_INFIX)
+
+CUSTOMER = re.compile(rf"^[A-Za-z0-9]{{2,{CUSTOMER_MAX}}}$")
+BLOCK_ID = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{BLOCK_ID_MAX - 1}}}$")
+# Extensions and ring groups: 2 to 5 digits, never starting with 0 (the outside line).
+EXTENSION = re.compile(r"^[1-9][0-9]{1,4}$")
+# Asterisk node names and pickup group names.
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+TRUNK_USER = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
