@@ -171,3 +171,11 @@ async def until_subscribed(lab: Lab, endpoint: str, timeout: float = 15) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"no subscription from {endpoint}: {listing}")
         await asyncio.sleep(0.05)
+
+
+async def lab_up_again(lab: Lab) -> None:
+    """Start the lab's Asterisk again on its own ports, after a test stopped or killed it."""
+    up = await asyncio.to_thread(
+        lab_command, lab, "up", "--ami-port", str(lab.ami_port), "--sip-port", str(lab.sip_port)
+    )
+    assert up.returncode == 0, up.stdout + up.stderr

@@ -12,14 +12,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import SECRETS_KEY, Api, FakeClock, Inbox, Lab
+from conftest import Api, FakeClock, Inbox, Lab
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
 from lab_helpers import (
     branch_scene,
     cologne_pbx,
+    console_env,
     lab_command,
     lab_node,
     lab_service,
+    lab_up_again,
     wait_applied,
 )
 from panoramisk import Manager
@@ -114,11 +116,7 @@ async def test_asterisk_down_keeps_the_apply_pending_until_it_is_back(
             await asyncio.sleep(0.2)
         assert state["apply_state"] == "pending" and "AMI" in state["apply_error"]
     finally:
-        up = await asyncio.to_thread(
-            lab_command, clean_lab, "up", "--ami-port", str(clean_lab.ami_port),
-            "--sip-port", str(clean_lab.sip_port),
-        )  # fmt: skip
-        assert up.returncode == 0, up.stdout + up.stderr
+        await lab_up_again(clean_lab)
     state = await wait_applied(api, TARGET, timeout=40)
     assert state["apply_error"] is None
 
@@ -257,23 +255,10 @@ async def test_engineer_commands_render_diff_and_apply(
     api: Api, clean_lab: Lab, db_url: str, tmp_path: Path
 ) -> None:
     """`provisioner render`, `apply` and `diff` from the console, against the lab."""
-    import json
     import sys
 
     await branch_scene(api)
-    node = lab_node(clean_lab)
-    entry = {
-        "name": node.name, "ami_port": node.ami_port, "ami_username": node.ami_username,
-        "ami_secret": node.ami_secret.value, "output_dir": str(node.output_dir),
-        "carrier_host": node.carrier_host, "carrier_port": node.carrier_port,
-        "file_group": node.file_group,
-    }  # fmt: skip
-    env = {
-        "PROVISIONER_DATABASE_URL": db_url,
-        "PROVISIONER_ASTERISK_NODES": json.dumps([entry]),
-        "PROVISIONER_SECRETS_KEYS": json.dumps([SECRETS_KEY]),
-        "PATH": "/usr/bin:/bin",
-    }
+    env = console_env(lab_node(clean_lab), db_url)
 
     def provisioner(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

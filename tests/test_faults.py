@@ -31,6 +31,7 @@ from lab_helpers import (
     lab_command,
     lab_node,
     lab_service,
+    lab_up_again,
     wait_applied,
 )
 
@@ -159,11 +160,7 @@ async def test_asterisk_killed_mid_round_then_started_again(
             waiting = await api.ok("GET", f"/v1/accounts/{TARGET}/pbx/config")
             assert waiting["apply_state"] in ("pending", "applied")
         finally:
-            up = await asyncio.to_thread(
-                lab_command, clean_lab, "up", "--ami-port", str(clean_lab.ami_port),
-                "--sip-port", str(clean_lab.sip_port),
-            )  # fmt: skip
-            assert up.returncode == 0, up.stdout + up.stderr
+            await lab_up_again(clean_lab)
         state = await applied_with(api, TARGET, "[k100200-101]", timeout=60)
         assert state["apply_error"] is None, state
         assert "k100200-101" in clean_lab.cli("pjsip show endpoints")

@@ -229,14 +229,20 @@ async def test_metrics_are_prometheus_text(api: Api) -> None:
         assert name in text, name
 
 
-def test_render_command_prints_the_config(db_url: str, tmp_path: Any) -> None:
-    """`provisioner render` from the console, against the same database."""
-    config = tmp_path / "c.yaml"
+def console_config(folder: Any) -> Any:
+    """A config file for console commands: one node (never reached), the secrets key."""
+    config = folder / "c.yaml"
     config.write_text(
         "asterisk:\n  nodes:\n    - {name: default, ami_username: u, ami_secret: s,"
-        f" output_dir: {tmp_path}, carrier_host: 127.0.0.2}}\n"
+        f" output_dir: {folder}, carrier_host: 127.0.0.2}}\n"
         f"secrets:\n  keys: ['{SECRETS_KEY}']\n"
     )
+    return config
+
+
+def test_render_command_prints_the_config(db_url: str, tmp_path: Any) -> None:
+    """`provisioner render` from the console, against the same database."""
+    config = console_config(tmp_path)
     env = {"PROVISIONER_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"}
     seed = subprocess.run(
         [sys.executable, "-m", "provisioner", "demo", "--config", str(config)],
@@ -257,12 +263,7 @@ def test_apply_command_says_so_when_another_instance_holds_the_node(
 ) -> None:
     """`provisioner apply` while another instance applies to the node: exit 1 and say
     the change is queued, not the state from before."""
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        "asterisk:\n  nodes:\n    - {name: default, ami_username: u, ami_secret: s,"
-        f" output_dir: {tmp_path}, carrier_host: 127.0.0.2}}\n"
-        f"secrets:\n  keys: ['{SECRETS_KEY}']\n"
-    )
+    config = console_config(tmp_path)
     env = {"PROVISIONER_DATABASE_URL": db_url, "PATH": "/usr/bin:/bin"}
 
     def provisioner(*args: str) -> subprocess.CompletedProcess[str]:

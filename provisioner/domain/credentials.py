@@ -13,7 +13,7 @@ a new key is put first, `provisioner rotate-secrets` reseals, and the old key go
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -71,18 +71,16 @@ class SecretBox:
         return self._fernet.encrypt(plain.encode()).decode()
 
     def open(self, sealed: str) -> str:
-        if self._fernet is None:
-            raise SecretUnreadable("no secrets.keys configured to open a sealed trunk password")
-        try:
-            return self._fernet.decrypt(sealed.encode()).decode()
-        except InvalidToken:
-            raise SecretUnreadable("no configured key opens a sealed trunk password") from None
+        return self._with_keys(lambda f: f.decrypt(sealed.encode()).decode())
 
     def reseal(self, sealed: str) -> str:
         """The same secret under the first key (key rotation)."""
+        return self._with_keys(lambda f: f.rotate(sealed.encode()).decode())
+
+    def _with_keys(self, use: Callable[[MultiFernet], str]) -> str:
         if self._fernet is None:
-            raise SecretUnreadable("no secrets.keys configured")
+            raise SecretUnreadable("no secrets.keys configured to open a sealed trunk password")
         try:
-            return self._fernet.rotate(sealed.encode()).decode()
+            return use(self._fernet)
         except InvalidToken:
             raise SecretUnreadable("no configured key opens a sealed trunk password") from None
