@@ -42,17 +42,26 @@ ENGINEER_KEY = "engineer-test-key"
 SECRETS_KEY = "dGVzdHMtb25seS1zZWNyZXRzLWtleS0zMi1ieXRlcyE="
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    """A port free on 127.0.0.1 for TCP and UDP both (SIP and AMI ports of the lab)."""
+    """A port free on 127.0.0.1 for TCP and UDP both (SIP and AMI ports of the lab), and
+    never one handed out before in this run: the kernel may offer a port again as soon as
+    the probe closes it, and two phones of one scene once got the same port (the BLF
+    test's watcher then received the calls meant for the phone it watched)."""
     while True:
         with socket.socket() as tcp:
             tcp.bind(("127.0.0.1", 0))
             port = int(tcp.getsockname()[1])
+            if port in _GIVEN_PORTS:
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                 try:
                     udp.bind(("127.0.0.1", port))
                 except OSError:
                     continue
+            _GIVEN_PORTS.add(port)
             return port
 
 
