@@ -116,7 +116,7 @@ KEYS: tuple[Key, ...] = (
         "smtp.host",
         "",
         _str,
-        "SMTP server. Empty: mails are written as .eml files to data_dir/mail.",
+        "SMTP server. Empty: mails are written as .eml files to `data_dir/mail`.",
     ),
     Key("smtp.port", 25, _int, "SMTP port."),
     Key("smtp.sender", "provisioner@localhost", _str, "From address of every mail."),
@@ -128,8 +128,9 @@ KEYS: tuple[Key, ...] = (
         "api_keys",
         [],
         _list,
-        "API keys: a list of `{name, role, key_sha256}`; role `portal` (read and write) or "
-        "`engineer` (read only). Only the SHA-256 hex digest of a key is configured.",
+        "List of `{name, role, key_sha256}`; role `portal` (read and write) or `engineer` "
+        "(read only). Only the SHA-256 hex digest of a key is configured (`printf %s KEY | "
+        "sha256sum`). As an env var: the list as YAML or JSON.",
     ),
     Key(
         "assignment.confirm_within_days",
@@ -150,8 +151,10 @@ KEYS: tuple[Key, ...] = (
         _list,
         "Asterisk nodes: a list of `{name, ami_host, ami_port, ami_username, ami_secret, "
         "output_dir, carrier_host, carrier_port, file_group}`. A PBX is homed on one node "
-        "(`default` unless its PUT names another); the node's carrier SBC is where trunks "
-        "send calls; `file_group` (Asterisk's group) may read the generated files.",
+        "(`default` unless its PUT names another); `output_dir` is the folder the node's "
+        "config includes (`/etc/asterisk/provisioner` in the lab); the carrier SBC is where "
+        "trunks send calls and the one address inbound calls are accepted from; the files "
+        "are readable by the group `file_group` (Asterisk's) and never by others.",
     ),
     Key(
         "asterisk.sip_realm",
@@ -166,7 +169,8 @@ KEYS: tuple[Key, ...] = (
         _secret_list,
         "Fernet keys (`provisioner new-secrets-key`) that seal trunk passwords in the "
         "database: the first seals, all open (put a new key first, run `provisioner "
-        "rotate-secrets`, then drop the old one). Empty: trunk credentials are refused (422).",
+        "rotate-secrets`, then drop the old one). Empty: trunk credentials are refused with "
+        "422 `secrets_key_missing`. As an env var: the list as YAML or JSON.",
     ),
     Key(
         "asterisk.retry_seconds",
@@ -243,6 +247,22 @@ class Settings:
             if key.key_sha256 == digest:
                 return key
         return None
+
+
+def key_table() -> str:
+    """The README's table of keys, made from KEYS (a test keeps the README equal to it)."""
+
+    def shown(default: Any) -> str:
+        if default in ("", [], None):
+            return "(empty)"
+        text = str(default).lower() if isinstance(default, bool) else str(default)
+        return f"`{text}`"
+
+    rows = ["| key | env var | default | meaning |", "|---|---|---|---|"]
+    for key in KEYS:
+        meaning = key.doc.replace("|", "\\|")
+        rows.append(f"| `{key.path}` | `{key.env_var}` | {shown(key.default)} | {meaning} |")
+    return "\n".join(rows)
 
 
 def _lookup(tree: Mapping[str, Any], path: str) -> tuple[bool, Any]:
