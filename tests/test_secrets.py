@@ -201,8 +201,49 @@ async def test_trunk_credentials_need_a_secrets_key(
         )  # fmt: skip
         assert "secrets.keys" in problem["detail"] and "Berlin-trunk-1" not in str(problem)
         assert snapshot(db) == before
+
+        # Phones need no key; but with none, a stored response cannot keep the password:
+        # a retry answers without it, and the record holds it nowhere.
+        await api.ok("PUT", f"/v1/accounts/{TARGET}/blocks/ber-main",
+                     {"number": "+4930123456", "range": "0-99", "mode": "pbx"})  # fmt: skip
+        key = {"Idempotency-Key": "phone-100"}
+        body = {"name": "Anna", "site_block": "ber-main"}
+        path = f"/v1/accounts/{TARGET}/pbx/extensions/100"
+        first = await api.ok("PUT", path, body, headers=key)
+        again = await api.call("PUT", path, body, headers=key)
+        assert again.headers["Idempotent-Replayed"] == "true" and again.status == 201
+        assert "sip_password" in first and "sip_password" not in await again.json()
+        stored = db.execute("SELECT body, sealed FROM idempotency_keys").fetchall()
+        assert len(stored) == 1 and not stored[0][1]
+        assert first["sip_password"] not in repr(stored)
     finally:
         await client.close()
+
+
+async def test_the_service_seals_trunk_passwords_stored_before_sealing_at_start(
+    settings: Settings, db: psycopg.Connection[Any]
+) -> None:
+    """A row from before migration 0003 (plain trunk_password) is sealed when the
+    service starts with a key; the plain column is emptied."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from provisioner.app import create_app
+
+    db.execute("INSERT INTO accounts VALUES ('K1', 'Alt', 'a@b.example', 'de', now(), now())")
+    db.execute(
+        "INSERT INTO blocks (id, owner, base_number, range_first, range_last, country_code,"
+        " area_code, mode, created_at, updated_at, trunk_username, trunk_password)"
+        " VALUES ('b1', 'K1', '+4930123456', '0', '9', 49, '30', 'pbx', now(), now(),"
+        " 'k1-user', 'Old-trunk-pass')"
+    )
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
+    await client.start_server()
+    await client.close()
+    row = db.execute("SELECT trunk_password, trunk_sealed FROM blocks").fetchone()
+    assert row is not None
+    plain, sealed = row
+    assert plain is None and sealed is not None
+    assert settings.secret_box().open(sealed) == "Old-trunk-pass"
 
 
 async def test_an_idempotent_retry_gets_the_password_sealed_in_storage(

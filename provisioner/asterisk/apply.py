@@ -26,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from provisioner.asterisk import files
 from provisioner.asterisk.ami import Ami, AsteriskUnavailable
-from provisioner.asterisk.check import dialplan_of, endpoints_of
+from provisioner.asterisk.parse import dialplan_in, endpoints_in
 from provisioner.clock import Clock
 from provisioner.db import Conn
 from provisioner.db import config as db_config
@@ -46,16 +46,6 @@ MODULES = {"pjsip": "res_pjsip.so", "dialplan": "pbx_config.so"}
 # (kill -9) loses them to another instance within one lease.
 LEASE = timedelta(seconds=15)
 MAX_BACKOFF = timedelta(minutes=5)
-
-
-def endpoints_in(config: dict[str, str]) -> set[str]:
-    return {e for path, text in config.items() if path.startswith("pjsip/")
-            for e in endpoints_of(text)}  # fmt: skip
-
-
-def contexts_in(config: dict[str, str]) -> set[str]:
-    return {c for path, text in config.items() if path.startswith("dialplan/")
-            for c in dialplan_of(text)}  # fmt: skip
 
 
 def kind_of(path: str) -> str:
@@ -345,7 +335,7 @@ async def _verify(ami: Ami, tenants: list[Tenant]) -> list[Tenant]:
         expected = endpoints_in(config)
         missing = expected - live
         stale = {e for e in live if e.startswith(f"{t.slug}-")} - expected
-        absent = contexts_in(config) - set(contexts)
+        absent = set(dialplan_in(config)) - set(contexts)
         if missing or stale or absent:
             t.problems.append(
                 f"live mismatch: missing endpoints {sorted(missing)[:5]},"

@@ -9,13 +9,16 @@ with repair, every drifted PBX is written again and both modules are reloaded.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from psycopg_pool import AsyncConnectionPool
 
 from provisioner.asterisk import files
 from provisioner.asterisk.ami import Ami
+from provisioner.asterisk.apply import apply_node
+from provisioner.asterisk.parse import dialplan_in, endpoints_in
+from provisioner.clock import system_clock
+from provisioner.db import apply_queue
 from provisioner.db import config as db_config
 from provisioner.domain.credentials import SecretBox
 from provisioner.render.render import node_files, pbx_files
@@ -24,22 +27,6 @@ from provisioner.service.pbx import load_view
 from provisioner.settings import Node
 
 CARRIER_IN = "carrier-in"
-_SECTION = re.compile(r"^\[([^\]\n]+)\]", re.M)
-_EXTEN = re.compile(r"^exten\s*=>\s*([^,\s]+),", re.M)
-_ENDPOINT = re.compile(r"^\[([^\]\n]+)\]\ntype = endpoint$", re.M)
-
-
-def dialplan_of(text: str) -> dict[str, set[str]]:
-    """Contexts of a dialplan file and the extensions each defines."""
-    plan: dict[str, set[str]] = {}
-    parts = _SECTION.split(text)
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        plan.setdefault(name, set()).update(_EXTEN.findall(body))
-    return plan
-
-
-def endpoints_of(text: str) -> set[str]:
-    return set(_ENDPOINT.findall(text))
 
 
 @dataclass
@@ -121,19 +108,14 @@ def _compare_files(node: Node, drift: PbxDrift, wanted: dict[str, str]) -> None:
 
 def _compare_live(drift: PbxDrift, wanted: dict[str, str], live: Live) -> None:
     prefix = f"{drift.slug}-"
-    expected_endpoints = {e for p, t in wanted.items() if p.startswith("pjsip/")
-                          for e in endpoints_of(t)}  # fmt: skip
+    expected_endpoints = endpoints_in(wanted)
     missing = sorted(expected_endpoints - live.endpoints)
     stale = sorted({e for e in live.endpoints if e.startswith(prefix)} - expected_endpoints)
     if missing:
         drift.live.append(f"endpoints not live: {', '.join(missing[:10])}")
     if stale:
         drift.live.append(f"endpoints live but not in the files: {', '.join(stale[:10])}")
-    plan: dict[str, set[str]] = {}
-    for path, text in wanted.items():
-        if path.startswith("dialplan/"):
-            for context, extensions in dialplan_of(text).items():
-                plan.setdefault(context, set()).update(extensions)
+    plan = dialplan_in(wanted)
     own_contexts = {c for c in plan if c != CARRIER_IN}
     stale_contexts = sorted({c for c in live.dialplan if c.startswith(prefix)} - own_contexts)
     if stale_contexts:
@@ -157,10 +139,6 @@ async def repair_node(
     pool: AsyncConnectionPool, node: Node, secrets: SecretBox, drifted: list[PbxDrift]
 ) -> None:
     """Write every drifted PBX again (hand edits set aside) and reload both modules."""
-    from provisioner.asterisk.apply import apply_node  # apply uses this module's parsers
-    from provisioner.clock import system_clock
-    from provisioner.db import apply_queue
-
     async with pool.connection() as conn, conn.transaction():
         for pbx in await db_config.node_pbxes(conn, node.name):
             if any(d.slug == pbx.pbx.slug for d in drifted):
