@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 CONFIG ?= config/dev.yaml
 
-.PHONY: run test setup system-deps lint typecheck pytest mutation lock clean
+.PHONY: run test setup system-deps lint typecheck pytest mutation bench lock clean
 
 run: setup
 	PROVISIONER_CONFIG=$(CONFIG) $(BIN)/provisioner serve
@@ -24,8 +24,8 @@ system-deps:
 	scripts/install-system-deps
 
 lint: setup
-	$(BIN)/ruff check provisioner tests
-	$(BIN)/ruff format --check provisioner tests
+	$(BIN)/ruff check provisioner tests bench
+	$(BIN)/ruff format --check provisioner tests bench
 
 typecheck: setup
 	$(BIN)/mypy
@@ -41,11 +41,17 @@ mutation: setup
 	$(BIN)/mutmut run --max-children 2 > /dev/null
 	$(BIN)/mutmut results --all true | awk '{print $$NF}' | sort | uniq -c
 
+# The benchmark of the incremental apply against full reloads (bench/): needs the lab that
+# `make test` builds; takes about half an hour; writes bench/results.{json,md} and the PNG.
+bench: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 # Re-pin every dependency to what a fresh install resolves today.
 lock:
 	rm -rf $(VENV)-lock
 	$(PYTHON) -m venv $(VENV)-lock
-	$(VENV)-lock/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(VENV)-lock/bin/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	$(VENV)-lock/bin/pip freeze --exclude-editable | grep -v '^provisioner' > constraints.txt
 	rm -rf $(VENV)-lock
 

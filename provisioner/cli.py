@@ -18,6 +18,7 @@ from provisioner.app import create_app, database_url
 from provisioner.asterisk import check
 from provisioner.asterisk.ami import AsteriskUnavailable
 from provisioner.asterisk.apply import apply_node
+from provisioner.asterisk.pjsip import PjsipReloader
 from provisioner.clock import system_clock
 from provisioner.db import apply_queue
 from provisioner.db import config as db_config
@@ -203,7 +204,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _apply(settings: Settings, customer: str) -> str:
+async def _apply(settings: Settings, customer: str, full: bool) -> str:
     async with _pool(settings) as pool:
         async with _unit(pool, settings, "cli") as unit:
             pbx = await pbx_service.require_pbx(unit, customer)
@@ -212,8 +213,11 @@ async def _apply(settings: Settings, customer: str) -> str:
         # Committed: the round below (or any instance's applier) picks the job up.
         taken = await apply_node(
             pool, node, system_clock, settings.secret_box(),
-            retry_seconds=settings.apply_retry_seconds,
+            retry_seconds=settings.apply_retry_seconds, full=full,
+            incremental=settings.incremental,
         )  # fmt: skip
+        # Its PJSIP objects, if the round left them pending: reload now, not coalesced.
+        await PjsipReloader(pool, node, system_clock, min_interval=0, settle=0).step()
         async with pool.connection() as conn:
             state = await db_config.apply_state(conn, pbx.id)
             waiting = await db_config.waiting_job(conn, pbx.id)
@@ -230,7 +234,7 @@ async def _apply(settings: Settings, customer: str) -> str:
 def cmd_apply(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _logging(settings)
-    outcome = asyncio.run(_apply(settings, args.customer))
+    outcome = asyncio.run(_apply(settings, args.customer, args.full))
     print(outcome)
     return 0 if outcome.startswith("applied") else 1
 
@@ -355,6 +359,10 @@ def parser() -> argparse.ArgumentParser:
         "--from", dest="start", type=int, help="revision (default: previous)"
     )
     found["diff"].add_argument("--to", dest="end", type=int, help="revision (default: latest)")
+    found["apply"].add_argument(
+        "--full", action="store_true",
+        help="reload both modules and check the whole node, not only what changed",
+    )  # fmt: skip
     found["check"].add_argument("--node", help="only this node (default: every node)")
     found["check"].add_argument(
         "--repair", action="store_true", help="write drifted PBXs again and reload both modules"

@@ -21,3 +21,19 @@ BROKEN = Counter(
     "provisioner_apply_pbx_failures_total",
     "PBXs whose config could not be rendered or written in an apply round",
 )
+OPERATIONS = Counter(
+    "provisioner_dialplan_operations_total",
+    "Incremental dialplan changes sent to Asterisk over AMI, by kind",
+    ["kind"],
+)
+ROUNDS = Counter(
+    "provisioner_apply_rounds_total",
+    "Apply rounds by how they went live: incremental, full (asked for or a retry after a"
+    " failure at Asterisk), or fallback (an incremental round that had to reload fully)",
+    ["mode"],
+)
+PJSIP_WAIT = Histogram(
+    "provisioner_pjsip_pending_seconds",
+    "From a revision's dialplan going live to its PJSIP objects going live (coalesced reload)",
+    buckets=(0.5, 1, 2, 3, 4, 5, 7.5, 10, 20, 60),
+)

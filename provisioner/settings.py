@@ -178,6 +178,26 @@ KEYS: tuple[Key, ...] = (
         _int,
         "First delay before retrying an apply that failed (doubles up to 5 minutes).",
     ),
+    Key(
+        "asterisk.incremental",
+        True,
+        _bool,
+        "Apply the dialplan by AMI operations on just what changed and coalesce res_pjsip "
+        "reloads; false: every round reloads both modules and checks the whole node.",
+    ),
+    Key(
+        "asterisk.pjsip_reload_ms",
+        1000,
+        _int,
+        "Least time between two coalesced res_pjsip reloads of a node, in milliseconds.",
+    ),
+    Key(
+        "asterisk.drift_check_seconds",
+        900,
+        _int,
+        "How often the worker runs the drift check on each node and repairs what drifted "
+        "(by a full reload); 0: never (run `provisioner check` by hand).",
+    ),
 )
 
 ROLES = ("portal", "engineer")
@@ -234,6 +254,9 @@ class Settings:
     apply_retry_seconds: int = 5
     sip_realm: str = "provisioner"
     secret_keys: tuple[Secret, ...] = ()
+    incremental: bool = True
+    pjsip_reload_ms: int = 1000
+    drift_check_seconds: int = 900
 
     def node(self, name: str) -> Node | None:
         return next((n for n in self.nodes if n.name == name), None)
@@ -405,7 +428,12 @@ def load(
         apply_retry_seconds=values["asterisk.retry_seconds"],
         sip_realm=values["asterisk.sip_realm"],
         secret_keys=values["secrets.keys"],
+        incremental=values["asterisk.incremental"],
+        pjsip_reload_ms=values["asterisk.pjsip_reload_ms"],
+        drift_check_seconds=values["asterisk.drift_check_seconds"],
     )
+    if settings.pjsip_reload_ms < 0 or settings.drift_check_seconds < 0:
+        raise SettingsError("asterisk.pjsip_reload_ms and drift_check_seconds cannot be negative")
     if not _REALM.match(settings.sip_realm):
         raise SettingsError("asterisk.sip_realm: 1 to 64 letters, digits, '.', '_' or '-'")
     for number, secret_key in enumerate(settings.secret_keys, 1):

@@ -136,6 +136,10 @@ def config(c: ConfigStatus) -> dict[str, Any]:
         "applied_revision": c.state.good_revision if c.state else None,
         "apply_error": c.state.error if c.state else None,
         "apply_updated_at": when(c.state.updated_at) if c.state else None,
+        "live": {
+            "dialplan": c.state.dialplan_revision if c.state else None,
+            "pjsip": c.state.pjsip_revision if c.state else None,
+        },
     }
 
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from types import TracebackType
 from typing import Any
 
 from panoramisk import Manager
 
+from provisioner.asterisk.plan import Context
 from provisioner.settings import Node
 
 log = logging.getLogger(__name__)
+# panoramisk logs every AMI message at DEBUG, and some answers carry secrets (the auth
+# objects of PJSIPShowEndpoint): never let those reach a log, whatever its level.
+logging.getLogger("panoramisk").setLevel(logging.INFO)
 
 CONNECT_TIMEOUT = 5.0
 # A reload of res_pjsip with 10,000 endpoints took up to 1.7 s here, pbx_config up to
@@ -22,6 +27,11 @@ ACTION_TIMEOUT = 30.0
 
 class AsteriskUnavailable(Exception):
     """The node's AMI cannot be reached or does not answer; the apply is retried later."""
+
+
+class OperationFailed(Exception):
+    """Asterisk refused an incremental change or a targeted read; the round falls back to
+    a full reload of the files."""
 
 
 class _Manager(Manager):  # type: ignore[misc]  # panoramisk is untyped
@@ -126,4 +136,75 @@ class Ami:
                 extensions = found.setdefault(str(m.get("Context")), set())
                 if m.get("Extension") is not None:
                     extensions.add(str(m.get("Extension")))
+        return found
+
+    # --- Incremental changes and targeted reads ---------------------------------------
+
+    async def add_step(
+        self, context: str, extension: str, priority: str, app: str, data: str
+    ) -> None:
+        """One priority (or the hint) of an extension; replaces what was there. Creates
+        the context if it is new (registrar pbx_config, as the files' contexts)."""
+        action = {"Action": "DialplanExtensionAdd", "Context": context, "Extension": extension,
+                  "Priority": priority, "Application": app, "Replace": "yes"}  # fmt: skip
+        if data:
+            action["ApplicationData"] = data
+        reply = (await self._send(action))[0]
+        if reply.get("Response") != "Success":
+            raise OperationFailed(
+                f"add {extension},{priority} to {context}: {reply.get('Message')}"
+            )
+
+    async def remove_step(self, context: str, extension: str, priority: str) -> None:
+        """Remove one priority; one that is already gone is fine (a retried round)."""
+        action = {"Action": "DialplanExtensionRemove", "Context": context,
+                  "Extension": extension, "Priority": priority}  # fmt: skip
+        reply = (await self._send(action))[0]
+        if reply.get("Response") != "Success" and "Failed to remove" not in str(
+            reply.get("Message")
+        ):
+            raise OperationFailed(
+                f"remove {extension},{priority} from {context}: {reply.get('Message')}"
+            )
+
+    async def command(self, command: str, *, expect: tuple[str, ...]) -> str:
+        """A CLI command where AMI has no action; its output must contain one of `expect`."""
+        reply = (await self._send({"Action": "Command", "Command": command}))[0]
+        lines = reply.get("Output", "")  # a list when the output has several lines
+        output = "\n".join(lines) if isinstance(lines, list) else str(lines)
+        if reply.get("Response") != "Success" or not any(e in output for e in expect):
+            raise OperationFailed(f"{command}: {output or reply.get('Message')}")
+        return output
+
+    async def context(self, name: str) -> Context | None:
+        """One context as it is live (None: there is none)."""
+        found = await self._send({"Action": "ShowDialPlan", "Context": name})
+        if found and found[0].get("Response") == "Error":
+            if "Did not find context" in str(found[0].get("Message")):
+                return None
+            raise OperationFailed(f"ShowDialPlan {name}: {found[0].get('Message')}")
+        live = Context()
+        for m in found:
+            if m.get("Event") != "ListDialplan" or m.get("Context") != name:
+                continue
+            if m.get("IncludeContext") is not None:
+                live.includes.add(str(m.get("IncludeContext")))
+            elif m.get("Extension") is not None:
+                key = (str(m.get("Extension")), str(m.get("Priority")))
+                live.steps[key] = (str(m.get("Application", "")), str(m.get("AppData", "") or ""))
+        return live
+
+    async def endpoints_like(self, prefix: str) -> set[str]:
+        """The live endpoints whose names start with `prefix` (one PBX's: its slug and a
+        dash). The CLI's list, not PJSIPShowEndpoint, whose answer carries the auth
+        objects' passwords."""
+        output = await self.command(
+            f"pjsip list endpoints like ^{re.escape(prefix)}",
+            expect=("Objects found", "No objects found"),
+        )
+        found = set()
+        for line in output.splitlines():
+            words = line.split()
+            if len(words) > 1 and words[0] == "Endpoint:" and not words[1].startswith("<"):
+                found.add(words[1].split("/", 1)[0])  # name/CID
         return found

@@ -21,9 +21,9 @@ from provisioner.clock import system_clock
 from provisioner.db import apply_queue
 from provisioner.db import config as db_config
 from provisioner.domain.credentials import SecretBox
+from provisioner.render.load import load_view
 from provisioner.render.render import node_files, pbx_files
 from provisioner.render.view import Carrier
-from provisioner.service.pbx import load_view
 from provisioner.settings import Node
 
 CARRIER_IN = "carrier-in"

@@ -29,6 +29,8 @@ class ApplyState:
     good_revision: int | None
     updated_at: datetime
     error: str | None
+    dialplan_revision: int | None
+    pjsip_revision: int | None
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Job:
     pbx_id: int
     generation: int
     attempts: int
+    full_reload: bool = False  # its last round failed at Asterisk: retried by a full reload
 
 
 async def latest_revision(conn: Conn, pbx_id: int) -> Revision | None:
@@ -85,16 +88,26 @@ async def set_apply_state(
     *,
     revision: int | None = None,
     good_revision: int | None = None,
+    dialplan_revision: int | None = None,
+    pjsip_revision: int | None = None,
     error: str | None = None,
 ) -> None:
+    """Set the state; a revision left None keeps what was there. A good revision (both
+    parts verified live) is live in each part too."""
+    dialplan_revision = dialplan_revision or good_revision
+    pjsip_revision = pjsip_revision or good_revision
     await conn.execute(
-        "INSERT INTO apply_state (pbx_id, state, revision, good_revision, updated_at, error)"
-        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (pbx_id) DO UPDATE SET"
+        "INSERT INTO apply_state (pbx_id, state, revision, good_revision, updated_at, error,"
+        "                         dialplan_revision, pjsip_revision)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (pbx_id) DO UPDATE SET"
         " state = EXCLUDED.state,"
         " revision = coalesce(EXCLUDED.revision, apply_state.revision),"
         " good_revision = coalesce(EXCLUDED.good_revision, apply_state.good_revision),"
+        " dialplan_revision = coalesce(EXCLUDED.dialplan_revision,"
+        "                              apply_state.dialplan_revision),"
+        " pjsip_revision = coalesce(EXCLUDED.pjsip_revision, apply_state.pjsip_revision),"
         " updated_at = EXCLUDED.updated_at, error = EXCLUDED.error",
-        (pbx_id, state, revision, good_revision, now, error),
+        (pbx_id, state, revision, good_revision, now, error, dialplan_revision, pjsip_revision),
     )
 
 
@@ -109,7 +122,7 @@ async def claim_jobs(
         "     AND (q2.claimed_until IS NULL OR q2.claimed_until < %s)"
         "   ORDER BY q2.requested_at LIMIT %s FOR UPDATE OF q2 SKIP LOCKED"
         " ) due WHERE q.pbx_id = due.pbx_id"
-        " RETURNING q.pbx_id, q.generation, q.attempts",
+        " RETURNING q.pbx_id, q.generation, q.attempts, q.full_reload",
         (lease_until, node, now, now, limit),
     )
     return sorted((Job(*row) for row in await cur.fetchall()), key=lambda j: j.pbx_id)
@@ -135,7 +148,8 @@ async def finish_job(conn: Conn, job: Job) -> None:
     )
     if cur.rowcount == 0:
         await conn.execute(
-            "UPDATE apply_queue SET claimed_until = NULL, attempts = 0 WHERE pbx_id = %s",
+            "UPDATE apply_queue SET claimed_until = NULL, attempts = 0, full_reload = false"
+            " WHERE pbx_id = %s",
             (job.pbx_id,),
         )
 
@@ -157,23 +171,44 @@ async def waiting_job(conn: Conn, pbx_id: int) -> WaitingJob | None:
         return await cur.fetchone()
 
 
-async def retry_job(conn: Conn, job: Job, error: str, retry_at: datetime) -> None:
+async def retry_job(
+    conn: Conn, job: Job, error: str, retry_at: datetime, *, full_reload: bool = False
+) -> None:
     await conn.execute(
         "UPDATE apply_queue SET attempts = attempts + 1, last_error = %s, next_attempt_at = %s,"
-        " claimed_until = NULL WHERE pbx_id = %s",
-        (error[:1000], retry_at, job.pbx_id),
+        " claimed_until = NULL, full_reload = full_reload OR %s WHERE pbx_id = %s",
+        (error[:1000], retry_at, full_reload, job.pbx_id),
     )
 
 
-async def try_node_lock(conn: Conn, node: str) -> bool:
-    """One applier per node across all instances: a session advisory lock on the node."""
-    cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext('apply:' || %s))", (node,))
+async def request_full(conn: Conn, pbx_id: int, reason: str, now: datetime) -> None:
+    """Queue the PBX for a round by full reload (its incremental change did not show up)."""
+    await conn.execute(
+        "INSERT INTO apply_queue (pbx_id, reason, requested_at, next_attempt_at, full_reload)"
+        " VALUES (%s, %s, %s, %s, true) ON CONFLICT (pbx_id) DO UPDATE SET"
+        " generation = apply_queue.generation + 1, reason = EXCLUDED.reason,"
+        " next_attempt_at = LEAST(apply_queue.next_attempt_at, EXCLUDED.next_attempt_at),"
+        " full_reload = true",
+        (pbx_id, reason[:1000], now, now),
+    )
+    await conn.execute("NOTIFY apply_queue")
+
+
+async def try_node_lock(conn: Conn, node: str, role: str = "apply") -> bool:
+    """One applier (and one PJSIP reloader) per node across all instances: a session
+    advisory lock on the node and role."""
+    cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s || ':' || %s))", (role, node))
     row = await cur.fetchone()
     return bool(row and row[0])
 
 
-async def node_unlock(conn: Conn, node: str) -> None:
-    await conn.execute("SELECT pg_advisory_unlock(hashtext('apply:' || %s))", (node,))
+async def wait_node_lock(conn: Conn, node: str, role: str = "apply") -> None:
+    """As try_node_lock, but waits for the holder (a round) to finish."""
+    await conn.execute("SELECT pg_advisory_lock(hashtext(%s || ':' || %s))", (role, node))
+
+
+async def node_unlock(conn: Conn, node: str, role: str = "apply") -> None:
+    await conn.execute("SELECT pg_advisory_unlock(hashtext(%s || ':' || %s))", (role, node))
 
 
 async def queue_depth(conn: Conn) -> int:
@@ -209,3 +244,90 @@ async def node_pbxes(conn: Conn, node: str) -> list[NodePbx]:
         (node,),
     )
     return [NodePbx(Pbx(*row[:5]), row[5], row[6] or {}, row[7]) for row in await cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class RoundPbx:
+    """A PBX with a job in an incremental round, with what is live of it."""
+
+    pbx: Pbx
+    latest: int | None
+    written: dict[str, str]  # files of the latest revision (redacted)
+    good: dict[str, str] | None  # files of the last revision live in both parts
+    live_dialplan: dict[str, str]  # files of the revision whose dialplan is live
+    pjsip_live: bool  # the latest revision's PJSIP objects are live
+
+
+async def round_pbxes(conn: Conn, pbx_ids: list[int]) -> list[RoundPbx]:
+    """Only the PBXs with jobs: a round's reads do not grow with the node."""
+    cur = await conn.execute(
+        "SELECT p.id, p.customer, p.slug, p.created_at, p.node, latest.revision,"
+        "       latest.files, good.files, dial.files,"
+        "       s.pjsip_revision IS NOT DISTINCT FROM latest.revision"
+        " FROM pbxes p"
+        " LEFT JOIN LATERAL (SELECT revision, files FROM config_revisions r"
+        "                    WHERE r.pbx_id = p.id ORDER BY revision DESC LIMIT 1) latest"
+        "   ON true"
+        " LEFT JOIN apply_state s ON s.pbx_id = p.id"
+        " LEFT JOIN config_revisions good"
+        "   ON good.pbx_id = p.id AND good.revision = s.good_revision"
+        " LEFT JOIN config_revisions dial"
+        "   ON dial.pbx_id = p.id AND dial.revision = s.dialplan_revision"
+        " WHERE p.id = ANY(%s) ORDER BY p.id",
+        (pbx_ids,),
+    )
+    return [
+        RoundPbx(Pbx(*row[:5]), row[5], row[6] or {}, row[7], row[8] or {}, bool(row[9]))
+        for row in await cur.fetchall()
+    ]
+
+
+@dataclass(frozen=True)
+class PjsipPending:
+    """A PBX whose latest revision's PJSIP objects wait for a reload of res_pjsip."""
+
+    pbx_id: int
+    slug: str
+    revision: int
+    files: dict[str, str]  # of that revision (redacted)
+    live: dict[str, str]  # of the revision whose PJSIP objects are live (redacted)
+    since: datetime  # when its dialplan went live
+
+
+PJSIP_CHANNEL = "pjsip_due"
+
+
+async def notify_pjsip_due(conn: Conn) -> None:
+    """Wake the nodes' PJSIP reloaders when this transaction commits."""
+    await conn.execute(f"NOTIFY {PJSIP_CHANNEL}")
+
+
+async def pjsip_pending(conn: Conn, node: str) -> list[PjsipPending]:
+    cur = await conn.execute(
+        "SELECT p.id, p.slug, s.revision, r.files, live.files, s.updated_at FROM apply_state s"
+        " JOIN pbxes p ON p.id = s.pbx_id"
+        " JOIN config_revisions r ON r.pbx_id = s.pbx_id AND r.revision = s.revision"
+        " LEFT JOIN config_revisions live"
+        "   ON live.pbx_id = s.pbx_id AND live.revision = s.pjsip_revision"
+        " WHERE p.node = %s AND s.state = 'pending'"
+        "   AND s.dialplan_revision = s.revision"
+        "   AND s.pjsip_revision IS DISTINCT FROM s.revision"
+        " ORDER BY p.id",
+        (node,),
+    )
+    return [PjsipPending(r[0], r[1], r[2], r[3], r[4] or {}, r[5]) for r in await cur.fetchall()]
+
+
+async def pjsip_live(conn: Conn, pbx_id: int, revision: int, now: datetime) -> bool:
+    """The revision's PJSIP objects are live; if its dialplan is too (and no newer
+    revision was written meanwhile), the PBX is applied. Returns whether it is."""
+    cur = await conn.execute(
+        "UPDATE apply_state SET pjsip_revision = %s, updated_at = %s,"
+        " state = CASE WHEN dialplan_revision = %s THEN 'applied' ELSE state END,"
+        " good_revision = CASE WHEN dialplan_revision = %s THEN %s ELSE good_revision END"
+        " WHERE pbx_id = %s AND revision = %s AND state = 'pending'"
+        " RETURNING state = 'applied'",
+        (revision, now, revision, revision, revision, pbx_id, revision),
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])

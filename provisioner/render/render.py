@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path
 
 import jinja2
 
 from provisioner.render import safe
 from provisioner.render.view import Carrier, PbxView
 
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
-
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
+        # templates/ at the top of the repository (where engineers look for them), linked
+        # into the package as provisioner/templates so that a wheel carries them.
+        loader=jinja2.PackageLoader("provisioner", "templates"),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # noqa: S701 - Asterisk config: checked by finalize and filters
         trim_blocks=True,

@@ -11,9 +11,10 @@ from provisioner.db.accounts import Pbx
 from provisioner.db.config import ApplyState, Revision
 from provisioner.domain.credentials import SecretBox
 from provisioner.domain.errors import NotFound
+from provisioner.render.load import load_view
 from provisioner.render.render import pbx_files, redacted
 from provisioner.render.view import Carrier
-from provisioner.service.pbx import load_view, require_pbx
+from provisioner.service.pbx import require_pbx
 from provisioner.service.unit import Unit
 
 

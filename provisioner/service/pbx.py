@@ -12,9 +12,10 @@ from provisioner.db import pbx as db_pbx
 from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup
 from provisioner.domain import rules
-from provisioner.domain.credentials import SecretBox, sip_ha1
+from provisioner.domain.credentials import sip_ha1
 from provisioner.domain.errors import Conflict, InvalidInput, NotFound
-from provisioner.render.view import PbxView, build
+from provisioner.render.load import load_view
+from provisioner.render.view import PbxView
 from provisioner.service import accounts
 from provisioner.service.unit import Unit
 
@@ -169,26 +170,3 @@ async def put_ring_group(
 async def list_ring_groups(u: Unit, customer: str) -> list[RingGroup]:
     pbx = await require_pbx(u, customer)
     return await db_pbx.ring_groups(u.conn, pbx.id)
-
-
-async def load_view(conn: Conn, pbx: Pbx, secrets_box: SecretBox | None) -> PbxView:
-    """The typed view of a PBX, from what the database holds now. With a box, trunk
-    passwords are opened for the files on disk; without, they stay out of the view."""
-    account = await db_accounts.get(conn, pbx.customer)
-    assert account is not None
-    used = await db_pbx.used_blocks(conn, pbx.id)
-    passwords = {}
-    if secrets_box is not None:
-        for u in used:
-            if u.trunk_sealed is not None:
-                passwords[u.block.id] = secrets_box.open(u.trunk_sealed)
-            elif u.trunk_unsealed_legacy is not None:
-                passwords[u.block.id] = u.trunk_unsealed_legacy
-    return build(
-        pbx,
-        account.name,
-        used,
-        await db_pbx.extensions(conn, pbx.id),
-        await db_pbx.ring_groups(conn, pbx.id),
-        passwords,
-    )

@@ -5,19 +5,26 @@ what the API's transactions wrote to tables, after they committed."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
 from provisioner.asterisk.apply import apply_node
+from provisioner.asterisk.check import check_node, repair_node
+from provisioner.asterisk.pjsip import PjsipReloader
 from provisioner.clock import Clock
 from provisioner.db import apply_queue, idempotency, outbox
+from provisioner.db import config as db_config
+from provisioner.domain.credentials import SecretBox
 from provisioner.mail import sender
 from provisioner.mail.compose import Composer
 from provisioner.service import assignments
 from provisioner.service.unit import Actor, Policy, Unit
 from provisioner.settings import Node, Settings
 from provisioner.workers import loop
+
+log = logging.getLogger(__name__)
 
 # Idempotency records outlive any sane retry window of the portal.
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -55,24 +62,63 @@ def start_workers(
     mail = loop.run("mail", send_mails, idle_seconds=5, url=url, channel=outbox.CHANNEL)
     chores = loop.run("housekeeping", chores_step, idle_seconds=60)
     return [
-        *(apply_worker(settings, pool, url, clock, node) for node in settings.nodes),
+        *(t for node in settings.nodes for t in node_workers(settings, pool, url, clock, node)),
         asyncio.create_task(mail, name="mail-sender"),
         asyncio.create_task(chores, name="housekeeping"),
     ]
 
 
-def apply_worker(
+def node_workers(
     settings: Settings, pool: AsyncConnectionPool, url: str, clock: Clock, node: Node
-) -> asyncio.Task[None]:
-    """The applier of one Asterisk node; woken by NOTIFY on the apply queue."""
+) -> list[asyncio.Task[None]]:
+    """The workers of one Asterisk node: its applier (woken by NOTIFY on the apply
+    queue), its coalesced PJSIP reloader (woken when a round leaves PJSIP objects
+    pending), and its drift check on a slow timer."""
     secrets = settings.secret_box()
 
-    async def step() -> int:
+    async def apply_step() -> int:
         return await apply_node(
-            pool, node, clock, secrets, retry_seconds=settings.apply_retry_seconds
-        )
+            pool, node, clock, secrets,
+            retry_seconds=settings.apply_retry_seconds, incremental=settings.incremental,
+        )  # fmt: skip
 
-    return asyncio.create_task(
-        loop.run(f"apply-{node.name}", step, idle_seconds=2, url=url, channel=apply_queue.CHANNEL),
-        name=f"apply-{node.name}",
-    )
+    reloader = PjsipReloader(pool, node, clock, min_interval=settings.pjsip_reload_ms / 1000)
+    tasks = [
+        asyncio.create_task(
+            loop.run(f"apply-{node.name}", apply_step, idle_seconds=2, url=url,
+                     channel=apply_queue.CHANNEL),
+            name=f"apply-{node.name}",
+        ),
+        asyncio.create_task(
+            loop.run(f"pjsip-{node.name}", reloader.step, idle_seconds=2, url=url,
+                     channel=db_config.PJSIP_CHANNEL),
+            name=f"pjsip-{node.name}",
+        ),
+    ]  # fmt: skip
+    if settings.drift_check_seconds > 0:
+        tasks.append(
+            asyncio.create_task(
+                _drift_checks(pool, node, secrets, settings.drift_check_seconds),
+                name=f"drift-{node.name}",
+            )
+        )
+    return tasks
+
+
+async def _drift_checks(
+    pool: AsyncConnectionPool, node: Node, secrets: SecretBox, every_seconds: int
+) -> None:
+    """Compare database, files and live Asterisk for the whole node now and then, and
+    repair what drifted (a hand edit, an object lost by somebody's reload) by a full
+    round: the apply rounds themselves only look at what they change."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        try:
+            drifted, problems = await check_node(pool, node, secrets)
+            bad = [d for d in drifted if d.status == "drift"]
+            if bad or problems:
+                what = "; ".join([*problems, *(d.slug for d in bad)])[:500]
+                log.error("node %s drifted (%s); repairing by a full round", node.name, what)
+                await repair_node(pool, node, secrets, bad)
+        except Exception as exc:  # Asterisk away, database restarting: next time
+            log.warning("drift check of node %s failed: %s", node.name, exc)

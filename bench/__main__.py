@@ -1,0 +1,584 @@
+"""`make bench`: how fast a moved number rings in its new PBX, against node size.
+
+For each node size it starts a fresh lab Asterisk, a fresh embedded PostgreSQL and the
+service (`provisioner serve`, a process of its own), builds the node through the HTTP
+API, and measures, in one run, side by side:
+
+- time from the second confirmation's HTTP response until a call from the carrier (on
+  127.0.0.2) to the moved number rings the target PBX's registered sipp phone, over
+  `moves` block moves, incremental (the default) and then the old way (the same service
+  with `asterisk.incremental: false`: full reloads, whole-node verification);
+- time until an outbound call over the moved block's trunk reaches the carrier;
+- a burst of assignments confirmed at once: time until every number routes, and the
+  res_pjsip and pbx_config reloads it took (from /metrics);
+- render time of one PBX in process; service and Asterisk RSS; API throughput;
+- at the largest size, Asterisk's RSS after `rss_moves` more moves.
+
+It prints a table and writes bench/results.json and bench/time-to-ring.png. Absolute
+times depend on the machine; the ratios are what one run proves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the project's sipp driver and scenarios
+
+from sipp_peer import Running, run_scenario, start_scenario  # noqa: E402
+
+from bench.report import report  # noqa: E402
+from bench.sip import Caller, CarrierUas  # noqa: E402
+
+LAB = ROOT / "asterisk-docker" / "lab"
+PORTAL_KEY = "portal-dev-key"  # public dev key (config/dev.yaml)
+PORTAL_KEY_SHA = "2c05b379ba481cd2be5f878419bb3a5f68a7a46e713e01ff472ce0be2e7391ba"
+SECRETS_KEY = "ZGV2LW9ubHktcHVibGljLXNlY3JldHMta2V5LTMyYiE="
+CARRIER = "127.0.0.2"
+TARGETS = 5  # PBXs with a registered sipp phone that the moved blocks go to
+OWNER = "K9000001"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "p95": pct(values, 0.95),
+        "max": max(values),
+    }
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Size:
+    pbxes: int
+    phones: int
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+class Lab:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.ami_port, self.sip_port = free_port(), free_port()
+
+    def up(self) -> dict[str, Any]:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        done = subprocess.run(
+            [str(LAB), "--dir", str(self.folder), "up", "--ami-port", str(self.ami_port),
+             "--sip-port", str(self.sip_port)],
+            capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise SystemExit(f"the lab did not start (run `make test` once to build it):\n"
+                             f"{done.stdout}{done.stderr}")  # fmt: skip
+        self.state: dict[str, Any] = json.loads((self.folder / "lab.json").read_text())
+        return dict(self.state)
+
+    def down(self) -> None:
+        subprocess.run([str(LAB), "--dir", str(self.folder), "down"],
+                       capture_output=True, timeout=120, check=False)  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        return int(self.state["pid"])
+
+
+class Service:
+    """`provisioner serve` on a config of its own."""
+
+    def __init__(self, work: Path, lab: Lab, db_url: str, carrier_port: int) -> None:
+        self.work, self.lab, self.db_url, self.carrier_port = work, lab, db_url, carrier_port
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, incremental: bool) -> None:
+        s = self.lab.state
+        config = {
+            "listen": {"host": "127.0.0.1", "port": self.port},
+            "public_base_url": f"http://127.0.0.1:{self.port}",
+            "data_dir": str(self.work / "data"),
+            "database": {"url": self.db_url, "pool_size": 10},
+            "api_keys": [{"name": "portal", "role": "portal", "key_sha256": PORTAL_KEY_SHA}],
+            "secrets": {"keys": [SECRETS_KEY]},
+            "log": {"level": "WARNING"},
+            "asterisk": {
+                "incremental": incremental,
+                "drift_check_seconds": 0,
+                "nodes": [
+                    {
+                        "name": "default",
+                        "ami_host": "127.0.0.1",
+                        "ami_port": s["ami_port"],
+                        "ami_username": s["ami_user"],
+                        "ami_secret": s["ami_secret"],
+                        "output_dir": s["output_dir"],
+                        "carrier_host": CARRIER,
+                        "carrier_port": self.carrier_port,
+                        "file_group": s["file_group"],
+                    }
+                ],
+            },
+        }
+        path = self.work / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        log = (self.work / "service.log").open("ab")
+        self.process = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "provisioner"), "serve", "--config", str(path)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+            self.process = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.work / "data" / "mail"
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session, self.base = session, base
+        self.errors_5xx = 0
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {PORTAL_KEY}"}
+        async with self.session.request(method, self.base + path, json=body,
+                                        headers=headers) as r:  # fmt: skip
+            if r.status >= 500:
+                self.errors_5xx += 1
+            text = await r.text()
+            return r.status, (json.loads(text) if text else None)
+
+    async def ok(self, method: str, path: str, body: Any = None) -> Any:
+        for _ in range(5):  # a 503 with Retry-After under load: retry as a portal would
+            status, answer = await self.call(method, path, body)
+            if status == 503:
+                await asyncio.sleep(0.5)
+                continue
+            if status >= 300:
+                raise RuntimeError(f"{method} {path}: {status} {answer}")
+            return answer
+        raise RuntimeError(f"{method} {path}: still 503")
+
+    async def metrics(self) -> dict[str, float]:
+        async with self.session.get(self.base + "/metrics") as r:
+            text = await r.text()
+        found = {}
+        for name, labels, value in re.findall(r"^(provisioner_\w+?)(?:_total)?\{(.*?)\} (\S+)$",
+                                              text, re.M):  # fmt: skip
+            found[f"{name}{{{labels}}}"] = float(value)
+        return found
+
+
+PJSIP = 'provisioner_reloads{module="res_pjsip.so",result="ok"}'
+DIALPLAN = 'provisioner_reloads{module="pbx_config.so",result="ok"}'
+
+
+def customer(i: int) -> str:
+    return f"K1{i:05d}"
+
+
+async def until(predicate: Any, within: float, what: str, pause: float = 0.05) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(pause)
+
+
+async def wait_service(client: Client) -> None:
+    async def up() -> bool:
+        try:
+            async with client.session.get(client.base + "/healthz") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await until(up, 60, "the service did not start")
+
+
+async def all_applied(client: Client, customers: list[str], within: float) -> None:
+    async def done() -> bool:
+        for c in customers:
+            state = await client.ok("GET", f"/v1/accounts/{c}/pbx/config")
+            if state["apply_state"] != "applied" or state["applied_revision"] != state["revision"]:
+                return False
+        return True
+
+    await until(done, within, "the node was not applied", pause=0.5)
+
+
+async def build(client: Client, size: Size) -> dict[str, str]:
+    """Accounts, PBXs, a block each and the phones; returns phone 100's password per
+    target PBX."""
+    passwords: dict[str, str] = {}
+    gate = asyncio.Semaphore(8)
+
+    async def pbx(i: int) -> None:
+        c = customer(i)
+        async with gate:
+            account = {"name": f"Kunde {i}", "email": f"it@k{i}.example", "language": "de"}
+            await client.ok("PUT", f"/v1/accounts/{c}", account)
+            await client.ok("PUT", f"/v1/accounts/{c}/pbx")
+            await client.ok("PUT", f"/v1/accounts/{c}/blocks/site-{i}", {
+                "number": f"+49301{i:04d}", "range": "0-99", "mode": "pbx",
+                "default_target": "100",
+            })  # fmt: skip
+        for ext in range(100, 100 + size.phones):
+            async with gate:
+                phone = await client.ok(
+                    "PUT", f"/v1/accounts/{c}/pbx/extensions/{ext}",
+                    {"name": f"Phone {ext}", "site_block": f"site-{i}"},
+                )  # fmt: skip
+            if ext == 100 and i < TARGETS:
+                passwords[c] = phone["sip_password"]
+
+    await asyncio.gather(*(pbx(i) for i in range(size.pbxes)))
+    owner = {"name": "Hanse Eigner", "email": "it@hanse.example", "language": "de"}
+    await client.ok("PUT", f"/v1/accounts/{OWNER}", owner)
+    return passwords
+
+
+class Mover:
+    """Moves the owner's blocks to the target PBXs, one after another."""
+
+    def __init__(self, client: Client, service: Service, lab: Lab, caller: Caller,
+                 carrier: CarrierUas, ami: Any, phones: dict[str, int]) -> None:  # fmt: skip
+        self.client, self.service, self.lab = client, service, lab
+        self.caller, self.carrier, self.ami, self.phones = caller, carrier, ami, phones
+        self.next_block = 0
+
+    async def new_block(self) -> tuple[str, str]:
+        j = self.next_block
+        self.next_block += 1
+        block = f"m{j:04d}"
+        await self.client.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{block}", {
+            "number": f"+49402{j:04d}", "range": "0-9", "mode": "pbx", "default_target": "100",
+            "trunk": {"username": f"hanse-{j}", "password": f"Trunk-{j}-secret"},
+        })  # fmt: skip
+        return block, f"+49402{j:04d}5"
+
+    async def links(self, block: str, target: str) -> tuple[str, str]:
+        assignment = await self.client.ok("POST", f"/v1/blocks/{block}/assignment",
+                                          {"target_customer": target})  # fmt: skip
+        found = []
+        for side in ("owner", "target"):
+            mail = await until(lambda side=side: self._mail(assignment["id"], side), 30,
+                               f"no {side} mail for {block}", pause=0.02)  # fmt: skip
+            found.append(mail)
+        return found[0], found[1]
+
+    async def _mail(self, assignment: str, side: str) -> str | None:
+        for path in self.service.mail_dir.glob(f"*confirm_request.{assignment}.{side}*.eml"):
+            message = message_from_bytes(path.read_bytes())
+            for part in message.walk():
+                if part.get_content_type() == "text/plain":
+                    body = part.get_payload(decode=True).decode()  # type: ignore[union-attr]
+                    match = re.search(r"https?://\S+/confirm/\S+", body)
+                    if match:
+                        return "/" + match.group(0).split("/", 3)[3]
+        return None
+
+    async def confirm(self, link: str) -> None:
+        async with self.client.session.post(self.client.base + link) as r:
+            if r.status >= 300:
+                raise RuntimeError(f"confirm {link}: {r.status} {await r.text()}")
+
+    async def move(self, i: int, *, outbound: bool) -> dict[str, float]:
+        target = customer(i % TARGETS)
+        block, number = await self.new_block()
+        owner_link, target_link = await self.links(block, target)
+        await self.confirm(owner_link)
+        phone = start_scenario("uas_ring", remote_port=self.lab.sip_port,
+                               local_port=self.phones[target], timeout=120)  # fmt: skip
+        try:
+            await self.confirm(target_link)
+            confirmed = time.time()
+            await self.caller.until_rings(number, within=120)
+        finally:
+            result = await asyncio.to_thread(_phone_done, phone)
+        invite = next((m.time for m in result.messages
+                       if m.direction == "received" and m.method == "INVITE"), None)  # fmt: skip
+        if invite is None:
+            raise RuntimeError(f"the phone of {target} saw no INVITE: {result.evidence()}")
+        measured = {"ring": invite - confirmed}
+        if outbound:
+            trunk = f"{target.lower()}-trunk-{block}"
+            dialed = f"+4989777{i:04d}"
+            measured["outbound"] = await self.until_outbound(trunk, dialed, confirmed)
+        return measured
+
+    async def until_outbound(self, trunk: str, dialed: str, since: float) -> float:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            await self.ami.send_action({
+                "Action": "Originate", "Channel": f"PJSIP/{dialed}@{trunk}",
+                "Application": "Hangup", "Async": "true", "Timeout": "5000",
+            })  # fmt: skip
+            for _ in range(10):
+                seen = self.carrier.seen(dialed, since)
+                if seen is not None:
+                    return seen - since
+                await asyncio.sleep(0.01)
+        raise TimeoutError(f"no outbound call over {trunk}")
+
+
+def _phone_done(phone: Running) -> Any:
+    return phone.wait(timeout=30)
+
+
+async def register_phones(lab: Lab, passwords: dict[str, str]) -> dict[str, int]:
+    ports = {}
+    for c, password in passwords.items():
+        port = free_port()
+        result = await asyncio.to_thread(
+            run_scenario, "register", remote_port=lab.sip_port, local_port=port,
+            service=f"{c.lower()}-100", username=f"{c.lower()}-100", password=password,
+            variables={"expires": "3600"},
+        )  # fmt: skip
+        if not result.ok:
+            raise RuntimeError(f"phone of {c} did not register: {result.evidence()}")
+        ports[c] = port
+    return ports
+
+
+async def burst(client: Client, mover: Mover, count: int) -> dict[str, float]:
+    pairs = []
+    for i in range(count):
+        block, number = await mover.new_block()
+        pairs.append((block, number, *(await mover.links(block, customer(i % TARGETS)))))
+    await asyncio.gather(*(mover.confirm(p[2]) for p in pairs))
+    before = await client.metrics()
+    started = time.monotonic()
+    await asyncio.gather(*(mover.confirm(p[3]) for p in pairs))
+
+    async def routed() -> bool:
+        reply = await mover.ami.send_action({"Action": "ShowDialPlan", "Context": "carrier-in"},
+                                            as_list=True)  # fmt: skip
+        live = {m.get("Extension") for m in reply if m.get("Event") == "ListDialplan"}
+        return all(f"_{p[1][:-1]}X" in live for p in pairs)
+
+    await until(routed, 300, "burst not routed", pause=0.05)
+    seconds = time.monotonic() - started
+    await asyncio.sleep(5)  # the coalesced PJSIP reloads that follow
+    after = await client.metrics()
+    return {
+        "count": count,
+        "all_routed_s": seconds,
+        "res_pjsip_reloads": after.get(PJSIP, 0) - before.get(PJSIP, 0),
+        "pbx_config_reloads": after.get(DIALPLAN, 0) - before.get(DIALPLAN, 0),
+    }
+
+
+async def throughput(
+    client: Client, block: str, seconds: float = 5, clients: int = 20
+) -> dict[str, float]:
+    times: list[float] = []
+    stop = time.monotonic() + seconds
+
+    async def one() -> None:
+        while time.monotonic() < stop:
+            t = time.monotonic()
+            status, _ = await client.call("GET", f"/v1/blocks/{block}/assignment")
+            if status != 200:
+                raise RuntimeError(f"GET assignment: {status}")
+            times.append(time.monotonic() - t)
+
+    await asyncio.gather(*(one() for _ in range(clients)))
+    return {"requests_per_s": len(times) / seconds, "p99_ms": pct(times, 0.99) * 1000}
+
+
+def render_ms(db_url: str, slug_customer: str, secrets_key: str) -> float:
+    """Render one PBX (view loaded once) in this process, median of 30."""
+    import psycopg
+
+    from provisioner.db import accounts as db_accounts
+    from provisioner.domain.credentials import SecretBox
+    from provisioner.render.load import load_view
+    from provisioner.render.render import pbx_files
+    from provisioner.render.view import Carrier
+
+    async def load() -> Any:
+        async with await psycopg.AsyncConnection.connect(db_url) as conn:
+            pbx = await db_accounts.get_pbx(conn, slug_customer)
+            assert pbx is not None
+            return await load_view(conn, pbx, SecretBox([secrets_key]))
+
+    view = asyncio.run(load())
+    carrier = Carrier(CARRIER, 5060)
+    times = []
+    for _ in range(30):
+        t = time.perf_counter()
+        pbx_files(view, carrier)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+async def moves(mover: Mover, count: int, *, outbound: bool) -> dict[str, Any]:
+    ring, out = [], []
+    for i in range(count):
+        measured = await mover.move(i, outbound=outbound)
+        ring.append(measured["ring"])
+        if "outbound" in measured:
+            out.append(measured["outbound"])
+        print(f"    move {i + 1}/{count}: rings after {measured['ring'] * 1000:.0f} ms"
+              + (f", outbound after {measured['outbound']:.2f} s" if outbound else ""),
+              flush=True)  # fmt: skip
+    found: dict[str, Any] = {"ring_s": summary(ring)}
+    if out:
+        found["outbound_s"] = summary(out)
+    return found
+
+
+async def run_size(size: Size, work: Path, args: argparse.Namespace) -> None:
+    from panoramisk import Manager
+
+    from provisioner.db import embedded
+
+    print(f"== {size.pbxes} PBXs x {size.phones} phones", flush=True)
+    lab = Lab(Path(tempfile.gettempdir()) / f"prov-bench-lab-{size.pbxes}x{size.phones}")
+    state = lab.up()
+    pg_folder = Path(tempfile.mkdtemp(prefix="prov-bench-pg-", dir="/tmp"))
+    db_url, server = embedded.start(pg_folder / "pg")
+    carrier_port = free_port()
+    carrier = CarrierUas(CARRIER, carrier_port)
+    caller = Caller(CARRIER, free_port(), lab.sip_port)
+    await carrier.start()
+    await caller.start()
+    service = Service(work, lab, db_url, carrier_port)
+    ami = Manager(loop=asyncio.get_running_loop(), host="127.0.0.1", port=state["ami_port"],
+                  username=state["ami_user"], secret=state["ami_secret"], ping_delay=0)  # fmt: skip
+    await ami.connect()
+    try:
+        service.start(incremental=True)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            client = Client(session, service.base)
+            await wait_service(client)
+            started = time.monotonic()
+            passwords = await build(client, size)
+            customers = [customer(i) for i in range(size.pbxes)]
+            await all_applied(client, customers, within=900)
+            r = size.results
+            r["build"] = {"seconds": time.monotonic() - started, "http_5xx": client.errors_5xx}
+            print(
+                f"  built in {r['build']['seconds']:.1f} s, {client.errors_5xx} x 5xx", flush=True
+            )
+            r["asterisk_rss_mb_after_build"] = rss_mb(lab.pid)
+            phones = await register_phones(lab, passwords)
+            mover = Mover(client, service, lab, caller, carrier, ami, phones)
+            print("  incremental moves", flush=True)
+            r["incremental"] = await moves(mover, args.moves, outbound=True)
+            r["burst"] = await burst(client, mover, args.burst)
+            print(f"  burst: {r['burst']}", flush=True)
+            r["render_ms"] = await asyncio.to_thread(
+                render_ms, db_url, customer(size.pbxes - 1), SECRETS_KEY
+            )
+            r["api"] = await throughput(client, "m0000")
+            assert service.process is not None
+            r["service_rss_mb"] = rss_mb(service.process.pid)
+            if size.pbxes * size.phones >= 10000 and args.rss_moves:
+                print(f"  {args.rss_moves} more moves for Asterisk's memory", flush=True)
+                await moves(mover, args.rss_moves, outbound=False)
+                await asyncio.sleep(5)
+                r["asterisk_rss_mb_after_moves"] = rss_mb(lab.pid)
+                r["rss_moves"] = args.rss_moves
+            service.stop()
+            print("  baseline moves (full reloads)", flush=True)
+            service.start(incremental=False)
+            await wait_service(client)
+            r["baseline"] = await moves(mover, args.baseline_moves, outbound=False)
+            r["ratio"] = r["baseline"]["ring_s"]["median"] / r["incremental"]["ring_s"]["median"]
+            r["http_5xx_total"] = client.errors_5xx
+    finally:
+        service.stop()
+        ami.close()
+        caller.close()
+        carrier.close()
+        lab.down()
+        server.cleanup()
+        shutil.rmtree(pg_folder, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10x10,30x100,100x100")
+    parser.add_argument("--moves", type=int, default=20)
+    parser.add_argument("--baseline-moves", type=int, default=20)
+    parser.add_argument("--burst", type=int, default=100)
+    parser.add_argument("--rss-moves", type=int, default=100)
+    parser.add_argument("--out", default=str(ROOT / "bench"))
+    args = parser.parse_args()
+    sizes = []
+    for text in args.sizes.split(","):
+        pbxes, phones = text.split("x")
+        sizes.append(Size(int(pbxes), int(phones)))
+    began = datetime.now(UTC)
+    for size in sizes:
+        work = Path(tempfile.mkdtemp(prefix="prov-bench-"))
+        try:
+            asyncio.run(run_size(size, work, args))
+        finally:
+            if os.environ.get("BENCH_KEEP"):
+                print(f"  kept {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+    results = {
+        "date": began.isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "sizes": [asdict(s) for s in sizes],
+    }
+    report(results, Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

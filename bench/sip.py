@@ -1,0 +1,164 @@
+"""The carrier's side of the benchmark, in plain SIP over UDP on loopback.
+
+`Caller` sends an INVITE for a number to Asterisk from the carrier's address, as the
+SBC would, and tries again (every few milliseconds) until the call rings somewhere; a
+moved number is "live" when its call rings the target PBX's phone (a registered sipp
+phone, see tests/sipp/uas_ring.xml). `CarrierUas` is where trunks send outbound calls:
+it answers each INVITE 486 and notes when it came and for which number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+
+
+def _headers(text: str) -> tuple[str, dict[str, str]]:
+    head = text.split("\r\n\r\n", 1)[0].split("\r\n")
+    found: dict[str, str] = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        found.setdefault(name.strip().lower(), value.strip())
+    return head[0], found
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[str, tuple[str, int]]] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queue.put_nowait((data.decode(errors="replace"), addr))
+
+
+@dataclass
+class Caller:
+    """INVITEs from the carrier (host, port) to Asterisk at 127.0.0.1:asterisk_port."""
+
+    host: str
+    port: int
+    asterisk_port: int
+    _endpoint: _Endpoint | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, self._endpoint = await loop.create_datagram_endpoint(
+            _Endpoint, local_addr=(self.host, self.port)
+        )
+
+    def close(self) -> None:
+        if self._endpoint and self._endpoint.transport:
+            self._endpoint.transport.close()
+
+    def _send(self, text: str) -> None:
+        assert self._endpoint and self._endpoint.transport
+        self._endpoint.transport.sendto(text.encode(), ("127.0.0.1", self.asterisk_port))
+
+    async def until_rings(self, number: str, within: float, pause: float = 0.01) -> float:
+        """Call until a call rings (180/183); returns the time.time() it did."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            rang = await self._attempt(number, min(5.0, deadline - time.monotonic()))
+            if rang is not None:
+                return rang
+            await asyncio.sleep(pause)
+        raise TimeoutError(f"{number} did not ring within {within} s")
+
+    async def _attempt(self, number: str, within: float) -> float | None:
+        assert self._endpoint
+        call_id, tag, branch = secrets.token_hex(8), secrets.token_hex(4), secrets.token_hex(8)
+        target = f"sip:{number}@127.0.0.1:{self.asterisk_port}"
+        via = f"SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{branch};rport"
+        sdp = (
+            f"v=0\r\no=- 1 1 IN IP4 {self.host}\r\ns=-\r\nc=IN IP4 {self.host}\r\nt=0 0\r\n"
+            "m=audio 40000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+        )
+        common = (
+            f"Via: {via}\r\nMax-Forwards: 70\r\nFrom: <sip:carrier@{self.host}>;tag={tag}\r\n"
+            f"To: <sip:{number}@127.0.0.1>\r\nCall-ID: {call_id}\r\n"
+        )
+        self._send(
+            f"INVITE {target} SIP/2.0\r\n{common}CSeq: 1 INVITE\r\n"
+            f"Contact: <sip:carrier@{self.host}:{self.port}>\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}"
+        )
+        deadline = time.monotonic() + within
+        rang: float | None = None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return rang
+            try:
+                text, _ = await asyncio.wait_for(self._endpoint.queue.get(), left)
+            except TimeoutError:
+                return rang
+            first, headers = _headers(text)
+            if headers.get("call-id") != call_id or not first.startswith("SIP/2.0"):
+                continue
+            status = int(first.split()[1])
+            method = headers.get("cseq", "").split()[-1]
+            if method == "INVITE" and status in (180, 183) and rang is None:
+                rang = time.time()
+                self._send(f"CANCEL {target} SIP/2.0\r\n{common}CSeq: 1 CANCEL\r\n"
+                           "Content-Length: 0\r\n\r\n")  # fmt: skip
+            elif method == "INVITE" and status >= 300:
+                to = headers.get("to", f"<sip:{number}@127.0.0.1>")
+                ack = common.replace(f"To: <sip:{number}@127.0.0.1>", f"To: {to}")
+                self._send(f"ACK {target} SIP/2.0\r\n{ack}CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")
+                return rang
+            elif method == "INVITE" and status == 200:  # answered (never by our phones)
+                return rang or time.time()
+
+
+@dataclass
+class CarrierUas:
+    """The carrier SBC for outbound calls: notes each INVITE and refuses it (486)."""
+
+    host: str
+    port: int
+    invites: list[tuple[float, str]] = field(default_factory=list)
+    _endpoint: _Endpoint | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, self._endpoint = await loop.create_datagram_endpoint(
+            _Endpoint, local_addr=(self.host, self.port)
+        )
+        self._task = asyncio.create_task(self._serve())
+
+    def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._endpoint and self._endpoint.transport:
+            self._endpoint.transport.close()
+
+    async def _serve(self) -> None:
+        assert self._endpoint and self._endpoint.transport
+        while True:
+            text, addr = await self._endpoint.queue.get()
+            first, headers = _headers(text)
+            if not first.startswith("INVITE "):
+                continue
+            self.invites.append((time.time(), first.split()[1]))
+            tag = secrets.token_hex(4)
+            vias = re.findall(r"^Via:.*$", text.split("\r\n\r\n", 1)[0], re.M | re.I)
+            reply = (
+                "SIP/2.0 486 Busy Here\r\n" + "\r\n".join(vias) + "\r\n"
+                f"From: {headers.get('from', '')}\r\nTo: {headers.get('to', '')};tag={tag}\r\n"
+                f"Call-ID: {headers.get('call-id', '')}\r\nCSeq: {headers.get('cseq', '')}\r\n"
+                "Content-Length: 0\r\n\r\n"
+            )
+            self._endpoint.transport.sendto(reply.encode(), addr)
+
+    def seen(self, needle: str, since: float) -> float | None:
+        for when, uri in self.invites:
+            if when >= since and needle in uri:
+                return when
+        return None

@@ -1,0 +1,145 @@
+"""The incremental apply against the lab's Asterisk: after moves, resets, extension and
+ring-group changes applied without a dialplan reload, the live dialplan and endpoints
+are what a full reload of the same files gives; a change that does not read back as
+the files say falls back to a full reload and ends applied."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import Api, FakeClock, Inbox, Lab
+from helpers import BLOCK, OTHER, TARGET, path_of, request_assignment
+from lab_helpers import branch_scene, cologne_pbx, lab_service, wait_applied
+from panoramisk import Manager
+
+from provisioner.settings import Settings
+
+
+@pytest.fixture
+async def lab_api(settings: Settings, clock: FakeClock, clean_lab: Lab) -> AsyncIterator[Api]:
+    del clock
+    async with lab_service(settings, clean_lab) as (api, _):
+        yield api
+
+
+async def live(ami: Manager) -> tuple[set[tuple[str, ...]], set[str]]:
+    """Every dialplan line (context, extension, priority, application, data) and include,
+    and every endpoint, as Asterisk has them now (who registered them aside)."""
+    plan: Any = await ami.send_action({"Action": "ShowDialPlan"}, as_list=True)
+    lines: set[tuple[str, ...]] = set()
+    for m in plan:
+        if m.get("Event") != "ListDialplan":
+            continue
+        if m.get("IncludeContext"):
+            lines.add((m.Context, "include", m.IncludeContext))
+        else:
+            lines.add((m.Context, m.Extension, m.Priority, m.Application, m.get("AppData") or ""))
+    reply: Any = await ami.send_action({"Action": "PJSIPShowEndpoints"}, as_list=True)
+    return lines, {m.ObjectName for m in reply if m.get("Event") == "EndpointList"}
+
+
+async def counters(api: Api) -> dict[str, float]:
+    text = await (await api.call("GET", "/metrics")).text()
+    found = {}
+    for name, labels, value in re.findall(r"^(provisioner_\w+?)(?:_total)?\{(.*?)\} (\S+)$",
+                                          text, re.M):  # fmt: skip
+        found[f"{name}{{{labels}}}"] = float(value)
+    return found
+
+
+def delta(after: dict[str, float], before: dict[str, float], key: str) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+PBX_CONFIG = 'provisioner_reloads{module="pbx_config.so",result="ok"}'
+RES_PJSIP = 'provisioner_reloads{module="res_pjsip.so",result="ok"}'
+INCREMENTAL = 'provisioner_apply_rounds{mode="incremental"}'
+FALLBACK = 'provisioner_apply_rounds{mode="fallback"}'
+
+
+async def test_incremental_changes_end_where_a_full_reload_of_the_files_ends(
+    lab_api: Api, inbox: Inbox, ami: Manager, clean_lab: Lab
+) -> None:
+    api = lab_api
+    await branch_scene(api)
+    await cologne_pbx(api)
+    await wait_applied(api, TARGET)
+    await wait_applied(api, OTHER)
+    start = await counters(api)
+
+    # A's Munich block moves to B's PBX: its numbers route in B, with a phone there.
+    _, owner_link, target_link = await request_assignment(api, inbox)
+    await api.client.post(path_of(owner_link))
+    await api.client.post(path_of(target_link))
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/200", {
+        "name": "Carla München", "site_block": BLOCK, "did": "+49891234560",
+        "pickup_group": "sales",
+    })  # fmt: skip
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/ring-groups/600", {
+        "name": "Reception", "strategy": "hunt", "members": ["200", "100"], "ring_seconds": 15,
+    })  # fmt: skip
+    await wait_applied(api, TARGET)
+    # The ring group changes strategy and members, a phone its name, C gets a phone.
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/ring-groups/600", {
+        "name": "Empfang", "strategy": "ringall", "members": ["100"], "ring_seconds": 20,
+    })  # fmt: skip
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/100",
+                 {"name": "Anna B.", "site_block": "ber-main"})  # fmt: skip
+    await api.ok("PUT", f"/v1/accounts/{OTHER}/pbx/extensions/101",
+                 {"name": "Fritz Köln", "site_block": "cgn-main"})  # fmt: skip
+    await wait_applied(api, TARGET)
+    await wait_applied(api, OTHER)
+    moved, _ = await live(ami)
+    assert ("carrier-in", "_+4989123456X", "2", "Goto", "k100200-in-muc-main,${EXTEN},1") in moved
+    # A resets: the numbers leave B's PBX again.
+    await api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment")
+    await wait_applied(api, TARGET)
+
+    after = await counters(api)
+    assert delta(after, start, INCREMENTAL) >= 3
+    assert delta(after, start, FALLBACK) == 0
+    assert delta(after, start, PBX_CONFIG) == 0, "a dialplan change reloaded pbx_config"
+    assert delta(after, start, RES_PJSIP) >= 1  # the new phones and trunks came with one
+
+    incremental = await live(ami)
+    assert not any("k100200-in-muc-main" in line for line in incremental[0])
+    clean_lab.cli("dialplan reload")
+    clean_lab.cli("module reload res_pjsip.so")
+    full = await live(ami)
+    assert incremental[0] == full[0], (
+        f"only live incrementally: {sorted(incremental[0] - full[0])[:10]},"
+        f" only after a full reload: {sorted(full[0] - incremental[0])[:10]}"
+    )
+    assert incremental[1] == full[1]
+
+
+async def test_a_change_that_does_not_read_back_falls_back_to_a_full_reload(
+    lab_api: Api, ami: Manager, clean_lab: Lab
+) -> None:
+    api = lab_api
+    await branch_scene(api)
+    await wait_applied(api, TARGET)
+    # Somebody adds a line to B's internal context by hand (not in any file).
+    clean_lab.cli("dialplan add extension 999,1,Hangup() into k100200-internal")
+    start = await counters(api)
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/101",
+                 {"name": "Ben Berlin", "site_block": "ber-main"})  # fmt: skip
+    state = await wait_applied(api, TARGET)
+    after = await counters(api)
+    assert delta(after, start, FALLBACK) == 1
+    assert delta(after, start, PBX_CONFIG) == 1
+    assert state["apply_error"] is None
+    lines, endpoints = await live(ami)
+    assert not any(line[:2] == ("k100200-internal", "999") for line in lines)
+    assert ("k100200-internal", "101", "1", "Dial", "PJSIP/k100200-101,30,tT") in lines
+    assert "k100200-101" in endpoints
+
+
+async def test_the_config_api_says_which_part_is_live(lab_api: Api) -> None:
+    api = lab_api
+    await branch_scene(api)
+    state = await wait_applied(api, TARGET)
+    assert state["live"] == {"dialplan": state["revision"], "pjsip": state["revision"]}
