@@ -8,8 +8,9 @@ CONFIG ?= config/dev.yaml
 
 .PHONY: run test setup system-deps lint typecheck pytest mutation bench lock clean
 
+# The service on the embedded defaults with the lab's Asterisk as its node (scripts/run-dev).
 run: setup
-	PROVISIONER_CONFIG=$(CONFIG) $(BIN)/provisioner serve
+	CONFIG=$(CONFIG) scripts/run-dev
 
 test: setup system-deps lint typecheck pytest
 

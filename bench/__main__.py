@@ -55,6 +55,7 @@ PORTAL_KEY_SHA = "2c05b379ba481cd2be5f878419bb3a5f68a7a46e713e01ff472ce0be2e7391
 SECRETS_KEY = "ZGV2LW9ubHktcHVibGljLXNlY3JldHMta2V5LTMyYiE="
 CARRIER = "127.0.0.2"
 TARGETS = 5  # PBXs with a registered sipp phone that the moved blocks go to
+FIRST_EXT = 200  # phones 200, 201, ... (the 1xx range holds service numbers 110, 112, ...)
 OWNER = "K9000001"
 
 
@@ -258,8 +259,8 @@ async def all_applied(client: Client, customers: list[str], within: float) -> No
 
 
 async def build(client: Client, size: Size) -> dict[str, str]:
-    """Accounts, PBXs, a block each and the phones; returns phone 100's password per
-    target PBX."""
+    """Accounts, PBXs, a block each and the phones; returns the first phone's password
+    per target PBX."""
     passwords: dict[str, str] = {}
     gate = asyncio.Semaphore(8)
 
@@ -271,15 +272,15 @@ async def build(client: Client, size: Size) -> dict[str, str]:
             await client.ok("PUT", f"/v1/accounts/{c}/pbx")
             await client.ok("PUT", f"/v1/accounts/{c}/blocks/site-{i}", {
                 "number": f"+49301{i:04d}", "range": "0-99", "mode": "pbx",
-                "default_target": "100",
+                "default_target": str(FIRST_EXT),
             })  # fmt: skip
-        for ext in range(100, 100 + size.phones):
+        for ext in range(FIRST_EXT, FIRST_EXT + size.phones):
             async with gate:
                 phone = await client.ok(
                     "PUT", f"/v1/accounts/{c}/pbx/extensions/{ext}",
                     {"name": f"Phone {ext}", "site_block": f"site-{i}"},
                 )  # fmt: skip
-            if ext == 100 and i < TARGETS:
+            if ext == FIRST_EXT and i < TARGETS:
                 passwords[c] = phone["sip_password"]
 
     await asyncio.gather(*(pbx(i) for i in range(size.pbxes)))
@@ -302,7 +303,8 @@ class Mover:
         self.next_block += 1
         block = f"m{j:04d}"
         await self.client.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{block}", {
-            "number": f"+49402{j:04d}", "range": "0-9", "mode": "pbx", "default_target": "100",
+            "number": f"+49402{j:04d}", "range": "0-9", "mode": "pbx",
+            "default_target": str(FIRST_EXT),
             "trunk": {"username": f"hanse-{j}", "password": f"Trunk-{j}-secret"},
         })  # fmt: skip
         return block, f"+49402{j:04d}5"
@@ -335,22 +337,36 @@ class Mover:
 
     async def move(self, i: int, *, outbound: bool) -> dict[str, float]:
         target = customer(i % TARGETS)
+        t0 = time.monotonic()
         block, number = await self.new_block()
         owner_link, target_link = await self.links(block, target)
         await self.confirm(owner_link)
+        debug(f"block and mails {time.monotonic() - t0:.2f} s")
+        # -aa: the phone answers OPTIONS/NOTIFY it does not expect instead of aborting.
         phone = start_scenario("uas_ring", remote_port=self.lab.sip_port,
-                               local_port=self.phones[target], timeout=120)  # fmt: skip
+                               local_port=self.phones[target], timeout=60,
+                               extra=["-aa"])  # fmt: skip
+        rang = False
         try:
             await self.confirm(target_link)
             confirmed = time.time()
-            await self.caller.until_rings(number, within=120)
+            await self.caller.until_rings(number, within=30)
+            rang = True
         finally:
+            if not rang:
+                phone.process.terminate()
+            t1 = time.monotonic()
             result = await asyncio.to_thread(_phone_done, phone)
+            debug(f"phone done {time.monotonic() - t1:.2f} s")
+            if not rang:
+                print(f"    {number} did not ring {target}'s phone: {result.evidence()}")
         invite = next((m.time for m in result.messages
                        if m.direction == "received" and m.method == "INVITE"), None)  # fmt: skip
         if invite is None:
             raise RuntimeError(f"the phone of {target} saw no INVITE: {result.evidence()}")
         measured = {"ring": invite - confirmed}
+        if measured["ring"] > 1 and os.environ.get("BENCH_DEBUG"):
+            print(result.evidence())
         if outbound:
             trunk = f"{target.lower()}-trunk-{block}"
             dialed = f"+4989777{i:04d}"
@@ -359,17 +375,29 @@ class Mover:
 
     async def until_outbound(self, trunk: str, dialed: str, since: float) -> float:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            await self.ami.send_action({
-                "Action": "Originate", "Channel": f"PJSIP/{dialed}@{trunk}",
-                "Application": "Hangup", "Async": "true", "Timeout": "5000",
-            })  # fmt: skip
-            for _ in range(10):
-                seen = self.carrier.seen(dialed, since)
-                if seen is not None:
-                    return seen - since
-                await asyncio.sleep(0.01)
+        pending: list[asyncio.Future[Any]] = []
+        try:
+            while time.monotonic() < deadline:
+                # Not awaited: panoramisk waits for the OriginateResponse, which comes
+                # only when the attempt ends; the carrier's receipt time is what counts.
+                pending.append(asyncio.ensure_future(self.ami.send_action({
+                    "Action": "Originate", "Channel": f"PJSIP/{dialed}@{trunk}",
+                    "Application": "Hangup", "Async": "true", "Timeout": "5000",
+                })))  # fmt: skip
+                for _ in range(10):
+                    seen = self.carrier.seen(dialed, since)
+                    if seen is not None:
+                        return seen - since
+                    await asyncio.sleep(0.01)
+        finally:
+            for future in pending:
+                future.cancel()
         raise TimeoutError(f"no outbound call over {trunk}")
+
+
+def debug(text: str) -> None:
+    if os.environ.get("BENCH_DEBUG"):
+        print(f"      {time.time():.3f} {text}", flush=True)
 
 
 def _phone_done(phone: Running) -> Any:
@@ -382,7 +410,8 @@ async def register_phones(lab: Lab, passwords: dict[str, str]) -> dict[str, int]
         port = free_port()
         result = await asyncio.to_thread(
             run_scenario, "register", remote_port=lab.sip_port, local_port=port,
-            service=f"{c.lower()}-100", username=f"{c.lower()}-100", password=password,
+            service=f"{c.lower()}-{FIRST_EXT}", username=f"{c.lower()}-{FIRST_EXT}",
+            password=password,
             variables={"expires": "3600"},
         )  # fmt: skip
         if not result.ok:

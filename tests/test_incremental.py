@@ -5,6 +5,7 @@ the files say falls back to a full reload and ends applied."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -143,3 +144,92 @@ async def test_the_config_api_says_which_part_is_live(lab_api: Api) -> None:
     await branch_scene(api)
     state = await wait_applied(api, TARGET)
     assert state["live"] == {"dialplan": state["revision"], "pjsip": state["revision"]}
+
+
+async def test_deleted_extensions_and_ring_groups_leave_asterisk(
+    lab_api: Api, ami: Manager, clean_lab: Lab
+) -> None:
+    api = lab_api
+    await branch_scene(api)
+    await cologne_pbx(api)
+    pbx = f"/v1/accounts/{TARGET}/pbx"
+    await api.ok("PUT", f"{pbx}/extensions/101", {"name": "Ben", "site_block": "ber-main"})
+    await api.ok("PUT", f"{pbx}/ring-groups/600", {
+        "name": "Empfang", "strategy": "ringall", "members": ["101"], "ring_seconds": 20,
+    })  # fmt: skip
+    await wait_applied(api, TARGET)
+    await wait_applied(api, OTHER)
+    lines, endpoints = await live(ami)
+    assert "k100200-101" in endpoints
+    assert any(line[:2] == ("k100200-internal", "600") for line in lines)
+
+    # A member of a ring group, or a block's default target, cannot go: 409, nothing changes.
+    await api.problem(409, "extension_in_use", "DELETE", f"{pbx}/extensions/101")
+    await api.problem(409, "extension_in_use", "DELETE", f"{pbx}/extensions/100")
+    assert (await api.call("DELETE", f"{pbx}/ring-groups/600")).status == 204
+    assert (await api.call("DELETE", f"{pbx}/extensions/101")).status == 204
+    await api.problem(404, "extension_not_found", "DELETE", f"{pbx}/extensions/101")
+    await api.problem(404, "ring_group_not_found", "DELETE", f"{pbx}/ring-groups/600")
+    state = await wait_applied(api, TARGET)
+    assert "k100200-101" not in state["files"]["pjsip/tenant-k100200.conf"]
+
+    lines, endpoints = await live(ami)
+    assert "k100200-101" not in endpoints
+    assert not any(line[0] == "k100200-internal" and line[1] in ("101", "600") for line in lines)
+    assert {"k100200-100", "k300400-100", "carrier"} <= endpoints  # the rest untouched
+    assert "There is no such" in clean_lab.cli("dialplan show 101@k100200-internal") or (
+        "k100200-101" not in clean_lab.cli("dialplan show 101@k100200-internal")
+    )
+    listed = await api.ok("GET", f"{pbx}/extensions")
+    assert [e["ext"] for e in listed["extensions"]] == ["100"]
+    clean_lab.cli("dialplan reload")
+    assert (await live(ami))[0] == lines  # what a full reload of the files gives
+
+
+async def test_a_removed_pbx_leaves_asterisk_and_can_come_back(
+    lab_api: Api, inbox: Inbox, ami: Manager, clean_lab: Lab
+) -> None:
+    api = lab_api
+    await branch_scene(api)
+    await cologne_pbx(api)
+    await wait_applied(api, TARGET)
+    await wait_applied(api, OTHER)
+    before, _ = await live(ami)
+    b_lines = {line for line in before if line[0].startswith("k100200-")}
+
+    # B's PBX has a block waiting for confirmations: it cannot go.
+    await request_assignment(api, inbox)
+    await api.problem(409, "pbx_in_use", "DELETE", f"/v1/accounts/{TARGET}/pbx")
+    # C's can: its phones, files, endpoints and contexts go; B is untouched.
+    assert (await api.call("DELETE", f"/v1/accounts/{OTHER}/pbx")).status == 204
+    await api.problem(404, "pbx_not_found", "GET", f"/v1/accounts/{OTHER}/pbx/config")
+    await api.problem(404, "pbx_not_found", "DELETE", f"/v1/accounts/{OTHER}/pbx")
+
+    async def gone() -> bool:
+        lines, endpoints = await live(ami)
+        files = list(clean_lab.output_dir.rglob("tenant-k300400.conf"))
+        return (
+            not files
+            and not any(e.startswith("k300400-") for e in endpoints)
+            and not any(line[0].startswith("k300400-") or "k300400" in line[-1] for line in lines)
+        )
+
+    deadline = asyncio.get_running_loop().time() + 20
+    while not await gone():
+        assert asyncio.get_running_loop().time() < deadline, await live(ami)
+        await asyncio.sleep(0.2)
+    lines, endpoints = await live(ami)
+    assert {line for line in lines if line[0].startswith("k100200-")} == b_lines
+    assert "k100200-100" in endpoints
+    blocks = await api.ok("GET", f"/v1/accounts/{OTHER}/blocks")
+    assert all(b["used_by_pbx"] is None for b in blocks["blocks"])
+
+    # Created again: empty (no phones), its own block's numbers route to it again.
+    created = await api.call("PUT", f"/v1/accounts/{OTHER}/pbx")
+    assert created.status == 201
+    state = await wait_applied(api, OTHER)
+    assert "[k300400-100]" not in state["files"]["pjsip/tenant-k300400.conf"]
+    lines, _ = await live(ami)
+    assert any(line[0] == "k300400-in-cgn-main" for line in lines)
+    clean_lab.cli("dialplan reload")
+    assert (await live(ami))[0] == lines  # what a full reload of the files gives

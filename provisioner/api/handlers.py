@@ -44,6 +44,11 @@ async def put_pbx(request: web.Request) -> web.Response:
     return _json(serialize.pbx(pbx), 201 if created else 200)
 
 
+async def delete_pbx(request: web.Request) -> web.Response:
+    await accounts.delete_pbx(request[UNIT], request.match_info["customer"])
+    return web.Response(status=204)
+
+
 async def get_pbx(request: web.Request) -> web.Response:
     pbx = await accounts.get_pbx(request[UNIT], request.match_info["customer"])
     return _json(serialize.pbx(pbx))
@@ -134,6 +139,18 @@ async def put_extension(request: web.Request) -> web.Response:
     response = _json(data, 201 if result.created else 200)
     response[SHOWN_ONCE] = ("sip_password",)
     return response
+
+
+async def delete_extension(request: web.Request) -> web.Response:
+    m = request.match_info
+    await pbx.delete_extension(request[UNIT], m["customer"], m["ext"])
+    return web.Response(status=204)
+
+
+async def delete_ring_group(request: web.Request) -> web.Response:
+    m = request.match_info
+    await pbx.delete_ring_group(request[UNIT], m["customer"], m["ext"])
+    return web.Response(status=204)
 
 
 async def list_extensions(request: web.Request) -> web.Response:

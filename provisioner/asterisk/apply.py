@@ -141,6 +141,9 @@ class _Round:
         """The PBX's files as they should be now; a PBX that cannot be rendered (a value
         config cannot carry, a key that no longer opens its trunk password) is marked
         broken with the reason, and the round goes on with the others."""
+        if t.pbx.removed_at is not None:
+            t.wanted = {}  # removed: its files go, and with them its live objects
+            return
         try:
             async with conn.transaction():  # a failed query must not end the round's
                 view = await load_view(conn, t.pbx, self.secrets)

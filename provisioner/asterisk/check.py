@@ -70,19 +70,23 @@ async def check_node(
             drift = PbxDrift(pbx.pbx.customer, pbx.pbx.slug,
                              await db_config.waiting_job(conn, pbx.pbx.id) is not None)  # fmt: skip
             try:
-                wanted = pbx_files(await load_view(conn, pbx.pbx, secrets), carrier)
+                wanted = (
+                    {}
+                    if pbx.pbx.removed_at is not None
+                    else pbx_files(await load_view(conn, pbx.pbx, secrets), carrier)
+                )
             except Exception as exc:
                 drift.files.append(f"cannot render: {exc}")
                 wanted = {}
-            found.append((drift, wanted))
+            found.append((drift, wanted, pbx.pbx.removed_at is not None))
     async with Ami(node) as ami:
         live = Live(await ami.endpoints(), await ami.contexts())
     node_problems = _compare_node(node, live)
-    for drift, wanted in found:
+    for drift, wanted, removed in found:
         _compare_files(node, drift, wanted)
-        if wanted:
+        if wanted or removed:  # (nothing rendered: nothing to compare with)
             _compare_live(drift, wanted, live)
-    return [drift for drift, _ in found], node_problems
+    return [drift for drift, _, _ in found], node_problems
 
 
 def _compare_node(node: Node, live: Live) -> list[str]:

@@ -27,6 +27,7 @@ class Pbx:
     slug: str
     created_at: datetime
     node: str
+    removed_at: datetime | None = None  # removed: the apply takes its config away
 
 
 async def get(conn: Conn, customer: str, *, lock: bool = False) -> Account | None:
@@ -62,10 +63,40 @@ async def upsert(
         return updated, False
 
 
-async def get_pbx(conn: Conn, customer: str) -> Pbx | None:
+async def get_pbx(conn: Conn, customer: str, *, removed: bool = False) -> Pbx | None:
+    """The account's PBX; a removed one only if asked for."""
     async with conn.cursor(row_factory=class_row(Pbx)) as cur:
-        await cur.execute("SELECT * FROM pbxes WHERE customer = %s", (customer,))
+        await cur.execute(
+            "SELECT * FROM pbxes WHERE customer = %s AND (%s OR removed_at IS NULL)",
+            (customer, removed),
+        )
         return await cur.fetchone()
+
+
+async def remove_pbx(conn: Conn, pbx_id: int, now: datetime) -> None:
+    """Mark the PBX removed and drop its phones and ring groups (their config goes with
+    the next apply)."""
+    await conn.execute("DELETE FROM ring_groups WHERE pbx_id = %s", (pbx_id,))
+    await conn.execute("DELETE FROM extensions WHERE pbx_id = %s", (pbx_id,))
+    await conn.execute("UPDATE pbxes SET removed_at = %s WHERE id = %s", (now, pbx_id))
+
+
+async def revive_pbx(conn: Conn, pbx_id: int) -> Pbx:
+    async with conn.cursor(row_factory=class_row(Pbx)) as cur:
+        await cur.execute("UPDATE pbxes SET removed_at = NULL WHERE id = %s RETURNING *", (pbx_id,))
+        row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+async def targeted_by(conn: Conn, pbx_id: int) -> list[str]:
+    """Blocks assigned to this PBX or waiting for confirmations to be."""
+    cur = await conn.execute(
+        "SELECT block_id FROM assignments WHERE target_pbx_id = %s"
+        " AND state IN ('pending', 'active') ORDER BY block_id",
+        (pbx_id,),
+    )
+    return [row[0] for row in await cur.fetchall()]
 
 
 async def get_pbx_by_id(conn: Conn, pbx_id: int) -> Pbx | None:
@@ -87,4 +118,4 @@ async def create_pbx(
         created = await cur.fetchone()
     if created is not None:
         return created, True
-    return await get_pbx(conn, customer), False
+    return await get_pbx(conn, customer, removed=True), False

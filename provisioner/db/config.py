@@ -231,7 +231,7 @@ async def node_pbxes(conn: Conn, node: str) -> list[NodePbx]:
     """Every PBX of the node with its latest and last good revision, in one query (a
     round looks at all of them, so this is on the apply path)."""
     cur = await conn.execute(
-        "SELECT p.id, p.customer, p.slug, p.created_at, p.node,"
+        "SELECT p.id, p.customer, p.slug, p.created_at, p.node, p.removed_at,"
         "       latest.revision, latest.files, good.files"
         " FROM pbxes p"
         " LEFT JOIN LATERAL (SELECT revision, files FROM config_revisions r"
@@ -243,7 +243,7 @@ async def node_pbxes(conn: Conn, node: str) -> list[NodePbx]:
         " WHERE p.node = %s ORDER BY p.id",
         (node,),
     )
-    return [NodePbx(Pbx(*row[:5]), row[5], row[6] or {}, row[7]) for row in await cur.fetchall()]
+    return [NodePbx(Pbx(*row[:6]), row[6], row[7] or {}, row[8]) for row in await cur.fetchall()]
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ class RoundPbx:
 async def round_pbxes(conn: Conn, pbx_ids: list[int]) -> list[RoundPbx]:
     """Only the PBXs with jobs: a round's reads do not grow with the node."""
     cur = await conn.execute(
-        "SELECT p.id, p.customer, p.slug, p.created_at, p.node, latest.revision,"
+        "SELECT p.id, p.customer, p.slug, p.created_at, p.node, p.removed_at, latest.revision,"
         "       latest.files, good.files, dial.files,"
         "       s.pjsip_revision IS NOT DISTINCT FROM latest.revision"
         " FROM pbxes p"
@@ -277,7 +277,7 @@ async def round_pbxes(conn: Conn, pbx_ids: list[int]) -> list[RoundPbx]:
         (pbx_ids,),
     )
     return [
-        RoundPbx(Pbx(*row[:5]), row[5], row[6] or {}, row[7], row[8] or {}, bool(row[9]))
+        RoundPbx(Pbx(*row[:6]), row[6], row[7] or {}, row[8], row[9] or {}, bool(row[10]))
         for row in await cur.fetchall()
     ]
 

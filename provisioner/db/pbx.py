@@ -108,6 +108,18 @@ async def did_owner(conn: Conn, did: str) -> tuple[int, str] | None:
     return (row[0], row[1]) if row else None
 
 
+async def delete_extension(conn: Conn, pbx_id: int, ext: str) -> bool:
+    cur = await conn.execute("DELETE FROM extensions WHERE pbx_id = %s AND ext = %s", (pbx_id, ext))
+    return cur.rowcount > 0
+
+
+async def delete_ring_group(conn: Conn, pbx_id: int, ext: str) -> bool:
+    cur = await conn.execute(
+        "DELETE FROM ring_groups WHERE pbx_id = %s AND ext = %s", (pbx_id, ext)
+    )
+    return cur.rowcount > 0
+
+
 async def ring_groups(conn: Conn, pbx_id: int) -> list[RingGroup]:
     async with conn.cursor(row_factory=class_row(RingGroup)) as cur:
         await cur.execute(
@@ -154,7 +166,8 @@ async def upsert_ring_group(
 _USAGE = (
     " FROM blocks b"
     " LEFT JOIN assignments a ON a.block_id = b.id AND a.state = 'active'"
-    " JOIN pbxes p ON p.id = a.target_pbx_id OR (a.id IS NULL AND p.customer = b.owner)"
+    " JOIN pbxes p ON (p.id = a.target_pbx_id OR (a.id IS NULL AND p.customer = b.owner))"
+    "   AND p.removed_at IS NULL"
     " WHERE b.mode = 'pbx'"
 )
 

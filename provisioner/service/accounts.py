@@ -68,6 +68,18 @@ async def put_pbx(u: Unit, customer: str, *, node: str | None = None) -> tuple[P
             f"no Asterisk node {node} is configured", field="node", code="unknown_node"
         )
     await require(u, customer, lock=True)
+    removed = await db_accounts.get_pbx(u.conn, customer, removed=True)
+    if removed is not None and removed.removed_at is not None:
+        # Back on the node it was removed from (its old config there is what the
+        # apply compares against); its numbers and blocks come back with it.
+        if node is not None and node != removed.node:
+            raise Conflict(
+                f"{customer}'s removed PBX was on node {removed.node}: it comes back there",
+                field="node", code="pbx_on_other_node",
+            )  # fmt: skip
+        revived = await db_accounts.revive_pbx(u.conn, removed.id)
+        await apply_queue.request(u.conn, revived.id, "pbx created again", u.now)
+        return revived, True
     pbx, created = await db_accounts.create_pbx(
         u.conn, customer, customer.lower(), node or DEFAULT_NODE, u.now
     )
@@ -83,6 +95,26 @@ async def put_pbx(u: Unit, customer: str, *, node: str | None = None) -> tuple[P
                 await apply_queue.request(u.conn, pbx.id, "pbx created", u.now)
                 break
     return pbx, created
+
+
+async def delete_pbx(u: Unit, customer: str) -> None:
+    """Remove the account's PBX: its phones and ring groups go, and the apply takes its
+    files and live objects off its node. Refused while blocks are assigned to it or
+    waiting to be (reset those first): their owners' numbers must not ring nowhere."""
+    u.actor.require_one_of(customer)
+    await require(u, customer, lock=True)
+    pbx = await db_accounts.get_pbx(u.conn, customer)
+    if pbx is None:
+        raise NotFound(f"account {customer} has no cloud PBX", code="pbx_not_found")
+    await db_pbx.lock_pbx(u.conn, pbx.id)
+    blocks = await db_accounts.targeted_by(u.conn, pbx.id)
+    if blocks:
+        raise Conflict(
+            f"blocks {', '.join(blocks)} are assigned to this PBX or waiting to be;"
+            " reset them first", code="pbx_in_use",
+        )  # fmt: skip
+    await db_accounts.remove_pbx(u.conn, pbx.id, u.now)
+    await apply_queue.request(u.conn, pbx.id, "pbx removed", u.now)
 
 
 async def get_pbx(u: Unit, customer: str) -> Pbx:

@@ -167,6 +167,45 @@ async def put_ring_group(
     return row, created
 
 
+async def _default_target_of(u: Unit, pbx: Pbx, ext: str) -> list[str]:
+    """The blocks this PBX uses whose unrouted numbers ring `ext`."""
+    return [b.block.id for b in await db_pbx.used_blocks(u.conn, pbx.id) if b.default_target == ext]
+
+
+async def delete_extension(u: Unit, customer: str, ext: str) -> None:
+    """Remove a phone. Its DID (if any) rings the block's default target again. Refused
+    while a ring group has it as a member or a block's unrouted numbers ring it: the
+    portal changes those first, so no call is silently sent nowhere."""
+    pbx = await require_pbx(u, customer)
+    await db_pbx.lock_pbx(u.conn, pbx.id)
+    if await db_pbx.extension(u.conn, pbx.id, ext) is None:
+        raise NotFound(f"{customer}'s PBX has no extension {ext}", code="extension_not_found")
+    groups = [g.ext for g in await db_pbx.ring_groups(u.conn, pbx.id) if ext in g.members]
+    if groups:
+        raise Conflict(f"extension {ext} is a member of ring group {', '.join(groups)}",
+                       code="extension_in_use")  # fmt: skip
+    blocks = await _default_target_of(u, pbx, ext)
+    if blocks:
+        raise Conflict(f"extension {ext} is the default target of block {', '.join(blocks)}",
+                       code="extension_in_use")  # fmt: skip
+    await db_pbx.delete_extension(u.conn, pbx.id, ext)
+    await apply_queue.request(u.conn, pbx.id, f"extension {ext} deleted", u.now)
+
+
+async def delete_ring_group(u: Unit, customer: str, ext: str) -> None:
+    """Remove a ring group; refused while a block's unrouted numbers ring it."""
+    pbx = await require_pbx(u, customer)
+    await db_pbx.lock_pbx(u.conn, pbx.id)
+    if await db_pbx.ring_group(u.conn, pbx.id, ext) is None:
+        raise NotFound(f"{customer}'s PBX has no ring group {ext}", code="ring_group_not_found")
+    blocks = await _default_target_of(u, pbx, ext)
+    if blocks:
+        raise Conflict(f"ring group {ext} is the default target of block {', '.join(blocks)}",
+                       code="ring_group_in_use")  # fmt: skip
+    await db_pbx.delete_ring_group(u.conn, pbx.id, ext)
+    await apply_queue.request(u.conn, pbx.id, f"ring group {ext} deleted", u.now)
+
+
 async def list_ring_groups(u: Unit, customer: str) -> list[RingGroup]:
     pbx = await require_pbx(u, customer)
     return await db_pbx.ring_groups(u.conn, pbx.id)
