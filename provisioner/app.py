@@ -13,6 +13,7 @@ from provisioner.api.confirm import PAGES
 from provisioner.api.routes import add_routes
 from provisioner.clock import Clock, system_clock
 from provisioner.db import embedded
+from provisioner.db import events as db_events
 from provisioner.db.migrate import migrate
 from provisioner.db.pool import open_pool
 from provisioner.mail.compose import Composer
@@ -74,6 +75,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             box = app[keys.POLICY].secrets
             if await blocks.seal_trunk_passwords(conn, box, reseal=False):
                 log.info("sealed the trunk passwords stored in plain text before")
+            # Before any request: a webhook endpoint gets every event from its first start.
+            for hook in settings.webhooks:
+                await db_events.cursor(conn, hook.url, app[keys.CLOCK]())
         app[DATABASE_URL] = url
         app[keys.POOL] = pool
         yield

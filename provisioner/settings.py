@@ -6,6 +6,7 @@ All keys are listed once in KEYS; loading, env overrides and the README's key ta
 
 from __future__ import annotations
 
+import base64
 import grp
 import hashlib
 import os
@@ -179,6 +180,15 @@ KEYS: tuple[Key, ...] = (
         "First delay before retrying an apply that failed (doubles up to 5 minutes).",
     ),
     Key(
+        "webhooks",
+        [],
+        _list,
+        "Where events are pushed: a list of `{url, secret, events}`. Each gets every event "
+        "(or those whose type starts with one of `events`, e.g. `assignment.`) as a signed "
+        "POST (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`; "
+        "`secret` is `whsec_` and base64), in order, at least once, retried with backoff.",
+    ),
+    Key(
         "asterisk.incremental",
         True,
         _bool,
@@ -227,6 +237,18 @@ class Node:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """An endpoint of the portal that receives events."""
+
+    url: str
+    secret: Secret  # whsec_<base64 key>
+    events: tuple[str, ...] = ()  # type prefixes; empty: every event
+
+    def wants(self, event_type: str) -> bool:
+        return not self.events or event_type.startswith(self.events)
+
+
+@dataclass(frozen=True)
 class Smtp:
     host: str
     port: int
@@ -254,6 +276,7 @@ class Settings:
     apply_retry_seconds: int = 5
     sip_realm: str = "provisioner"
     secret_keys: tuple[Secret, ...] = ()
+    webhooks: tuple[Webhook, ...] = ()
     incremental: bool = True
     pjsip_reload_ms: int = 1000
     drift_check_seconds: int = 900
@@ -324,6 +347,33 @@ def _api_keys(raw: list[Any]) -> tuple[ApiKey, ...]:
             raise SettingsError(f"api_keys: {name}: key_sha256 must be 64 hex digits")
         keys.append(ApiKey(name, role, digest))
     return tuple(keys)
+
+
+def _webhooks(raw: list[Any]) -> tuple[Webhook, ...]:
+    hooks = []
+    for entry in raw:
+        if not isinstance(entry, Mapping):
+            raise SettingsError("webhooks: each entry needs url and secret")
+        unknown = sorted(set(entry) - {f.name for f in fields(Webhook)})
+        if unknown:
+            raise SettingsError(f"webhooks: entry {entry.get('url')!r}: unknown keys: {unknown}")
+        url, secret = str(entry.get("url", "")), str(entry.get("secret", ""))
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"webhooks: {url!r}: url must start with http:// or https://")
+        try:
+            valid = (
+                secret.startswith("whsec_")
+                and len(base64.b64decode(secret[6:], validate=True)) >= 16
+            )
+        except ValueError:
+            valid = False
+        if not valid:
+            raise SettingsError(f"webhooks: {url}: secret must be whsec_ and base64 of 16+ bytes")
+        events = entry.get("events") or []
+        if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+            raise SettingsError(f"webhooks: {url}: events must be a list of event type prefixes")
+        hooks.append(Webhook(url, Secret(secret), tuple(events)))
+    return tuple(hooks)
 
 
 def _group(value: Any) -> int | None:
@@ -428,6 +478,7 @@ def load(
         apply_retry_seconds=values["asterisk.retry_seconds"],
         sip_realm=values["asterisk.sip_realm"],
         secret_keys=values["secrets.keys"],
+        webhooks=_webhooks(values["webhooks"]),
         incremental=values["asterisk.incremental"],
         pjsip_reload_ms=values["asterisk.pjsip_reload_ms"],
         drift_check_seconds=values["asterisk.drift_check_seconds"],

@@ -12,7 +12,7 @@ from provisioner.api.middleware import SHOWN_ONCE, UNIT
 from provisioner.asterisk import check
 from provisioner.asterisk.ami import AsteriskUnavailable
 from provisioner.domain.errors import AsteriskDown, Forbidden, InvalidInput, NotFound
-from provisioner.service import accounts, assignments, blocks, config, pbx
+from provisioner.service import accounts, assignments, blocks, config, events, pbx
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -199,6 +199,22 @@ def _revision_param(request: web.Request, name: str) -> int | None:
     if not raw.isdigit() or len(raw) > 9:
         raise InvalidInput(f"{name} must be a revision number", field=name)
     return int(raw)
+
+
+async def event_feed(request: web.Request) -> web.Response:
+    """Events after a cursor, oldest first; `next` is the cursor to ask with next time
+    (the same as the last event's, or the one given when there is nothing new)."""
+    after = request.query.get("after", "0")
+    if not after.isdigit() or len(after) > 18:
+        raise InvalidInput("after must be a cursor from an earlier answer", field="after")
+    limit = request.query.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 500:
+        raise InvalidInput("limit must be 1 to 500", field="limit")
+    found = await events.feed(request[UNIT], int(after), int(limit))
+    return _json({
+        "events": [e.payload() for e in found],
+        "next": str(found[-1].id) if found else after,
+    })  # fmt: skip
 
 
 async def check_node(request: web.Request) -> web.Response:

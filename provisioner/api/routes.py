@@ -35,6 +35,7 @@ def add_routes(app: web.Application) -> None:
             web.get("/v1/accounts/{customer}/pbx/config", handlers.get_config),
             web.get("/v1/accounts/{customer}/pbx/config/diff", handlers.get_config_diff),
             web.get("/v1/nodes/{node}/check", handlers.check_node),
+            web.get("/v1/events", handlers.event_feed),
             web.get("/confirm/{token}", confirm.show),
             web.post("/confirm/{token}", confirm.confirm),
         ]

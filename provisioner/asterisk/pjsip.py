@@ -24,6 +24,7 @@ from provisioner.asterisk import files
 from provisioner.asterisk.ami import Ami, AsteriskUnavailable, OperationFailed
 from provisioner.asterisk.execute import MODULES, kind_of, reload
 from provisioner.asterisk.plan import pjsip_change
+from provisioner.asterisk.record import outcome
 from provisioner.clock import Clock
 from provisioner.db import config as db_config
 from provisioner.db.config import PjsipPending
@@ -91,6 +92,7 @@ class PjsipReloader:
                     continue
                 if await db_config.pjsip_live(conn, p.pbx_id, p.revision, now):
                     live += 1
+                    await outcome(conn, p.pbx, "applied", p.revision, None, now)
                     PJSIP_WAIT.observe(max((now - p.since).total_seconds(), 0.0))
                     self._keep_good(p)
         log.info("node %s: %s reloaded for %d PBXs", self.node.name, MODULES["pjsip"], live)

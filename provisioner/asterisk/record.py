@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from provisioner.asterisk.execute import Tenant
-from provisioner.db import Conn
+from provisioner.db import Conn, events
 from provisioner.db import config as db_config
+from provisioner.db.accounts import Pbx
 from provisioner.db.config import Job
 from provisioner.metrics import BROKEN
 from provisioner.render.render import digest, redacted
@@ -39,6 +40,7 @@ async def record_round(
             await db_config.set_apply_state(
                 conn, t.pbx_id, "failed", now, revision=t.revision, error=error
             )
+            await outcome(conn, t.pbx, "failed", t.revision, error, now)
         elif t.pjsip_due:
             # Routing (the dialplan) is live now; its PJSIP objects come with the node's
             # next coalesced reload (asterisk/pjsip.py), which makes it applied.
@@ -52,8 +54,19 @@ async def record_round(
                 conn, t.pbx_id, "applied", now, revision=t.revision,
                 good_revision=t.revision, error=error,
             )  # fmt: skip
+            await outcome(conn, t.pbx, "applied", t.revision, error, now)
         if t.job is not None:
             await db_config.finish_job(conn, t.job)
+
+
+async def outcome(
+    conn: Conn, pbx: Pbx, state: str, revision: int | None, error: str | None, now: datetime
+) -> None:
+    """An apply outcome in the event feed (webhooks): applied with the revision now live
+    in both parts, or failed with the reason."""
+    data = {"customer": pbx.customer, "node": pbx.node, "revision": revision,
+            "removed": pbx.removed_at is not None, "error": error}  # fmt: skip
+    await events.emit(conn, f"apply.{state}", data, now)
 
 
 async def _store_revision(conn: Conn, t: Tenant, now: datetime, *, keep_number: bool) -> None:
@@ -77,6 +90,7 @@ async def _record_broken(conn: Conn, t: Tenant, now: datetime, retry_seconds: in
     assert t.broken is not None
     BROKEN.inc()
     await db_config.set_apply_state(conn, t.pbx_id, "failed", now, error=t.broken[:1000])
+    await outcome(conn, t.pbx, "failed", t.revision, t.broken[:1000], now)
     if t.job is not None:
         await db_config.retry_job(conn, t.job, t.broken, now + backoff(t.job, retry_seconds))
 

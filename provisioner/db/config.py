@@ -286,12 +286,19 @@ async def round_pbxes(conn: Conn, pbx_ids: list[int]) -> list[RoundPbx]:
 class PjsipPending:
     """A PBX whose latest revision's PJSIP objects wait for a reload of res_pjsip."""
 
-    pbx_id: int
-    slug: str
+    pbx: Pbx
     revision: int
     files: dict[str, str]  # of that revision (redacted)
     live: dict[str, str]  # of the revision whose PJSIP objects are live (redacted)
     since: datetime  # when its dialplan went live
+
+    @property
+    def pbx_id(self) -> int:
+        return self.pbx.id
+
+    @property
+    def slug(self) -> str:
+        return self.pbx.slug
 
 
 PJSIP_CHANNEL = "pjsip_due"
@@ -304,7 +311,8 @@ async def notify_pjsip_due(conn: Conn) -> None:
 
 async def pjsip_pending(conn: Conn, node: str) -> list[PjsipPending]:
     cur = await conn.execute(
-        "SELECT p.id, p.slug, s.revision, r.files, live.files, s.updated_at FROM apply_state s"
+        "SELECT p.id, p.customer, p.slug, p.created_at, p.node, p.removed_at,"
+        "       s.revision, r.files, live.files, s.updated_at FROM apply_state s"
         " JOIN pbxes p ON p.id = s.pbx_id"
         " JOIN config_revisions r ON r.pbx_id = s.pbx_id AND r.revision = s.revision"
         " LEFT JOIN config_revisions live"
@@ -315,7 +323,7 @@ async def pjsip_pending(conn: Conn, node: str) -> list[PjsipPending]:
         " ORDER BY p.id",
         (node,),
     )
-    return [PjsipPending(r[0], r[1], r[2], r[3], r[4] or {}, r[5]) for r in await cur.fetchall()]
+    return [PjsipPending(Pbx(*r[:6]), r[6], r[7], r[8] or {}, r[9]) for r in await cur.fetchall()]
 
 
 async def pjsip_live(conn: Conn, pbx_id: int, revision: int, now: datetime) -> bool:

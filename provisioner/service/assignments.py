@@ -16,6 +16,7 @@ from datetime import timedelta
 from provisioner.db import accounts as db_accounts
 from provisioner.db import apply_queue, outbox
 from provisioner.db import assignments as db_assignments
+from provisioner.db import events as event_feed
 from provisioner.db.accounts import Account
 from provisioner.db.assignments import Assignment, Event
 from provisioner.db.blocks import BlockRow
@@ -255,6 +256,15 @@ async def _transition(
 async def _event(
     u: Unit, assignment: Assignment, action: str, old_state: str | None, actor: Actor
 ) -> None:
+    """The audit trail's entry, and the same change in the event feed (webhooks)."""
+    data = {
+        "assignment_id": str(assignment.id), "block_id": assignment.block_id,
+        "owner": assignment.owner, "target": assignment.target,
+        "state": assignment.state, "old_state": old_state,
+    }  # fmt: skip
+    await event_feed.emit(u.conn, f"assignment.{action}", data, u.now)
+    if assignment.state == states.ACTIVE and old_state != states.ACTIVE:
+        await event_feed.emit(u.conn, "assignment.activated", data, u.now)
     await db_assignments.add_event(
         u.conn,
         assignment.id,

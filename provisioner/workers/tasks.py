@@ -16,13 +16,14 @@ from provisioner.asterisk.pjsip import PjsipReloader
 from provisioner.clock import Clock
 from provisioner.db import apply_queue, idempotency, outbox
 from provisioner.db import config as db_config
+from provisioner.db import events as db_events
 from provisioner.domain.credentials import SecretBox
 from provisioner.mail import sender
 from provisioner.mail.compose import Composer
 from provisioner.service import assignments
 from provisioner.service.unit import Actor, Policy, Unit
 from provisioner.settings import Node, Settings
-from provisioner.workers import loop
+from provisioner.workers import loop, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,25 @@ def start_workers(
     async def chores_step() -> int:
         return await housekeeping(pool, clock, policy, composer)
 
+    async def send_events() -> int:
+        return await webhooks.deliver_due(pool, settings.webhooks, clock)
+
     mail = loop.run("mail", send_mails, idle_seconds=5, url=url, channel=outbox.CHANNEL)
     chores = loop.run("housekeeping", chores_step, idle_seconds=60)
     return [
         *(t for node in settings.nodes for t in node_workers(settings, pool, url, clock, node)),
         asyncio.create_task(mail, name="mail-sender"),
         asyncio.create_task(chores, name="housekeeping"),
-    ]
+        *(
+            [asyncio.create_task(
+                loop.run("webhooks", send_events, idle_seconds=1, url=url,
+                         channel=db_events.CHANNEL),
+                name="webhooks",
+            )]
+            if settings.webhooks
+            else []
+        ),
+    ]  # fmt: skip
 
 
 def node_workers(
