@@ -20,6 +20,7 @@ import yaml
 
 from provisioner.domain import rules
 from provisioner.domain.credentials import SecretBox
+from provisioner.domain.numbering import COUNTRIES
 
 
 class SettingsError(Exception):
@@ -143,7 +144,9 @@ KEYS: tuple[Key, ...] = (
         "numbering.country",
         "DE",
         _str,
-        "ISO country of the operator's numbers; blocks outside it are refused.",
+        "ISO country of the operator's numbers (DE or AT); blocks outside it are refused. "
+        "Phones dial its emergency and service numbers; the country code comes from each "
+        "block.",
     ),
     Key("log.level", "INFO", _str, "Python log level."),
     Key(
@@ -485,6 +488,11 @@ def load(
     )
     if settings.pjsip_reload_ms < 0 or settings.drift_check_seconds < 0:
         raise SettingsError("asterisk.pjsip_reload_ms and drift_check_seconds cannot be negative")
+    if settings.country not in COUNTRIES:
+        raise SettingsError(
+            f"numbering.country: {settings.country} has no numbering plan here"
+            f" ({', '.join(COUNTRIES)}; see domain/numbering.py)"
+        )
     if not _REALM.match(settings.sip_realm):
         raise SettingsError("asterisk.sip_realm: 1 to 64 letters, digits, '.', '_' or '-'")
     for number, secret_key in enumerate(settings.secret_keys, 1):

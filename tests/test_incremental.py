@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -233,3 +234,26 @@ async def test_a_removed_pbx_leaves_asterisk_and_can_come_back(
     assert any(line[0] == "k300400-in-cgn-main" for line in lines)
     clean_lab.cli("dialplan reload")
     assert (await live(ami))[0] == lines  # what a full reload of the files gives
+
+
+async def test_the_worker_finds_drift_on_its_timer_and_repairs_it(
+    settings: Settings, clean_lab: Lab, ami: Manager
+) -> None:
+    """Rounds look only at what they change; the drift check on the worker's timer
+    finds what changed behind their back (here: an extension removed from the live
+    dialplan by hand) and repairs it by a full round."""
+    async with lab_service(replace(settings, drift_check_seconds=1), clean_lab) as (api, _):
+        await branch_scene(api)
+        await wait_applied(api, TARGET)
+        start = await counters(api)
+        clean_lab.cli("dialplan remove extension 100@k100200-internal")
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            lines, _ = await live(ami)
+            if ("k100200-internal", "100", "1", "Dial", "PJSIP/k100200-100,30,tT") in lines:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "drift not repaired"
+            await asyncio.sleep(0.2)
+        after = await counters(api)
+        assert delta(after, start, 'provisioner_apply_rounds{mode="full"}') >= 1
+        assert delta(after, start, PBX_CONFIG) >= 1

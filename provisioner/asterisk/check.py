@@ -35,7 +35,7 @@ class PbxDrift:
 
     customer: str
     slug: str
-    pending: bool  # a change is queued: differences may be that change, not drift
+    pending: bool  # a change is on its way: differences may be that change, not drift
     files: list[str] = field(default_factory=list)
     live: list[str] = field(default_factory=list)
 
@@ -67,8 +67,12 @@ async def check_node(
     found = []
     async with pool.connection() as conn:
         for pbx in await db_config.node_pbxes(conn, node.name):
-            drift = PbxDrift(pbx.pbx.customer, pbx.pbx.slug,
-                             await db_config.waiting_job(conn, pbx.pbx.id) is not None)  # fmt: skip
+            # A queued job, or PJSIP objects waiting for the coalesced reload: what
+            # differs may be that change on its way, not drift.
+            state = await db_config.apply_state(conn, pbx.pbx.id)
+            queued = await db_config.waiting_job(conn, pbx.pbx.id) is not None
+            on_its_way = queued or (state is not None and state.state == "pending")
+            drift = PbxDrift(pbx.pbx.customer, pbx.pbx.slug, on_its_way)
             try:
                 wanted = (
                     {}

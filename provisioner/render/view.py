@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup, UsedBlock
 from provisioner.domain import rules
+from provisioner.domain.numbering import plan_for_code
 from provisioner.domain.numbers import Block, describe
 from provisioner.settings import Node
 
@@ -86,6 +87,10 @@ class Site:
     block_id: str
     area_code: str
     trunk: str
+    country_code: str  # of the block's numbers: "49"
+    emergency: tuple[str, ...]  # its country's emergency numbers
+    services: tuple[str, ...]  # its country's other short numbers (dialplan patterns)
+    services_text: str  # the same for people
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,27 @@ class Carrier:
     @classmethod
     def of(cls, node: Node) -> Carrier:
         return cls(node.carrier_host, node.carrier_port)
+
+
+def _listed(items: list[str]) -> str:
+    """'115, 116xxx and 118xx'."""
+    return " and ".join([", ".join(items[:-1]), items[-1]]) if len(items) > 1 else "".join(items)
+
+
+def _site(slug: str, u: UsedBlock, trunk: str) -> Site:
+    plan = plan_for_code(u.block.block.country_code)
+    return Site(
+        context=f"{slug}-site-{u.block.id}",
+        block_id=u.block.id,
+        area_code=u.block.area_code,
+        trunk=trunk,
+        country_code=plan.country_code,
+        emergency=plan.emergency,
+        services=plan.services,
+        services_text=_listed(
+            [s.lstrip("_").replace("X", "x").replace(".", "") for s in plan.services]
+        ),
+    )
 
 
 def carrier_patterns(block: Block) -> tuple[str, ...]:
@@ -209,15 +235,7 @@ def build(
         )
         for u in used
     )
-    sites = tuple(
-        Site(
-            context=f"{slug}-site-{u.block.id}",
-            block_id=u.block.id,
-            area_code=u.block.area_code,
-            trunk=trunk_name(u.block.id),
-        )
-        for u in used
-    )
+    sites = tuple(_site(slug, u, trunk_name(u.block.id)) for u in used)
     endpoint_of = {p.ext: p.endpoint for p in phones}
     groups = tuple(
         RingGroupView(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -11,29 +10,27 @@ from provisioner.db import accounts as db_accounts
 from provisioner.db import pbx as db_pbx
 from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup
-from provisioner.domain import rules
+from provisioner.domain import numbering, rules
 from provisioner.domain.credentials import sip_ha1
 from provisioner.domain.errors import Conflict, InvalidInput, NotFound
+from provisioner.domain.numbering import Plan
 from provisioner.render.load import load_view
 from provisioner.render.view import PbxView
 from provisioner.service import accounts
 from provisioner.service.unit import Unit
 
-# German service numbers a phone must still reach: emergency 110 and 112, the authority
-# line 115, the 116 xxx harmonised services and 118 xx directories.
-SERVICE_NUMBERS = re.compile(r"^(110|112|115|116\d*|118\d*)$")
 STRATEGIES = ("ringall", "hunt")
 
 
-def check_ext(ext: str, field: str = "ext") -> str:
+def check_ext(ext: str, plan: Plan, field: str = "ext") -> str:
     if not rules.EXTENSION.match(ext):
         raise InvalidInput(
             "an extension has 2 to 5 digits and does not start with 0", field=field,
             code="invalid_extension",
         )  # fmt: skip
-    if SERVICE_NUMBERS.match(ext):
+    if plan.is_reserved(ext):
         raise InvalidInput(
-            f"{ext} is a public service number (110, 112, 115, 116..., 118...)",
+            f"{ext} is an emergency or service number here ({plan.described})",
             field=field, code="reserved_extension",
         )  # fmt: skip
     return ext
@@ -79,7 +76,7 @@ async def put_extension(
     pickup_group: str | None,
 ) -> ExtensionResult:
     pbx = await require_pbx(u, customer)
-    check_ext(ext)
+    check_ext(ext, numbering.plan(u.policy.country))
     name = check_name(name)
     if pickup_group is not None and not rules.NAME.match(pickup_group):
         raise InvalidInput(
@@ -143,7 +140,7 @@ async def put_ring_group(
     ring_seconds: int,
 ) -> tuple[RingGroup, bool]:
     pbx = await require_pbx(u, customer)
-    check_ext(ext)
+    check_ext(ext, numbering.plan(u.policy.country))
     name = check_name(name)
     if strategy not in STRATEGIES:
         raise InvalidInput("strategy must be ringall or hunt", field="strategy")
