@@ -55,11 +55,13 @@ async def wait_applied(api: Api, customer: str, timeout: float = 20) -> dict[str
 
 
 @contextlib.asynccontextmanager
-async def lab_service(settings: Settings, lab: Lab) -> AsyncIterator[tuple[Api, Node]]:
+async def lab_service(
+    settings: Settings, lab: Lab, nodes: tuple[Node, ...] | None = None
+) -> AsyncIterator[tuple[Api, Node]]:
     """The service on a real port, applying to the lab (real time: the applier's
-    backoff runs on the clock, not the fake one)."""
+    backoff runs on the clock, not the fake one); `nodes` to give it more than one."""
     node = lab_node(lab)
-    app = create_app(replace(settings, nodes=(node,), apply_retry_seconds=1))
+    app = create_app(replace(settings, nodes=nodes or (node,), apply_retry_seconds=1))
     server = TestServer(app, host="127.0.0.1", port=settings.listen_port)
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()

@@ -110,9 +110,9 @@ def revisions_with(db: psycopg.Connection[Any], text: str) -> int:
 async def test_an_instance_killed_mid_round_loses_its_jobs_to_another_within_a_lease(
     settings: Settings, clean_lab: Lab, inbox: Inbox, db_url: str, db: psycopg.Connection[Any]
 ) -> None:
-    """Instance A has written B's new files and waits for AMI when it is killed (-9).
-    Instance B takes the job over once A's lease runs out, applies it once, and sees
-    the files A wrote as its own (no hand edit)."""
+    """Instance A has written B's new dialplan file (the first of a round's writes) and
+    waits for AMI when it is killed (-9). Instance B takes the job over once A's lease
+    runs out, applies it once, and sees the file A wrote as its own (no hand edit)."""
     node = lab_node(clean_lab)
     first = worker(node, db_url)
     second: subprocess.Popen[str] | None = None
@@ -121,9 +121,10 @@ async def test_an_instance_killed_mid_round_loses_its_jobs_to_another_within_a_l
             await branch_scene(api)
             await wait_applied(api, TARGET, timeout=40)
             pjsip = clean_lab.output_dir / "pjsip/tenant-k100200.conf"
+            dialplan = clean_lab.output_dir / "dialplan/tenant-k100200.conf"
             with asterisk_stopped(clean_lab):
                 await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/101", PHONE_101)
-                await until(lambda: "[k100200-101]" in pjsip.read_text(), 10, "files written")
+                await until(lambda: "exten => 101," in dialplan.read_text(), 10, "file written")
                 first.send_signal(signal.SIGKILL)
                 first.wait(10)
             killed = time.monotonic()
@@ -150,10 +151,10 @@ async def test_asterisk_killed_mid_round_then_started_again(
     async with lab_service(settings, clean_lab) as (api, _node):
         await branch_scene(api)
         await wait_applied(api, TARGET)
-        pjsip = clean_lab.output_dir / "pjsip/tenant-k100200.conf"
+        dialplan = clean_lab.output_dir / "dialplan/tenant-k100200.conf"
         with asterisk_stopped(clean_lab) as pid:
             await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/101", PHONE_101)
-            await until(lambda: "[k100200-101]" in pjsip.read_text(), 10, "files written")
+            await until(lambda: "exten => 101," in dialplan.read_text(), 10, "file written")
             os.kill(pid, signal.SIGKILL)
         await until(lambda: lab_command(clean_lab, "status").returncode != 0, 20, "lab gone")
         try:

@@ -35,6 +35,7 @@ def pbx(p: Pbx) -> dict[str, Any]:
         "customer": p.customer,
         "slug": p.slug,
         "node": p.node,
+        "moving_from": p.leaving_node,
         "created_at": when(p.created_at),
     }
 

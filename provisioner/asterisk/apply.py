@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -76,11 +76,12 @@ async def apply_node(
         if not await db_config.try_node_lock(lock_conn, node.name):
             return 0  # another instance is applying to this node right now
         try:
+            left = await _leave(pool, node)
             async with pool.connection() as conn, conn.transaction():
                 now = clock()
                 jobs = await db_config.claim_jobs(conn, node.name, now, now + LEASE, limit)
             if not jobs:
-                return 0
+                return left
             started = time.monotonic()
             renewing = asyncio.create_task(_renew_lease(pool, jobs, clock))
             try:
@@ -110,6 +111,45 @@ async def apply_node(
             return len(jobs)
         finally:
             await db_config.node_unlock(lock_conn, node.name)
+
+
+async def _leave(pool: AsyncConnectionPool, node: Node) -> int:
+    """Remove from this node the PBXs that moved away and are live on their new node:
+    their files, their contexts and [carrier-in] entries (AMI operations), their
+    endpoints (a reload of res_pjsip: a move is rare, it is not coalesced). Returns how
+    many left; one that cannot yet is tried again on the next pass."""
+    async with pool.connection() as conn:
+        found = await db_config.leaving(conn, node.name)
+    done = 0
+    for gone in found:
+        try:
+            await _remove_from_node(node, gone)
+        except (AsteriskUnavailable, OperationFailed, plan.NotOurs, OSError) as exc:
+            log.warning("PBX %s cannot leave node %s yet: %s", gone.pbx.slug, node.name, exc)
+            continue
+        async with pool.connection() as conn:
+            await db_config.left(conn, gone.pbx.id)
+        log.info("PBX %s left node %s for %s", gone.pbx.slug, node.name, gone.pbx.node)
+        done += 1
+    return done
+
+
+async def _remove_from_node(node: Node, gone: db_config.Leaving) -> None:
+    folder = node.output_dir
+    for path in gone.files:
+        files.remove(folder, path)
+    files.keep_good(folder, {}, gone.files)  # its last good copies go too
+    shared = set(plan.parse_dialplan(_dialplan_texts(node_files(Carrier.of(node)))))
+    before = plan.parse_dialplan(_dialplan_texts(gone.files))
+    operations = plan.dialplan_operations(before, {}, shared)
+    async with Ami(node) as ami:
+        await execute.run_dialplan(ami, operations)
+        problems = await execute.verify_dialplan(ami, operations, before, {}, shared)
+        if any(kind_of(path) == "pjsip" for path in gone.files):
+            await execute.reload(ami, {"pjsip"})
+        stale = await ami.endpoints_like(f"{gone.pbx.slug}-")
+    if problems or stale:
+        raise OperationFailed(f"still live: {problems[:3]}, endpoints {sorted(stale)[:3]}")
 
 
 async def _renew_lease(pool: AsyncConnectionPool, jobs: list[Job], clock: Clock) -> None:
@@ -208,30 +248,42 @@ class _Round:
             # [carrier-in]'s own fallbacks changed (the node's config): reload it whole.
             await self._fall_back(tenants, "the node's dialplan file changed")
             return
+        # Each part's file is written before that part goes live: the dialplan file, its
+        # AMI operations (now a moved number routes), then the pjsip file for the
+        # coalesced reload; the read-back of the dialplan comes last.
         now = self.clock()
         for t in tenants:
             if t.broken is None:
-                execute.hand_edited(node, t, now)
-            self._write(t, execute.write_pbx_noting_pjsip)
+                execute.hand_edited(node, t, now, execute.DIALPLAN)
+            self._write(t, lambda n, t: execute.write_pbx(n, t, execute.DIALPLAN))
         ready = [t for t in tenants if t.wanted is not None and t.broken is None]
         try:
-            await self._dialplan(ready)
+            await self._go_live(ready, now)
         except (OperationFailed, plan.NotOurs) as exc:
             await self._fall_back(tenants, str(exc))
             return
         ROUNDS.labels(mode="incremental").inc()
         await self._record(tenants, [])
 
-    async def _dialplan(self, ready: list[Tenant]) -> None:
-        """Live dialplan from what it was to what the files say, then read back."""
+    async def _go_live(self, ready: list[Tenant], now: datetime) -> None:
+        """Live dialplan from what it was to what the files say (a moved number routes
+        once the operations are sent), then the pjsip files, then the read-back."""
         shared = set(plan.parse_dialplan(_dialplan_texts(node_files(Carrier.of(self.node)))))
         before = plan.parse_dialplan(t for r in ready for t in _dialplan_texts(r.live_dialplan))
         after = plan.parse_dialplan(t for r in ready for t in _dialplan_texts(r.wanted or {}))
         operations = plan.dialplan_operations(before, after, shared)
+
+        def write_pjsip() -> None:
+            for t in ready:
+                execute.hand_edited(self.node, t, now, execute.PJSIP)
+                self._write(t, execute.write_pjsip_noting_reload)
+
         if not operations:
+            write_pjsip()
             return
         async with Ami(self.node) as ami:
             await execute.run_dialplan(ami, operations)
+            write_pjsip()
             problems = await execute.verify_dialplan(ami, operations, before, after, shared)
         if problems:
             raise OperationFailed("not live as written: " + "; ".join(problems[:5]))

@@ -80,12 +80,17 @@ class Tenant:
 # --- Files ---------------------------------------------------------------------------
 
 
-def hand_edited(node: Node, t: Tenant, now: datetime) -> bool:
-    """Set the PBX's hand-edited files aside (never silently overwritten); True if any
-    was, so the PBX must be rendered and written again."""
+ALL_KINDS = frozenset(MODULES)
+
+
+def hand_edited(node: Node, t: Tenant, now: datetime, kinds: frozenset[str] = ALL_KINDS) -> bool:
+    """Set the PBX's hand-edited files (of these kinds) aside, never silently
+    overwritten; True if any was, so the PBX must be rendered and written again."""
     found = False
     ours = t.expected
     for path, text in t.written.items():
+        if kind_of(path) not in kinds:
+            continue
         on_disk = files.read(node.output_dir, path)
         # What we render now is ours too: a crash after writing, before the revision
         # was committed, leaves exactly that on disk.
@@ -99,15 +104,18 @@ def hand_edited(node: Node, t: Tenant, now: datetime) -> bool:
     return found
 
 
-def write_pbx(node: Node, t: Tenant) -> set[str]:
-    """Write the PBX's rendered files; the kinds of config that changed on disk or were
-    written earlier but never seen live."""
+def write_pbx(node: Node, t: Tenant, kinds: frozenset[str] = ALL_KINDS) -> set[str]:
+    """Write the PBX's rendered files (of these kinds); the kinds of config that changed
+    on disk or were written earlier but never seen live."""
     assert t.wanted is not None
     folder, changed = node.output_dir, set()
     for path in set(t.written) - set(t.wanted):
-        files.remove(folder, path)
-        changed.add(kind_of(path))
+        if kind_of(path) in kinds:
+            files.remove(folder, path)
+            changed.add(kind_of(path))
     for path, text in t.wanted.items():
+        if kind_of(path) not in kinds:
+            continue
         if files.read(folder, path) != text:
             files.write_atomic(folder, path, text, group=node.file_group)
             changed.add(kind_of(path))
@@ -116,17 +124,22 @@ def write_pbx(node: Node, t: Tenant) -> set[str]:
     return changed
 
 
-def write_pbx_noting_pjsip(node: Node, t: Tenant) -> None:
-    """Write as write_pbx, and note whether its PJSIP objects need a reload: unless the
-    latest revision's objects are live and the new pjsip text (secrets included, which
-    the revisions do not show) is that of the last good files. (Not "the disk did not
-    change": a round that crashed after writing leaves new text never reloaded.)"""
+def write_pjsip_noting_reload(node: Node, t: Tenant) -> None:
+    """Write the PBX's pjsip file, and note whether its PJSIP objects need a reload:
+    unless the latest revision's objects are live and the new pjsip text (secrets
+    included, which the revisions do not show) is that of the last good files. (Not
+    "the disk did not change": a round that crashed after writing leaves new text
+    never reloaded.)"""
     assert t.wanted is not None
-    write_pbx(node, t)
+    write_pbx(node, t, PJSIP)
     pjsip = {p for p in set(t.wanted) | set(t.written) if kind_of(p) == "pjsip"}
     t.pjsip_due = not t.pjsip_live or any(
         files.read_good(node.output_dir, p) != t.wanted.get(p) for p in pjsip
     )
+
+
+PJSIP = frozenset({"pjsip"})
+DIALPLAN = frozenset({"dialplan"})
 
 
 def restore(node: Node, t: Tenant) -> None:

@@ -28,6 +28,8 @@ class Pbx:
     created_at: datetime
     node: str
     removed_at: datetime | None = None  # removed: the apply takes its config away
+    leaving_node: str | None = None  # moving away from this node (until it left it)
+    leaving_revision: int | None = None  # what the old node has of it, to remove
 
 
 async def get(conn: Conn, customer: str, *, lock: bool = False) -> Account | None:
@@ -86,6 +88,26 @@ async def revive_pbx(conn: Conn, pbx_id: int) -> Pbx:
         await cur.execute("UPDATE pbxes SET removed_at = NULL WHERE id = %s RETURNING *", (pbx_id,))
         row = await cur.fetchone()
     assert row is not None
+    return row
+
+
+async def move_pbx(conn: Conn, pbx_id: int, node: str) -> Pbx:
+    """Home the PBX on `node`. Nothing of it is live there yet; the old node keeps its
+    latest revision until the new node has it live (then asterisk/apply.py removes it)."""
+    async with conn.cursor(row_factory=class_row(Pbx)) as cur:
+        await cur.execute(
+            "UPDATE pbxes SET leaving_node = node, node = %s, leaving_revision ="
+            " (SELECT max(revision) FROM config_revisions WHERE pbx_id = %s)"
+            " WHERE id = %s RETURNING *",
+            (node, pbx_id, pbx_id),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    await conn.execute(
+        "UPDATE apply_state SET state = 'pending', dialplan_revision = NULL,"
+        " pjsip_revision = NULL, good_revision = NULL WHERE pbx_id = %s",
+        (pbx_id,),
+    )
     return row
 
 

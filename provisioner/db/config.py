@@ -339,3 +339,31 @@ async def pjsip_live(conn: Conn, pbx_id: int, revision: int, now: datetime) -> b
     )
     row = await cur.fetchone()
     return bool(row and row[0])
+
+
+@dataclass(frozen=True)
+class Leaving:
+    """A PBX that moved away from a node and is live on its new one: the old node
+    removes the files it has of it (`files`, redacted: only paths and names count)."""
+
+    pbx: Pbx
+    files: dict[str, str]
+
+
+async def leaving(conn: Conn, node: str) -> list[Leaving]:
+    cur = await conn.execute(
+        "SELECT p.id, p.customer, p.slug, p.created_at, p.node, p.removed_at,"
+        "       p.leaving_node, p.leaving_revision, r.files"
+        " FROM pbxes p JOIN apply_state s ON s.pbx_id = p.id"
+        " LEFT JOIN config_revisions r ON r.pbx_id = p.id AND r.revision = p.leaving_revision"
+        " WHERE p.leaving_node = %s AND s.state = 'applied' AND s.good_revision IS NOT NULL"
+        " ORDER BY p.id",
+        (node,),
+    )
+    return [Leaving(Pbx(*row[:8]), row[8] or {}) for row in await cur.fetchall()]
+
+
+async def left(conn: Conn, pbx_id: int) -> None:
+    await conn.execute(
+        "UPDATE pbxes SET leaving_node = NULL, leaving_revision = NULL WHERE id = %s", (pbx_id,)
+    )

@@ -57,8 +57,9 @@ async def get_account(u: Unit, customer: str) -> Account:
 
 
 async def put_pbx(u: Unit, customer: str, *, node: str | None = None) -> tuple[Pbx, bool]:
-    """Create the account's PBX, homed on `node` (default: "default"). A PBX stays on
-    its node: moving PBXs between nodes is not offered."""
+    """Create the account's PBX, homed on `node` (default: "default"); for an existing
+    PBX, another node moves it there (written and verified live on the new node, then
+    removed from the old one)."""
     u.actor.require_one_of(customer)
     if node is not None and not rules.NAME.match(node):
         raise InvalidInput("node is a node name from asterisk.nodes", field="node")
@@ -89,12 +90,26 @@ async def put_pbx(u: Unit, customer: str, *, node: str | None = None) -> tuple[P
             " numbers that differ only in case cannot both have a cloud PBX",
             field="customer", code="pbx_name_taken",
         )  # fmt: skip
+    if not created and node is not None and node != pbx.node:
+        return await _move(u, pbx, node), False
     if created:
         for block in await db_blocks.of_owner(u.conn, customer):
             if await db_pbx.pbx_using(u.conn, block.id) == pbx.id:
                 await apply_queue.request(u.conn, pbx.id, "pbx created", u.now)
                 break
     return pbx, created
+
+
+async def _move(u: Unit, pbx: Pbx, node: str) -> Pbx:
+    await db_pbx.lock_pbx(u.conn, pbx.id)
+    if pbx.leaving_node is not None:
+        raise Conflict(
+            f"the PBX is still moving from node {pbx.leaving_node} to {pbx.node}",
+            field="node", code="pbx_moving",
+        )  # fmt: skip
+    moved = await db_accounts.move_pbx(u.conn, pbx.id, node)
+    await apply_queue.request(u.conn, pbx.id, f"moved to node {node}", u.now)
+    return moved
 
 
 async def delete_pbx(u: Unit, customer: str) -> None:
