@@ -610,7 +610,8 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "sizes": [asdict(s) for s in sizes],
     }
-    report(results, Path(args.out))
+    out = Path(args.out)
+    report(results, out, ROOT / "README.md" if out == ROOT / "bench" else None)
     return 0
 
 

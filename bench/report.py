@@ -84,13 +84,21 @@ def picture(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def report(results: dict[str, Any], folder: Path) -> None:
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def report(results: dict[str, Any], folder: Path, readme: Path | None = None) -> None:
+    """Write the JSON, the Markdown table and the picture; with `readme`, put the table
+    between its bench markers too."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     text = table(results)
-    (folder / "results.md").write_text(
-        f"Measured {results['date']} on {results['machine']}.\n\n{text}\n"
-    )
+    markdown = f"Measured {results['date'][:10]} on {results['machine']}.\n\n{text}\n"
+    (folder / "results.md").write_text(markdown)
+    if readme is not None and START in readme.read_text():
+        before, rest = readme.read_text().split(START, 1)
+        after = rest.split(END, 1)[1]
+        readme.write_text(f"{before}{START}\n{markdown}{END}{after}")
     picture(results, folder / "time-to-ring.png")
     print()
     print(text)

@@ -44,6 +44,14 @@ class Body:
         value = self._data.get(name)
         return None if value is None else self._check(name, value, max_length)
 
+    def flag(self, name: str, *, prefix: str = "") -> bool:
+        """An optional boolean, false when absent."""
+        value = self._data.get(name, False)
+        if not isinstance(value, bool):
+            raise InvalidInput(f"{prefix}{name} must be true or false", field=prefix + name,
+                               code="invalid_type")  # fmt: skip
+        return value
+
     def optional_object(self, name: str) -> Body | None:
         value = self._data.get(name)
         if value is None:

@@ -59,10 +59,11 @@ async def put_block(request: web.Request) -> web.Response:
     trunk = body.optional_object("trunk")
     credentials = None
     if trunk is not None:
-        trunk.only("username", "password")
+        trunk.only("username", "password", "register")
         credentials = blocks.TrunkCredentials(
             trunk.text("username", max_length=64, prefix="trunk."),
             trunk.text("password", max_length=128, prefix="trunk."),
+            trunk.flag("register", prefix="trunk."),
         )
     unit = request[UNIT]
     row, created = await blocks.put_block(

@@ -46,6 +46,7 @@ class UsedBlock:
     trunk_sealed: str | None  # the password, sealed (domain.credentials)
     trunk_unsealed_legacy: str | None  # written before sealing existed; sealed at start
     default_target: str | None
+    trunk_register: bool = False  # the trunk registers with the carrier
 
 
 async def lock_pbx(conn: Conn, pbx_id: int) -> None:
@@ -184,17 +185,19 @@ async def used_blocks(conn: Conn, pbx_id: int) -> list[UsedBlock]:
     columns = ", ".join(f"b.{c.strip()}" for c in COLUMNS.split(","))
     cur = await conn.execute(
         f"SELECT {columns}, b.trunk_username, b.trunk_sealed, b.trunk_password,"
-        " b.default_target" + _USAGE + " AND p.id = %s ORDER BY b.id",
+        " b.default_target, b.trunk_register" + _USAGE + " AND p.id = %s ORDER BY b.id",
         (pbx_id,),
     )
-    return [UsedBlock(BlockRow(*row[:10]), *row[10:14]) for row in await cur.fetchall()]
+    return [UsedBlock(BlockRow(*row[:10]), *row[10:15]) for row in await cur.fetchall()]
 
 
-async def set_trunk(conn: Conn, block_id: str, username: str, sealed: str, now: datetime) -> None:
+async def set_trunk(
+    conn: Conn, block_id: str, username: str, sealed: str, register: bool, now: datetime
+) -> None:
     await conn.execute(
         "UPDATE blocks SET trunk_username = %s, trunk_sealed = %s, trunk_password = NULL,"
-        " updated_at = %s WHERE id = %s",
-        (username, sealed, now, block_id),
+        " trunk_register = %s, updated_at = %s WHERE id = %s",
+        (username, sealed, register, now, block_id),
     )
 
 

@@ -52,6 +52,7 @@ class Trunk:
     routes: tuple[InboundRoute, ...]
     default_target: str | None
     main_number: str
+    register: bool = False  # registers with the carrier (needs username and password)
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,7 @@ def build(
             routes=tuple(sorted(routes[u.block.id], key=lambda r: r.number)),
             default_target=u.default_target,
             main_number=u.block.block.first_number(),
+            register=u.trunk_register,
         )
         for u in used
     )

@@ -58,6 +58,7 @@ class TrunkCredentials:
 
     username: str
     password: str = field(repr=False)
+    register: bool = False  # the carrier requires REGISTER with these credentials
 
 
 def check_trunk(trunk: TrunkCredentials) -> TrunkCredentials:
@@ -155,7 +156,7 @@ async def _set_routing(
         return
     if trunk is not None:
         sealed = u.policy.secrets.seal(trunk.password)
-        await db_pbx.set_trunk(u.conn, row.id, trunk.username, sealed, u.now)
+        await db_pbx.set_trunk(u.conn, row.id, trunk.username, sealed, trunk.register, u.now)
     if default_target is not None:
         await db_pbx.set_default_target(u.conn, row.id, default_target, u.now)
     pbx_id = await db_pbx.pbx_using(u.conn, row.id)

@@ -1,0 +1,72 @@
+"""A carrier that requires REGISTER: the block's trunk registers with the owner's
+credentials while a PBX uses the block, refreshes the binding, and removes it when the
+block leaves the PBX; sipp is the registrar and checks every digest."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from conftest import Api, FakeClock, Inbox, Lab
+from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
+from lab_helpers import CARRIER_HOST, branch_scene, lab_service, wait_applied
+from sipp_peer import start_scenario
+
+from provisioner.settings import Settings
+
+pytestmark = pytest.mark.lab
+
+MUNICH = ("k200300-muc", "Munich-trunk-1")
+
+
+async def test_a_registering_trunk_registers_refreshes_and_unregisters(
+    settings: Settings, clock: FakeClock, clean_lab: Lab, inbox: Inbox
+) -> None:
+    del clock
+    async with lab_service(settings, clean_lab) as (api, node):
+        await branch_scene(api)
+        await api.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}", {
+            "number": "+4989123456", "range": "0-99", "mode": "pbx", "default_target": "100",
+            "trunk": {"username": MUNICH[0], "password": MUNICH[1], "register": True},
+        })  # fmt: skip
+        registrar = start_scenario(
+            "registrar_auth", remote_port=clean_lab.sip_port, local_ip=CARRIER_HOST,
+            local_port=node.carrier_port, timeout=90,
+            variables={"trunk_user": MUNICH[0], "trunk_password": MUNICH[1]},
+        )  # fmt: skip
+        await assign(api, inbox)
+        state = await wait_applied(api, TARGET)
+        assert "type = registration" in state["files"]["pjsip/tenant-k100200.conf"]
+        await until_registered(clean_lab, "k100200-trunk-muc-main")
+        await asyncio.sleep(8)  # the registrar granted 10 s: Asterisk refreshes before
+        await api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment")
+        state = await wait_applied(api, TARGET)
+        assert "type = registration" not in state["files"]["pjsip/tenant-k100200.conf"]
+        result = await asyncio.to_thread(registrar.wait, 60)
+
+    evidence = result.evidence()
+    assert result.ok, evidence  # the scenario ended: the binding was removed
+    registers = [m for m in result.messages if m.method == "REGISTER"]
+    granted = [
+        m for m in result.messages
+        if m.direction == "sent" and m.status == 200 and "REGISTER" in m.headers.get("cseq", "")
+    ]  # fmt: skip
+    assert len(granted) >= 3, evidence  # registered, refreshed, removed
+    assert all(f"sip:{MUNICH[0]}@" in m.headers["to"] for m in registers), evidence
+
+
+async def assign(api: Api, inbox: Inbox) -> None:
+    _, owner_link, target_link = await request_assignment(api, inbox)
+    assert (await api.client.post(path_of(owner_link))).status == 200
+    assert (await api.client.post(path_of(target_link))).status == 200
+
+
+async def until_registered(lab: Lab, name: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = await asyncio.to_thread(lab.cli, "pjsip show registrations")
+        if any(name in line and "Registered" in line for line in listing.splitlines()):
+            return
+        assert time.monotonic() < deadline, listing
+        await asyncio.sleep(0.2)
