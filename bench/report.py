@@ -29,6 +29,16 @@ def table(results: dict[str, Any]) -> str:
             f" | {_ms(base['median'])} ({_ms(base['p95'])})"
             f" | {r['ratio']:.0f}x | {outbound} |"
         )
+    for s in results["sizes"]:
+        b2b = s["results"].get("back_to_back")
+        if b2b:
+            ring = b2b["ring_s"]
+            rows += [
+                "",
+                f"{s['pbxes']} x {s['phones']}, {ring['n']} moves back to back (not waiting"
+                f" for each one's res_pjsip reload): rings after {_ms(ring['median'])} median,"
+                f" {_ms(ring['p95'])} p95, {_ms(ring['max'])} max.",
+            ]
     rows += [
         "",
         "| node | burst: all routed | res_pjsip / pbx_config reloads | render one PBX"
