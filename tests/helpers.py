@@ -48,5 +48,13 @@ async def request_assignment(api: Api, inbox: Inbox) -> tuple[dict[str, Any], st
     return assignment, confirm_link(owner_mail), confirm_link(target_mail)
 
 
+async def assign_and_confirm(api: Api, inbox: Inbox) -> dict[str, Any]:
+    """The assignment of helpers.scene, confirmed by both sides' links: active."""
+    assignment, owner_link, target_link = await request_assignment(api, inbox)
+    assert (await api.client.post(path_of(owner_link))).status == 200
+    assert (await api.client.post(path_of(target_link))).status == 200
+    return assignment
+
+
 def path_of(link: str) -> str:
     return "/" + link.split("/", 3)[3]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import LAB, Api, FakeClock, Inbox, Lab, free_port
-from helpers import BLOCK, OTHER, TARGET, path_of, request_assignment
+from helpers import BLOCK, OTHER, TARGET, assign_and_confirm, request_assignment
 from lab_helpers import branch_scene, cologne_pbx, lab_node, lab_service, wait_applied
 from panoramisk import Manager
 
@@ -79,9 +79,7 @@ async def test_incremental_changes_end_where_a_full_reload_of_the_files_ends(
     start = await counters(api)
 
     # A's Munich block moves to B's PBX: its numbers route in B, with a phone there.
-    _, owner_link, target_link = await request_assignment(api, inbox)
-    await api.client.post(path_of(owner_link))
-    await api.client.post(path_of(target_link))
+    await assign_and_confirm(api, inbox)
     await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/200", {
         "name": "Carla München", "site_block": BLOCK, "did": "+49891234560",
         "pickup_group": "sales",

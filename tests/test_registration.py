@@ -8,8 +8,8 @@ import asyncio
 import time
 
 import pytest
-from conftest import Api, FakeClock, Inbox, Lab
-from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
+from conftest import FakeClock, Inbox, Lab
+from helpers import BLOCK, OWNER, TARGET, assign_and_confirm
 from lab_helpers import CARRIER_HOST, branch_scene, lab_service, wait_applied
 from sipp_peer import start_scenario
 
@@ -35,7 +35,7 @@ async def test_a_registering_trunk_registers_refreshes_and_unregisters(
             local_port=node.carrier_port, timeout=90,
             variables={"trunk_user": MUNICH[0], "trunk_password": MUNICH[1]},
         )  # fmt: skip
-        await assign(api, inbox)
+        await assign_and_confirm(api, inbox)
         state = await wait_applied(api, TARGET)
         assert "type = registration" in state["files"]["pjsip/tenant-k100200.conf"]
         await until_registered(clean_lab, "k100200-trunk-muc-main")
@@ -54,12 +54,6 @@ async def test_a_registering_trunk_registers_refreshes_and_unregisters(
     ]  # fmt: skip
     assert len(granted) >= 3, evidence  # registered, refreshed, removed
     assert all(f"sip:{MUNICH[0]}@" in m.headers["to"] for m in registers), evidence
-
-
-async def assign(api: Api, inbox: Inbox) -> None:
-    _, owner_link, target_link = await request_assignment(api, inbox)
-    assert (await api.client.post(path_of(owner_link))).status == 200
-    assert (await api.client.post(path_of(target_link))).status == 200
 
 
 async def until_registered(lab: Lab, name: str, timeout: float = 20) -> None:
