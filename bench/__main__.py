@@ -115,8 +115,11 @@ class Lab:
         return dict(self.state)
 
     def down(self) -> None:
+        """Stop it; its folder (config, logs) goes too unless BENCH_KEEP is set."""
         subprocess.run([str(LAB), "--dir", str(self.folder), "down"],
                        capture_output=True, timeout=120, check=False)  # fmt: skip
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     @property
     def pid(self) -> int:
