@@ -190,6 +190,13 @@ async def test_a_pbx_that_cannot_be_rendered_holds_back_no_other(
     assert job is not None and job[0] is None and job[1] >= 1  # waits for a retry, not leased
     metrics = await (await api.call("GET", "/metrics", key="")).text()
     assert re.search(r"^provisioner_apply_pbx_failures_total [1-9]", metrics, re.M), metrics
+    # The portal hears of it: an apply.failed event with the reason.
+    feed = await api.ok("GET", "/v1/events?limit=500")
+    failed = [
+        e["data"] for e in feed["events"]
+        if e["type"] == "apply.failed" and e["data"]["customer"] == long_customer
+    ]  # fmt: skip
+    assert failed and "cannot render" in failed[0]["error"], feed
 
 
 def test_output_folder_is_the_lab_folder(lab: Lab) -> None:

@@ -149,6 +149,13 @@ async def test_the_config_api_says_which_part_is_live(lab_api: Api) -> None:
     await branch_scene(api)
     state = await wait_applied(api, TARGET)
     assert state["live"] == {"dialplan": state["revision"], "pjsip": state["revision"]}
+    # The portal learns it from the event feed too (the same events go to webhooks):
+    # applied once both parts are live in the lab, with that revision.
+    feed = await api.ok("GET", "/v1/events?limit=500")
+    applied = [e["data"] for e in feed["events"]
+               if e["type"] == "apply.applied" and e["data"]["customer"] == TARGET]  # fmt: skip
+    assert applied and applied[-1]["revision"] == state["revision"], feed
+    assert applied[-1]["node"] == "default" and applied[-1]["error"] is None
 
 
 async def test_deleted_extensions_and_ring_groups_leave_asterisk(

@@ -26,6 +26,7 @@ from provisioner.asterisk.execute import MODULES, kind_of, reload
 from provisioner.asterisk.plan import pjsip_change
 from provisioner.asterisk.record import outcome
 from provisioner.clock import Clock
+from provisioner.db import apply_queue
 from provisioner.db import config as db_config
 from provisioner.db.config import PjsipPending
 from provisioner.metrics import PJSIP_WAIT
@@ -88,7 +89,7 @@ class PjsipReloader:
                 if problems[p.pbx_id]:
                     why = f"PJSIP objects not live after reload: {problems[p.pbx_id]}"
                     log.error("PBX %s: %s; queued for a full round", p.slug, why)
-                    await db_config.request_full(conn, p.pbx_id, why, now)
+                    await apply_queue.request(conn, p.pbx_id, why, now, full_reload=True)
                     continue
                 if await db_config.pjsip_live(conn, p.pbx_id, p.revision, now):
                     live += 1
@@ -109,20 +110,22 @@ class PjsipReloader:
             await db_config.wait_node_lock(lock_conn, self.node.name)
             try:
                 async with self.pool.connection() as conn, conn.transaction():
-                    edited = []
-                    for found in await db_config.node_pbxes(conn, self.node.name):
-                        if _pjsip_edited(self.node, found.written):
-                            edited.append(found)
-                    for found in edited:
-                        if await db_config.waiting_job(conn, found.pbx.id) is None:
-                            await db_config.request_full(
-                                conn, found.pbx.id, "its PJSIP file differs from ours", self.clock()
-                            )
+                    edited = [
+                        pbx
+                        for pbx, written in await db_config.node_written(conn, self.node.name)
+                        if _pjsip_edited(self.node, written)
+                    ]
+                    for pbx in edited:
+                        if await db_config.waiting_job(conn, pbx.id) is None:
+                            await apply_queue.request(
+                                conn, pbx.id, "its PJSIP file differs from ours", self.clock(),
+                                full_reload=True,
+                            )  # fmt: skip
             finally:
                 await db_config.node_unlock(lock_conn, self.node.name)
         if edited:
             log.error("node %s: PJSIP files of %s differ from ours; reload waits for their repair",
-                      self.node.name, ", ".join(f.pbx.slug for f in edited))  # fmt: skip
+                      self.node.name, ", ".join(pbx.slug for pbx in edited))  # fmt: skip
         return not edited
 
     def _keep_good(self, p: PjsipPending) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
@@ -181,19 +182,6 @@ async def retry_job(
     )
 
 
-async def request_full(conn: Conn, pbx_id: int, reason: str, now: datetime) -> None:
-    """Queue the PBX for a round by full reload (its incremental change did not show up)."""
-    await conn.execute(
-        "INSERT INTO apply_queue (pbx_id, reason, requested_at, next_attempt_at, full_reload)"
-        " VALUES (%s, %s, %s, %s, true) ON CONFLICT (pbx_id) DO UPDATE SET"
-        " generation = apply_queue.generation + 1, reason = EXCLUDED.reason,"
-        " next_attempt_at = LEAST(apply_queue.next_attempt_at, EXCLUDED.next_attempt_at),"
-        " full_reload = true",
-        (pbx_id, reason[:1000], now, now),
-    )
-    await conn.execute("NOTIFY apply_queue")
-
-
 async def try_node_lock(conn: Conn, node: str, role: str = "apply") -> bool:
     """One applier (and one PJSIP reloader) per node across all instances: a session
     advisory lock on the node and role."""
@@ -217,6 +205,28 @@ async def queue_depth(conn: Conn) -> int:
     return int(row[0]) if row else 0
 
 
+# Every column of a Pbx row, in its field order: the queries below read a PBX and more
+# in one row, and build the Pbx from the first PBX_WIDTH values.
+_PBX = (
+    "p.id, p.customer, p.slug, p.created_at, p.node, p.removed_at, p.leaving_node,"
+    " p.leaving_revision"
+)
+PBX_WIDTH = 8
+# The latest revision written and the last one live in both parts, of PBX p.
+_REVISIONS = (
+    " LEFT JOIN LATERAL (SELECT revision, files FROM config_revisions r"
+    "                    WHERE r.pbx_id = p.id ORDER BY revision DESC LIMIT 1) latest"
+    "   ON true"
+    " LEFT JOIN apply_state s ON s.pbx_id = p.id"
+    " LEFT JOIN config_revisions good"
+    "   ON good.pbx_id = p.id AND good.revision = s.good_revision"
+)
+
+
+def _pbx(row: tuple[Any, ...]) -> Pbx:
+    return Pbx(*row[:PBX_WIDTH])
+
+
 @dataclass(frozen=True)
 class NodePbx:
     """A PBX of a node with what an apply round compares against."""
@@ -231,19 +241,25 @@ async def node_pbxes(conn: Conn, node: str) -> list[NodePbx]:
     """Every PBX of the node with its latest and last good revision, in one query (a
     round looks at all of them, so this is on the apply path)."""
     cur = await conn.execute(
-        "SELECT p.id, p.customer, p.slug, p.created_at, p.node, p.removed_at,"
-        "       latest.revision, latest.files, good.files"
-        " FROM pbxes p"
-        " LEFT JOIN LATERAL (SELECT revision, files FROM config_revisions r"
-        "                    WHERE r.pbx_id = p.id ORDER BY revision DESC LIMIT 1) latest"
-        "   ON true"
-        " LEFT JOIN apply_state s ON s.pbx_id = p.id"
-        " LEFT JOIN config_revisions good"
-        "   ON good.pbx_id = p.id AND good.revision = s.good_revision"
+        f"SELECT {_PBX}, latest.revision, latest.files, good.files FROM pbxes p{_REVISIONS}"
         " WHERE p.node = %s ORDER BY p.id",
         (node,),
     )
-    return [NodePbx(Pbx(*row[:6]), row[6], row[7] or {}, row[8]) for row in await cur.fetchall()]
+    n = PBX_WIDTH
+    return [NodePbx(_pbx(r), r[n], r[n + 1] or {}, r[n + 2]) for r in await cur.fetchall()]
+
+
+async def node_written(conn: Conn, node: str) -> list[tuple[Pbx, dict[str, str]]]:
+    """Every PBX of the node with the files of its latest revision only (what must be on
+    disk): the check before a res_pjsip reload, which holds the node's apply lock."""
+    cur = await conn.execute(
+        f"SELECT {_PBX}, r.files FROM pbxes p"
+        " LEFT JOIN LATERAL (SELECT files FROM config_revisions r"
+        "                    WHERE r.pbx_id = p.id ORDER BY revision DESC LIMIT 1) r ON true"
+        " WHERE p.node = %s ORDER BY p.id",
+        (node,),
+    )
+    return [(_pbx(r), r[PBX_WIDTH] or {}) for r in await cur.fetchall()]
 
 
 @dataclass(frozen=True)
@@ -261,24 +277,18 @@ class RoundPbx:
 async def round_pbxes(conn: Conn, pbx_ids: list[int]) -> list[RoundPbx]:
     """Only the PBXs with jobs: a round's reads do not grow with the node."""
     cur = await conn.execute(
-        "SELECT p.id, p.customer, p.slug, p.created_at, p.node, p.removed_at, latest.revision,"
-        "       latest.files, good.files, dial.files,"
+        f"SELECT {_PBX}, latest.revision, latest.files, good.files, dial.files,"
         "       s.pjsip_revision IS NOT DISTINCT FROM latest.revision"
-        " FROM pbxes p"
-        " LEFT JOIN LATERAL (SELECT revision, files FROM config_revisions r"
-        "                    WHERE r.pbx_id = p.id ORDER BY revision DESC LIMIT 1) latest"
-        "   ON true"
-        " LEFT JOIN apply_state s ON s.pbx_id = p.id"
-        " LEFT JOIN config_revisions good"
-        "   ON good.pbx_id = p.id AND good.revision = s.good_revision"
+        f" FROM pbxes p{_REVISIONS}"
         " LEFT JOIN config_revisions dial"
         "   ON dial.pbx_id = p.id AND dial.revision = s.dialplan_revision"
         " WHERE p.id = ANY(%s) ORDER BY p.id",
         (pbx_ids,),
     )
+    n = PBX_WIDTH
     return [
-        RoundPbx(Pbx(*row[:6]), row[6], row[7] or {}, row[8], row[9] or {}, bool(row[10]))
-        for row in await cur.fetchall()
+        RoundPbx(_pbx(r), r[n], r[n + 1] or {}, r[n + 2], r[n + 3] or {}, bool(r[n + 4]))
+        for r in await cur.fetchall()
     ]
 
 
@@ -311,8 +321,7 @@ async def notify_pjsip_due(conn: Conn) -> None:
 
 async def pjsip_pending(conn: Conn, node: str) -> list[PjsipPending]:
     cur = await conn.execute(
-        "SELECT p.id, p.customer, p.slug, p.created_at, p.node, p.removed_at,"
-        "       s.revision, r.files, live.files, s.updated_at FROM apply_state s"
+        f"SELECT {_PBX}, s.revision, r.files, live.files, s.updated_at FROM apply_state s"
         " JOIN pbxes p ON p.id = s.pbx_id"
         " JOIN config_revisions r ON r.pbx_id = s.pbx_id AND r.revision = s.revision"
         " LEFT JOIN config_revisions live"
@@ -323,7 +332,11 @@ async def pjsip_pending(conn: Conn, node: str) -> list[PjsipPending]:
         " ORDER BY p.id",
         (node,),
     )
-    return [PjsipPending(Pbx(*r[:6]), r[6], r[7], r[8] or {}, r[9]) for r in await cur.fetchall()]
+    n = PBX_WIDTH
+    return [
+        PjsipPending(_pbx(r), r[n], r[n + 1], r[n + 2] or {}, r[n + 3])
+        for r in await cur.fetchall()
+    ]
 
 
 async def pjsip_live(conn: Conn, pbx_id: int, revision: int, now: datetime) -> bool:
@@ -352,15 +365,13 @@ class Leaving:
 
 async def leaving(conn: Conn, node: str) -> list[Leaving]:
     cur = await conn.execute(
-        "SELECT p.id, p.customer, p.slug, p.created_at, p.node, p.removed_at,"
-        "       p.leaving_node, p.leaving_revision, r.files"
-        " FROM pbxes p JOIN apply_state s ON s.pbx_id = p.id"
+        f"SELECT {_PBX}, r.files FROM pbxes p JOIN apply_state s ON s.pbx_id = p.id"
         " LEFT JOIN config_revisions r ON r.pbx_id = p.id AND r.revision = p.leaving_revision"
         " WHERE p.leaving_node = %s AND s.state = 'applied' AND s.good_revision IS NOT NULL"
         " ORDER BY p.id",
         (node,),
     )
-    return [Leaving(Pbx(*row[:8]), row[8] or {}) for row in await cur.fetchall()]
+    return [Leaving(_pbx(r), r[PBX_WIDTH] or {}) for r in await cur.fetchall()]
 
 
 async def left(conn: Conn, pbx_id: int) -> None:
