@@ -34,13 +34,11 @@ typecheck: setup
 pytest: setup
 	$(BIN)/pytest
 
-# Mutation testing of the pure rules (domain/, render/) against their fast tests; slow,
+# Mutation testing of domain/, render/ and service/assignments.py (scripts/mutation); slow,
 # so not part of `make test`. Prints the score; `.venv/bin/mutmut browse` shows survivors.
 mutation: setup
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,mutation]'
-	rm -rf mutants
-	$(BIN)/mutmut run --max-children 2 > /dev/null
-	$(BIN)/mutmut results --all true | awk '{print $$NF}' | sort | uniq -c
+	scripts/mutation
 
 # The benchmark of the incremental apply against full reloads (bench/): needs the lab that
 # `make test` builds; takes about half an hour; writes bench/results.{json,md} and the PNG.

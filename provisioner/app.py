@@ -58,8 +58,8 @@ def create_app(
 
 
 async def database_url(settings: Settings) -> str:
-    if settings.database_url:
-        return settings.database_url.value
+    if settings.database.url:
+        return settings.database.url.value
     url, _server = await asyncio.to_thread(embedded.start, settings.data_dir / "postgres")
     return url
 
@@ -67,7 +67,7 @@ async def database_url(settings: Settings) -> str:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     url = await database_url(settings)
-    pool = await open_pool(url, max_size=settings.database_pool_size)
+    pool = await open_pool(url, max_size=settings.database.pool_size)
     try:
         async with pool.connection() as conn:
             await migrate(conn)

@@ -47,7 +47,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _logging(settings: Settings) -> None:
     logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=settings.log.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
 
@@ -60,8 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     web.run_app(
         create_app(settings),
-        host=settings.listen_host,
-        port=settings.listen_port,
+        host=settings.listen.host,
+        port=settings.listen.port,
         access_log_format='%a "%r" %s %b %Tfs rid=%{X-Request-Id}o',
     )
     return 0
@@ -213,8 +213,8 @@ async def _apply(settings: Settings, customer: str, full: bool) -> str:
         # Committed: the round below (or any instance's applier) picks the job up.
         taken = await apply_node(
             pool, node, system_clock, settings.secret_box(),
-            retry_seconds=settings.apply_retry_seconds, full=full,
-            incremental=settings.incremental,
+            retry_seconds=settings.asterisk.retry_seconds, full=full,
+            incremental=settings.asterisk.incremental,
         )  # fmt: skip
         # Its PJSIP objects, if the round left them pending: reload now, not coalesced.
         await PjsipReloader(pool, node, system_clock, min_interval=0, settle=0).step()
@@ -241,7 +241,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 async def _work(settings: Settings) -> None:
     url = await database_url(settings)
-    pool = await open_pool(url, max_size=settings.database_pool_size)
+    pool = await open_pool(url, max_size=settings.database.pool_size)
     tasks = start_workers(
         settings, pool, url, system_clock, Composer(),
         Policy.from_settings(settings),
@@ -263,7 +263,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def _check(settings: Settings, node_name: str | None, repair: bool) -> tuple[str, bool]:
-    nodes = [n for n in settings.nodes if node_name in (None, n.name)]
+    nodes = [n for n in settings.asterisk.nodes if node_name in (None, n.name)]
     if not nodes:
         raise SystemExit(f"provisioner: no node {node_name!r} in asterisk.nodes")
     secrets = settings.secret_box()

@@ -32,7 +32,7 @@ from provisioner import settings as settings_module
 from provisioner.app import create_app
 from provisioner.db import embedded
 from provisioner.db.migrate import migrate
-from provisioner.settings import ApiKey, Secret, Settings, Smtp
+from provisioner.settings import ApiKey, Database, Listen, Secret, Secrets, Settings, Smtp
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "asterisk-docker" / "lab"
@@ -228,22 +228,31 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+def sha256(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def make_settings(
     db_url: str, *, smtp_host: str, smtp_port: int, port: int, data: Path
 ) -> Settings:
     base = settings_module.load(env={})
     return replace(
         base,
-        listen_port=port,
+        listen=Listen(port=port),
         public_base_url=f"http://127.0.0.1:{port}",
-        database_url=Secret(db_url),
+        database=Database(url=Secret(db_url)),
         data_dir=data,
-        smtp=Smtp(smtp_host, smtp_port, "provisioner@operator.example", "", Secret(""), False, 5),
-        api_keys=(
-            ApiKey("portal-backend", "portal", hashlib.sha256(PORTAL_KEY.encode()).hexdigest()),
-            ApiKey("noc", "engineer", hashlib.sha256(ENGINEER_KEY.encode()).hexdigest()),
+        smtp=Smtp(
+            host=smtp_host,
+            port=smtp_port,
+            sender="provisioner@operator.example",
+            timeout_seconds=5,
         ),
-        secret_keys=(Secret(SECRETS_KEY),),
+        api_keys=(
+            ApiKey(name="portal-backend", role="portal", key_sha256=sha256(PORTAL_KEY)),
+            ApiKey(name="noc", role="engineer", key_sha256=sha256(ENGINEER_KEY)),
+        ),
+        secrets=Secrets(keys=(Secret(SECRETS_KEY),)),
     )
 
 
@@ -297,7 +306,7 @@ class Api:
 @pytest.fixture
 async def service(settings: Settings, clock: FakeClock) -> AsyncIterator[TestClient[Any, Any]]:
     app = create_app(settings, clock=clock)
-    server = TestServer(app, host="127.0.0.1", port=settings.listen_port)
+    server = TestServer(app, host="127.0.0.1", port=settings.listen.port)
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     try:

@@ -61,8 +61,13 @@ async def lab_service(
     """The service on a real port, applying to the lab (real time: the applier's
     backoff runs on the clock, not the fake one); `nodes` to give it more than one."""
     node = lab_node(lab)
-    app = create_app(replace(settings, nodes=nodes or (node,), apply_retry_seconds=1))
-    server = TestServer(app, host="127.0.0.1", port=settings.listen_port)
+    app = create_app(
+        replace(
+            settings,
+            asterisk=replace(settings.asterisk, nodes=nodes or (node,), retry_seconds=1),
+        )
+    )
+    server = TestServer(app, host="127.0.0.1", port=settings.listen.port)
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     try:

@@ -15,7 +15,7 @@ from lab_helpers import CARRIER_HOST, lab_service, wait_applied
 from sipp_peer import run_scenario, start_scenario
 
 from provisioner.domain.numbering import plan
-from provisioner.settings import Settings
+from provisioner.settings import Numbering, Settings
 
 pytestmark = pytest.mark.lab
 
@@ -35,7 +35,10 @@ async def test_an_austrian_pbx_dials_its_emergency_and_national_numbers(
     settings: Settings, clock: FakeClock, clean_lab: Lab
 ) -> None:
     del clock
-    async with lab_service(replace(settings, country="AT"), clean_lab) as (api, node):
+    async with lab_service(replace(settings, numbering=Numbering(country="AT")), clean_lab) as (
+        api,
+        node,
+    ):
         phones = await austrian_pbx(api)
         await api.problem(422, "reserved_extension", "PUT",
                           "/v1/accounts/K500600/pbx/extensions/133",

@@ -77,7 +77,7 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     var, default and text): a key changed in settings.py and not in the README fails."""
     readme = (ROOT / "README.md").read_text()
     assert settings_module.key_table() in readme
-    for key in settings_module.KEYS:
+    for key in settings_module.declared_keys():
         assert f"`{key.env_var}`" in readme, f"README does not name {key.env_var}"
 
 
@@ -87,7 +87,7 @@ def test_env_vars_override_the_file(tmp_path: Path) -> None:
     loaded = settings_module.load(
         config, env={"PROVISIONER_LISTEN_PORT": "9100", "PROVISIONER_SMTP_HOST": "mx.example"}
     )
-    assert (loaded.listen_port, loaded.confirm_within_days) == (9100, 3)
+    assert (loaded.listen.port, loaded.assignment.confirm_within_days) == (9100, 3)
     assert loaded.smtp.host == "mx.example"
 
 
@@ -167,6 +167,36 @@ def test_unknown_keys_inside_entries_are_refused(tmp_path: Path) -> None:
         settings_module.load(config, env={})
 
 
+def test_settings_tree_refuses_typos_and_wrong_types_at_every_level(tmp_path: Path) -> None:
+    """Each level of the declared tree: a section, a list entry, an env var's list."""
+    node = "{name: n1, ami_username: u, ami_secret: s, output_dir: /tmp, carrier_host: h}"
+    refused = {
+        "smtp:\n  tiemout_seconds: 5\n": r"smtp\.tiemout_seconds",
+        "webhooks:\n  - {url: 'http://x', secret: whsec_MTIzNDU2Nzg5MDEyMzQ1Ng==, event: [a]}\n":
+            r"webhooks\[0\]\.event",
+        "asterisk:\n  nodes:\n    - {name: n1, ami_username: u}\n": r"ami_secret is required",
+        "asterisk:\n  nodes:\n    - " + node[:-1] + ", ami_port: yes}\n":
+            r"asterisk\.nodes\[0\]\.ami_port: expected a whole number",
+        "smtp:\n  starttls: maybe\n": r"smtp\.starttls: expected true or false",
+        "listen: 8080\n": r"listen: expected a mapping",
+    }  # fmt: skip
+    config = tmp_path / "c.yaml"
+    for text, message in refused.items():
+        config.write_text(text)
+        with pytest.raises(settings_module.SettingsError, match=message):
+            settings_module.load(config, env={})
+    nodes = "[" + node.replace("s,", "hunter2,")[:-1] + ", file_group: 0}]"
+    loaded = settings_module.load(
+        env={"PROVISIONER_ASTERISK_NODES": nodes, "PROVISIONER_SMTP_STARTTLS": "yes"}
+    )
+    (entry,) = loaded.asterisk.nodes
+    assert (entry.ami_port, entry.carrier_port, entry.file_group) == (5038, 5060, 0)
+    assert entry.ami_secret.value == "hunter2" and "hunter2" not in repr(loaded)
+    assert loaded.smtp.starttls is True
+    with pytest.raises(settings_module.SettingsError, match="PROVISIONER_ASTERISK_NODES"):
+        settings_module.load(env={"PROVISIONER_ASTERISK_NODES": "[{name: n1, carier_port: 1}]"})
+
+
 def sql_patterns(db: psycopg.Connection[Any]) -> dict[tuple[str, str], str]:
     """(table, column) -> the regular expression of its CHECK constraint."""
     found = {}
@@ -177,6 +207,26 @@ def sql_patterns(db: psycopg.Connection[Any]) -> dict[tuple[str, str], str]:
         match = re.match(r"^CHECK \(\((\w+) ~ '(.+)'::text\)\)$", definition)
         if match:
             found[(table, match.group(1))] = match.group(2)
+    return found
+
+
+def sql_checks(db: psycopg.Connection[Any]) -> dict[tuple[str, str], str]:
+    """(table, column) -> an enumeration's choices as an array text ("{de,en}"), or a
+    range as "length(name) 1 200" / "ring_seconds 5 300"."""
+    found = {}
+    for table, definition in db.execute(
+        "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE contype = 'c'"
+    ):
+        choices = re.match(r"^CHECK \(\((\w+) = ANY \(ARRAY\[(.+)\]\)\)\)$", definition)
+        if choices:
+            values = re.findall(r"'([^']*)'::text", choices.group(2))
+            found[(table, choices.group(1))] = "{" + ",".join(values) + "}"
+        bounds = re.match(r"^CHECK \(\(\(?(length\((\w+)\)|(\w+))\)? >= (\d+)\) AND \(\(?"
+                          r"(?:length\(\w+\)|\w+)\)? <= (\d+)\)\)\)$", definition)  # fmt: skip
+        if bounds:
+            column = bounds.group(2) or bounds.group(3)
+            found[(table, column)] = f"{bounds.group(1)} {bounds.group(4)} {bounds.group(5)}"
     return found
 
 
@@ -209,6 +259,33 @@ def test_each_identifier_rule_is_declared_once(db: psycopg.Connection[Any]) -> N
         assert sql[column] == rules.EXTENSION.pattern, column
     assert sql[("extensions", "pickup_group")] == rules.NAME.pattern
     assert sql[("blocks", "trunk_username")] == rules.TRUNK_USER.pattern
+    # Enumerations: rules.py, the request and response schemas, and the CHECKs.
+    enums = {
+        rules.LANGUAGES: [("AccountInput", "language"), ("Account", "language")],
+        rules.MODES: [("BlockInput", "mode"), ("ModeInput", "mode"), ("Block", "mode")],
+        rules.STRATEGIES: [("RingGroupInput", "strategy")],
+    }
+    for choices, places in enums.items():
+        for schema, prop in places:
+            assert tuple(schemas[schema]["properties"][prop]["enum"]) == choices, schema
+    checks = sql_checks(db)
+    assert checks[("accounts", "language")] == f"{{{','.join(rules.LANGUAGES)}}}"
+    assert checks[("blocks", "mode")] == f"{{{','.join(rules.MODES)}}}"
+    assert checks[("ring_groups", "strategy")] == f"{{{','.join(rules.STRATEGIES)}}}"
+    # Lengths and ranges: the request schema and the CHECK say the same.
+    bounds = {
+        ("AccountInput", "name"): ("accounts", "length(name)"),
+        ("ExtensionInput", "name"): ("extensions", "length(name)"),
+        ("RingGroupInput", "name"): ("ring_groups", "length(name)"),
+        ("RingGroupInput", "ring_seconds"): ("ring_groups", "ring_seconds"),
+    }
+    for (schema, prop), (table, expression) in bounds.items():
+        spec = schemas[schema]["properties"][prop]
+        text = spec["type"] == "string"
+        low, high = (
+            (spec["minLength"], spec["maxLength"]) if text else (spec["minimum"], spec["maximum"])
+        )
+        assert checks[(table, prop)] == f"{expression} {low} {high}", (schema, prop)
     # Wider on purpose: rows written when block ids could have 64 characters.
     assert sql[("blocks", "id")] == "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
     assert (

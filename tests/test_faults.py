@@ -80,7 +80,9 @@ def worker(node: Node, db_url: str) -> subprocess.Popen[str]:
 @contextlib.asynccontextmanager
 async def api_only(settings: Settings, node: Node) -> AsyncIterator[Api]:
     """The API without workers: the appliers in these tests are separate processes."""
-    app = create_app(replace(settings, nodes=(node,)), run_workers=False)
+    app = create_app(
+        replace(settings, asterisk=replace(settings.asterisk, nodes=(node,))), run_workers=False
+    )
     client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     try:
@@ -209,7 +211,9 @@ async def test_ami_dropped_mid_round_is_retried_at_once(
     proxy = DroppingProxy(clean_lab.ami_port)
     port = await proxy.start()
     node = replace(lab_node(clean_lab), ami_port=port)
-    app = create_app(replace(settings, nodes=(node,), apply_retry_seconds=1))
+    app = create_app(
+        replace(settings, asterisk=replace(settings.asterisk, nodes=(node,), retry_seconds=1))
+    )
     client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     try:

@@ -253,7 +253,9 @@ async def test_the_worker_finds_drift_on_its_timer_and_repairs_it(
     """Rounds look only at what they change; the drift check on the worker's timer
     finds what changed behind their back (here: an extension removed from the live
     dialplan by hand) and repairs it by a full round."""
-    async with lab_service(replace(settings, drift_check_seconds=1), clean_lab) as (api, _):
+    async with lab_service(
+        replace(settings, asterisk=replace(settings.asterisk, drift_check_seconds=1)), clean_lab
+    ) as (api, _):
         await branch_scene(api)
         await wait_applied(api, TARGET)
         start = await counters(api)

@@ -15,13 +15,13 @@ from psycopg_pool import AsyncConnectionPool
 from provisioner.db import outbox
 from provisioner.mail import sender
 from provisioner.mail.compose import Composer, MailView
-from provisioner.settings import Secret, Smtp
+from provisioner.settings import Smtp
 
 SENDER = "provisioner@operator.example"
 
 
 def smtp(port: int) -> Smtp:
-    return Smtp("127.0.0.1", port, SENDER, "", Secret(""), False, 5)
+    return Smtp(host="127.0.0.1", port=port, sender=SENDER, timeout_seconds=5)
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ async def test_without_smtp_mails_become_eml_files(
     pool: AsyncConnectionPool, tmp_path: Path, clock: FakeClock
 ) -> None:
     await enqueue(pool, 2, clock())
-    files = sender.transport_for(Smtp("", 25, SENDER, "", Secret(""), False, 5), tmp_path)
+    files = sender.transport_for(Smtp(sender=SENDER, timeout_seconds=5), tmp_path)
     assert await sender.send_due(pool, files, SENDER, clock) == 2
     written = sorted((tmp_path / "mail").glob("*.eml"))
     assert [p.name for p in written] == ["m0_test.eml", "m1_test.eml"]

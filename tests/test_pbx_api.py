@@ -206,6 +206,47 @@ async def test_refused_and_nothing_changed(
     assert snapshot(db) == before
 
 
+RING = {"name": "x", "strategy": "ringall", "members": ["100"], "ring_seconds": 20}
+TRUNK = {"username": "u", "password": "long-enough"}
+
+# (body's path, body, code, field): each refused by a rule of the route's schema in
+# openapi.yaml (api/body.py validates against the document as written).
+SCHEMA_RULES: list[tuple[str, dict[str, Any], str, str]] = [
+    ("pbx/ring-groups/600", {**RING, "members": ["100", "100"]}, "invalid_field", "members"),
+    ("pbx/ring-groups/600", {**RING, "ring_seconds": 20.0}, "invalid_type", "ring_seconds"),
+    ("pbx/ring-groups/600", {**RING, "ring_seconds": True}, "invalid_type", "ring_seconds"),
+    ("pbx/ring-groups/600", {**RING, "ring_seconds": 301}, "invalid_field", "ring_seconds"),
+    ("pbx/ring-groups/600", {**RING, "members": []}, "invalid_field", "members"),
+    ("pbx/ring-groups/600", {**RING, "members": ["100"] * 51}, "too_long", "members"),
+    ("pbx/ring-groups/600", {**RING, "members": ["100", "123456"]}, "too_long", "members[1]"),
+    ("pbx/extensions/102", {"name": "x" * 101, "site_block": "ber-main"}, "too_long", "name"),
+    ("pbx/extensions/102", {"name": "", "site_block": "ber-main"}, "invalid_field", "name"),
+    ("pbx/extensions/102", {"name": "x"}, "missing_field", "site_block"),
+    ("pbx/extensions/102", {"name": "x", "site_block": "ber-main", "ext": "1"}, "unknown_field",
+     "ext"),
+    ("blocks/ber-main", {**BERLIN, "trunk": {**TRUNK, "x": 1}}, "unknown_field", "trunk.x"),
+    ("blocks/ber-main", {**BERLIN, "trunk": {"username": "u"}}, "missing_field",
+     "trunk.password"),
+    ("blocks/ber-main", {**BERLIN, "trunk": {**TRUNK, "password": "short"}}, "invalid_trunk",
+     "trunk.password"),
+    ("blocks/ber-main", {**BERLIN, "trunk": {**TRUNK, "register": "yes"}}, "invalid_type",
+     "trunk.register"),
+    ("blocks/ber-main", {**BERLIN, "mode": "PBX"}, "invalid_mode", "mode"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body", "code", "field"), SCHEMA_RULES)
+async def test_bodies_are_held_to_their_openapi_schema(
+    api: Api, db: psycopg.Connection[Any], path: str, body: dict[str, Any], code: str, field: str
+) -> None:
+    await berlin(api)
+    before = snapshot(db)
+    problem = await api.problem(422, code, "PUT", f"/v1/accounts/{TARGET}/{path}", body)
+    assert problem["field"] == field
+    assert "123456" not in problem["detail"] and "short" not in problem["detail"]
+    assert snapshot(db) == before
+
+
 async def test_did_rings_one_extension_only(api: Api) -> None:
     await berlin(api)
     did = {"site_block": "ber-main", "did": "+49301234567"}

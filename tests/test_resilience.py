@@ -43,7 +43,7 @@ async def test_database_restart_delays_mail_and_loses_none(
                              port=free_port(), data=tmp_path)  # fmt: skip
     client: TestClient[Any, Any] = TestClient(
         TestServer(create_app(settings, clock=clock), host="127.0.0.1",
-                   port=settings.listen_port)
+                   port=settings.listen.port)
     )  # fmt: skip
     await client.start_server()
     api = Api(client)

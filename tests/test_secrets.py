@@ -27,7 +27,7 @@ from helpers import BLOCK, OTHER, OWNER, TARGET, path_of, request_assignment, sc
 from lab_helpers import branch_scene, cologne_pbx, lab_service, wait_applied
 
 from provisioner.domain.credentials import SecretBox, sip_ha1
-from provisioner.settings import Settings
+from provisioner.settings import Secrets, Settings
 
 TRUNK_PASSWORDS = ("Berlin-trunk-1", "Munich-trunk-1")
 OPENAPI = Path(__file__).resolve().parent.parent / "provisioner" / "api" / "openapi.yaml"
@@ -187,7 +187,7 @@ async def test_trunk_credentials_need_a_secrets_key(
 
     from provisioner.app import create_app
 
-    app = create_app(replace(settings, secret_keys=()))
+    app = create_app(replace(settings, secrets=Secrets()))
     client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     try:

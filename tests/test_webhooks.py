@@ -82,7 +82,7 @@ async def test_events_reach_a_receiver_that_was_down_across_a_restart_in_order(
     settings: Settings, inbox: Inbox
 ) -> None:
     receiver = Receiver(free_port())
-    hook = Webhook(f"http://127.0.0.1:{receiver.port}/hook", Secret(SECRET))
+    hook = Webhook(url=f"http://127.0.0.1:{receiver.port}/hook", secret=Secret(SECRET))
     settings = replace(settings, webhooks=(hook,))
     async with service(settings) as api:  # the receiver is down all along
         await scene(api)

@@ -20,13 +20,13 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 async def put_account(request: web.Request) -> web.Response:
-    body = (await read_json(request)).only("name", "email", "language")
+    body = await read_json(request)
     account, created = await accounts.put_account(
         request[UNIT],
         request.match_info["customer"],
-        name=body.text("name"),
-        email=body.text("email", max_length=254),
-        language=body.text("language", max_length=2),
+        name=body["name"],
+        email=body["email"],
+        language=body["language"],
     )
     return _json(serialize.account(account), 201 if created else 200)
 
@@ -37,9 +37,9 @@ async def get_account(request: web.Request) -> web.Response:
 
 
 async def put_pbx(request: web.Request) -> web.Response:
-    body = (await read_json(request, allow_empty=True)).only("node")
+    body = await read_json(request, allow_empty=True)
     pbx, created = await accounts.put_pbx(
-        request[UNIT], request.match_info["customer"], node=body.optional_text("node")
+        request[UNIT], request.match_info["customer"], node=body.get("node")
     )
     return _json(serialize.pbx(pbx), 201 if created else 200)
 
@@ -55,26 +55,23 @@ async def get_pbx(request: web.Request) -> web.Response:
 
 
 async def put_block(request: web.Request) -> web.Response:
-    body = (await read_json(request)).only("number", "range", "mode", "trunk", "default_target")
-    trunk = body.optional_object("trunk")
+    body = await read_json(request)
+    trunk = body.get("trunk")
     credentials = None
     if trunk is not None:
-        trunk.only("username", "password", "register")
         credentials = blocks.TrunkCredentials(
-            trunk.text("username", max_length=64, prefix="trunk."),
-            trunk.text("password", max_length=128, prefix="trunk."),
-            trunk.flag("register", prefix="trunk."),
+            trunk["username"], trunk["password"], trunk.get("register", False)
         )
     unit = request[UNIT]
     row, created = await blocks.put_block(
         unit,
         request.match_info["customer"],
         request.match_info["block_id"],
-        number=body.text("number", max_length=20),
-        range_text=body.optional_text("range", max_length=9),
-        mode=body.text("mode", max_length=10),
+        number=body["number"],
+        range_text=body.get("range"),
+        mode=body["mode"],
         trunk=credentials,
-        default_target=body.optional_text("default_target", max_length=5),
+        default_target=body.get("default_target"),
     )
     return _json(serialize.block(row, await blocks.used_by(unit, row)), 201 if created else 200)
 
@@ -86,20 +83,16 @@ async def list_blocks(request: web.Request) -> web.Response:
 
 
 async def set_block_mode(request: web.Request) -> web.Response:
-    body = (await read_json(request)).only("mode")
+    body = await read_json(request)
     unit = request[UNIT]
-    row = await blocks.set_mode(
-        unit, request.match_info["block_id"], body.text("mode", max_length=10)
-    )
+    row = await blocks.set_mode(unit, request.match_info["block_id"], body["mode"])
     return _json(serialize.block(row, await blocks.used_by(unit, row)))
 
 
 async def create_assignment(request: web.Request) -> web.Response:
-    body = (await read_json(request)).only("target_customer")
+    body = await read_json(request)
     assignment = await assignments.create(
-        request[UNIT],
-        request.match_info["block_id"],
-        body.text("target_customer", max_length=32),
+        request[UNIT], request.match_info["block_id"], body["target_customer"]
     )
     return _json(serialize.assignment(assignment), 201)
 
@@ -120,16 +113,16 @@ async def assignment_events(request: web.Request) -> web.Response:
 
 
 async def put_extension(request: web.Request) -> web.Response:
-    body = (await read_json(request)).only("name", "site_block", "did", "pickup_group")
+    body = await read_json(request)
     unit = request[UNIT]
     result = await pbx.put_extension(
         unit,
         request.match_info["customer"],
         request.match_info["ext"],
-        name=body.text("name", max_length=100),
-        site_block=body.text("site_block", max_length=64),
-        did=body.optional_text("did", max_length=16),
-        pickup_group=body.optional_text("pickup_group", max_length=32),
+        name=body["name"],
+        site_block=body["site_block"],
+        did=body.get("did"),
+        pickup_group=body.get("pickup_group"),
     )
     view = await pbx.view_of(unit, request.match_info["customer"])
     data = serialize.extension(result.extension, view)
@@ -160,15 +153,15 @@ async def list_extensions(request: web.Request) -> web.Response:
 
 
 async def put_ring_group(request: web.Request) -> web.Response:
-    body = (await read_json(request)).only("name", "strategy", "members", "ring_seconds")
+    body = await read_json(request)
     group, created = await pbx.put_ring_group(
         request[UNIT],
         request.match_info["customer"],
         request.match_info["ext"],
-        name=body.text("name", max_length=100),
-        strategy=body.text("strategy", max_length=10),
-        members=body.text_list("members", max_items=50, max_length=5),
-        ring_seconds=body.integer("ring_seconds"),
+        name=body["name"],
+        strategy=body["strategy"],
+        members=body["members"],
+        ring_seconds=body["ring_seconds"],
     )
     return _json(serialize.ring_group(group), 201 if created else 200)
 

@@ -1,8 +1,9 @@
-"""The shape of every identifier the API accepts, declared once.
+"""The shape of every identifier and the choices of every enumerated field, declared once.
 
-The services, the middlewares and the settings use these patterns; the OpenAPI
-document and the database's CHECK constraints are tested against them
-(tests/test_contract.py), so a rule changed here and nowhere else fails a test.
+The services, the middlewares, the mail and the settings use these; the OpenAPI
+document (which request bodies are validated against, api/body.py) and the database's
+CHECK constraints are tested against them (tests/test_contract.py), so a rule changed
+here and nowhere else fails a test.
 
 Lengths follow from Asterisk: a dialplan context name has at most 79 characters (80
 with the terminating NUL). The longest generated name is <slug>-trunk-<block>
@@ -25,3 +26,8 @@ EXTENSION = re.compile(r"^[1-9][0-9]{1,4}$")
 # Asterisk node names and pickup group names.
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 TRUNK_USER = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
+
+# Enumerated fields.
+LANGUAGES = ("de", "en")  # of accounts, and so of their mails
+MODES = ("standard", "pbx")  # of blocks
+STRATEGIES = ("ringall", "hunt")  # of ring groups

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import jinja2
 
 KINDS = ("confirm_request", "activated", "reset", "expired")
-LANGUAGES = ("de", "en")
 
 
 @dataclass(frozen=True)

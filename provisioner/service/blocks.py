@@ -18,8 +18,6 @@ from provisioner.render import safe
 from provisioner.service import accounts
 from provisioner.service.unit import Unit
 
-MODES = ("standard", "pbx")
-
 
 def check_block_id(block_id: str) -> str:
     if not rules.BLOCK_ID.match(block_id):
@@ -32,7 +30,7 @@ def check_block_id(block_id: str) -> str:
 
 
 def check_mode(mode: str) -> str:
-    if mode not in MODES:
+    if mode not in rules.MODES:
         raise InvalidInput("mode must be standard or pbx", field="mode", code="invalid_mode")
     return mode
 

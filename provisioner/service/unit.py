@@ -47,12 +47,12 @@ class Policy:
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
         return cls(
-            confirm_within_days=settings.confirm_within_days,
-            country=settings.country,
+            confirm_within_days=settings.assignment.confirm_within_days,
+            country=settings.numbering.country,
             public_base_url=settings.public_base_url,
-            sip_realm=settings.sip_realm,
+            sip_realm=settings.asterisk.sip_realm,
             secrets=settings.secret_box(),
-            nodes=tuple(n.name for n in settings.nodes),
+            nodes=tuple(n.name for n in settings.asterisk.nodes),
         )
 
 

@@ -66,7 +66,7 @@ def start_workers(
     mail = loop.run("mail", send_mails, idle_seconds=5, url=url, channel=outbox.CHANNEL)
     chores = loop.run("housekeeping", chores_step, idle_seconds=60)
     return [
-        *(t for node in settings.nodes for t in node_workers(settings, pool, url, clock, node)),
+        *(t for n in settings.asterisk.nodes for t in node_workers(settings, pool, url, clock, n)),
         asyncio.create_task(mail, name="mail-sender"),
         asyncio.create_task(chores, name="housekeeping"),
         *(
@@ -92,10 +92,13 @@ def node_workers(
     async def apply_step() -> int:
         return await apply_node(
             pool, node, clock, secrets,
-            retry_seconds=settings.apply_retry_seconds, incremental=settings.incremental,
+            retry_seconds=settings.asterisk.retry_seconds,
+            incremental=settings.asterisk.incremental,
         )  # fmt: skip
 
-    reloader = PjsipReloader(pool, node, clock, min_interval=settings.pjsip_reload_ms / 1000)
+    reloader = PjsipReloader(
+        pool, node, clock, min_interval=settings.asterisk.pjsip_reload_ms / 1000
+    )
     tasks = [
         asyncio.create_task(
             loop.run(f"apply-{node.name}", apply_step, idle_seconds=2, url=url,
@@ -108,10 +111,10 @@ def node_workers(
             name=f"pjsip-{node.name}",
         ),
     ]  # fmt: skip
-    if settings.drift_check_seconds > 0:
+    if settings.asterisk.drift_check_seconds > 0:
         tasks.append(
             asyncio.create_task(
-                _drift_checks(pool, node, secrets, settings.drift_check_seconds),
+                _drift_checks(pool, node, secrets, settings.asterisk.drift_check_seconds),
                 name=f"drift-{node.name}",
             )
         )
