@@ -383,7 +383,10 @@ def _convert(tp: Any, value: Any, where: str, parse: Callable[[Any], Any] | None
         return None if value is None or value == "" else _convert(inner, value, where)
     if origin is tuple:
         if isinstance(value, str):  # an env var carries a list as YAML or JSON text
-            value = yaml.safe_load(value) or []
+            try:
+                value = yaml.safe_load(value) or []
+            except yaml.YAMLError:
+                raise SettingsError(f"{where}: expected a list in YAML or JSON") from None
         if not isinstance(value, list):
             raise SettingsError(f"{where}: expected a list")
         return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))

@@ -250,7 +250,20 @@ async def test_refused_and_nothing_changed(
     before = snapshot(db)
     problem = await api.problem(status, code, method, path, body, headers=headers)
     assert problem["title"] and problem["detail"] and problem["type"].endswith(code)
+    if path.endswith("/assignment") and method == "POST" and code in ASSIGNMENT_FIELDS:
+        assert problem.get("field") == ASSIGNMENT_FIELDS[code], problem
     assert snapshot(db) == before
+
+
+# The field a refused assignment request names (the portal puts its message there).
+ASSIGNMENT_FIELDS = {
+    "target_not_found": "target_customer",
+    "invalid_customer": "target_customer",
+    "target_is_owner": "target_customer",
+    "target_has_no_pbx": "target_customer",
+    "block_not_pbx_mode": "block_id",
+    "assignment_exists": "block_id",
+}
 
 
 async def test_fields_at_fault_are_named(api: Api) -> None:
@@ -319,10 +332,11 @@ async def test_conflicts_of_a_live_assignment(
     await scene(api)
     await request_assignment(api, inbox)
     before = snapshot(db)
-    await api.problem(
+    exists = await api.problem(
         409, "assignment_exists", "POST", f"/v1/blocks/{BLOCK}/assignment",
         {"target_customer": OTHER},
     )  # fmt: skip
+    assert exists["field"] == "block_id"
     await api.problem(409, "block_in_use", "POST", f"/v1/blocks/{BLOCK}/mode", {"mode": "standard"})
     await api.problem(
         409, "block_in_use", "PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}",

@@ -195,6 +195,8 @@ def test_settings_tree_refuses_typos_and_wrong_types_at_every_level(tmp_path: Pa
     assert loaded.smtp.starttls is True
     with pytest.raises(settings_module.SettingsError, match="PROVISIONER_ASTERISK_NODES"):
         settings_module.load(env={"PROVISIONER_ASTERISK_NODES": "[{name: n1, carier_port: 1}]"})
+    with pytest.raises(settings_module.SettingsError, match="PROVISIONER_API_KEYS"):
+        settings_module.load(env={"PROVISIONER_API_KEYS": "[{name: "})
 
 
 def sql_patterns(db: psycopg.Connection[Any]) -> dict[tuple[str, str], str]:

@@ -9,6 +9,7 @@ import psycopg
 from conftest import Api, FakeClock, Inbox, body_of, snapshot
 from helpers import (
     BLOCK,
+    OTHER,
     OWNER,
     OWNER_MAIL,
     TARGET,
@@ -87,6 +88,60 @@ async def test_flow_owner_confirms_first(
     assert events["events"][1]["acting_customer"] == OWNER
     assert events["events"][2]["acting_customer"] == TARGET
     assert all(e["request_id"] for e in events["events"])
+
+
+async def test_what_the_flow_tells_the_portal_both_sides_and_the_owners_pbx(
+    api: Api, inbox: Inbox, db: psycopg.Connection[Any]
+) -> None:
+    """What mutation testing found nothing asserting (`make mutation`): the event feed's
+    payloads, names and expiry in the mails, the link's strength, the confirm page's
+    thanks, the owner's own PBX losing and regaining the block, who may read the state."""
+    await scene(api)
+    await api.ok("PUT", f"/v1/accounts/{OWNER}/pbx")  # the owner has a PBX of its own
+    assignment, owner_link, target_link = await request_assignment(api, inbox)
+    for mail, name in ((inbox.to(OWNER_MAIL)[0], "Isar"), (inbox.to(TARGET_MAIL)[0], "Spree")):
+        text = body_of(mail)
+        assert f"{name} Logistik GmbH" in text.split("\n\n")[0]  # the greeting names them
+        assert "Isar Logistik GmbH" in text and "Spree Logistik GmbH" in text
+        assert "2026-11-09 09:00 UTC" in text
+    assert "You asked to use your number block" in body_of(inbox.to(OWNER_MAIL)[0])
+    # 256 random bits, URL-safe: 43 characters.
+    assert {len(link.rsplit("/", 1)[1]) for link in (owner_link, target_link)} == {43}
+
+    assert "Thank you, your confirmation has been recorded." in (await confirm(api, owner_link))[1]
+    await confirm(api, target_link)
+    query = "SELECT p.customer, q.reason FROM apply_queue q JOIN pbxes p ON p.id = q.pbx_id"
+    activated = f"assignment activated: block {BLOCK}"
+    assert dict(db.execute(query).fetchall()) == {TARGET: activated, OWNER: activated}
+
+    # Who may read the state: either party, acting for itself; nobody else.
+    for customer in (OWNER, TARGET):
+        acting = {"X-Acting-Customer": customer}
+        await api.ok("GET", f"/v1/blocks/{BLOCK}/assignment", headers=acting)
+        await api.ok("GET", f"/v1/assignments/{assignment['id']}/events", headers=acting)
+    await api.problem(404, "block_not_found", "GET", f"/v1/blocks/{BLOCK}/assignment",
+                      headers={"X-Acting-Customer": OTHER})  # fmt: skip
+    await api.problem(404, "assignment_not_found", "GET",
+                      f"/v1/assignments/{assignment['id']}/events",
+                      headers={"X-Acting-Customer": OTHER})  # fmt: skip
+
+    db.execute("DELETE FROM apply_queue")
+    await api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment")
+    assert set(db.execute("SELECT reason FROM apply_queue").fetchall()) == {
+        (f"assignment reset: block {BLOCK}",)
+    }
+    assert queued_applies(db) == {TARGET, OWNER}
+
+    feed = await api.ok("GET", "/v1/events?limit=500")
+    flow = [(e["type"], e["data"]) for e in feed["events"] if e["type"].startswith("assignment.")]
+    base = {"assignment_id": assignment["id"], "block_id": BLOCK, "owner": OWNER, "target": TARGET}
+    assert flow == [
+        ("assignment.created", {**base, "state": "pending", "old_state": None}),
+        ("assignment.owner_confirmed", {**base, "state": "pending", "old_state": "pending"}),
+        ("assignment.target_confirmed", {**base, "state": "active", "old_state": "pending"}),
+        ("assignment.activated", {**base, "state": "active", "old_state": "pending"}),
+        ("assignment.reset", {**base, "state": "reset", "old_state": "active"}),
+    ]
 
 
 async def test_flow_target_confirms_first(api: Api, inbox: Inbox) -> None:

@@ -86,6 +86,9 @@ async def test_two_assignments_for_one_block_at_once(api: Api, db: psycopg.Conne
         )
         statuses = sorted(r.status for r in responses)
         assert statuses == [201, 409, 409], statuses
+        for refused in (r for r in responses if r.status == 409):
+            problem = await refused.json(content_type=None)
+            assert (problem["code"], problem["field"]) == ("assignment_exists", "block_id")
         live = db.execute(
             "SELECT count(*) FROM assignments WHERE block_id = %s AND state = 'pending'", (BLOCK,)
         ).fetchone()

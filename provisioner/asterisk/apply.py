@@ -69,8 +69,9 @@ async def apply_node(
     full: bool = False,
     incremental: bool = True,
 ) -> int:
-    """One round for one node; returns how many PBX jobs it took (0: nothing due).
-    `full` reloads both modules even where no file changed (a drift repair)."""
+    """One round for one node; returns how many PBX jobs and departures of moved PBXs it
+    took (0: nothing due). `full` reloads both modules even where no file changed (a
+    drift repair)."""
     async with pool.connection() as lock_conn:
         await lock_conn.set_autocommit(True)
         if not await db_config.try_node_lock(lock_conn, node.name):
@@ -113,11 +114,16 @@ async def apply_node(
             await db_config.node_unlock(lock_conn, node.name)
 
 
+# (node, PBX id) -> why it could not leave that node on the last try; for the log only.
+_LEAVE_TROUBLE: dict[tuple[str, int], str] = {}
+
+
 async def _leave(pool: AsyncConnectionPool, node: Node) -> int:
     """Remove from this node the PBXs that moved away and are live on their new node:
     their files, their contexts and [carrier-in] entries (AMI operations), their
     endpoints (a reload of res_pjsip: a move is rare, it is not coalesced). Returns how
-    many left; one that cannot yet is tried again on the next pass."""
+    many left; one that cannot yet is tried again on the next pass (every 2 s while the
+    node is down: said once in the log, and again only when the reason changes)."""
     async with pool.connection() as conn:
         found = await db_config.leaving(conn, node.name)
     done = 0
@@ -125,8 +131,11 @@ async def _leave(pool: AsyncConnectionPool, node: Node) -> int:
         try:
             await _remove_from_node(node, gone)
         except (AsteriskUnavailable, OperationFailed, plan.NotOurs, OSError) as exc:
-            log.warning("PBX %s cannot leave node %s yet: %s", gone.pbx.slug, node.name, exc)
+            if _LEAVE_TROUBLE.get((node.name, gone.pbx.id)) != str(exc):
+                log.warning("PBX %s cannot leave node %s yet: %s", gone.pbx.slug, node.name, exc)
+            _LEAVE_TROUBLE[(node.name, gone.pbx.id)] = str(exc)
             continue
+        _LEAVE_TROUBLE.pop((node.name, gone.pbx.id), None)
         async with pool.connection() as conn:
             await db_config.left(conn, gone.pbx.id)
         log.info("PBX %s left node %s for %s", gone.pbx.slug, node.name, gone.pbx.node)

@@ -26,7 +26,7 @@ from provisioner.asterisk.plan import (
     live_differences,
     touched,
 )
-from provisioner.db.accounts import Pbx
+from provisioner.db.accounts import OfPbx, Pbx
 from provisioner.db.config import Job
 from provisioner.metrics import OPERATIONS, RELOADS
 from provisioner.render.render import redact, redacted
@@ -42,7 +42,7 @@ def kind_of(path: str) -> str:
 
 
 @dataclass(eq=False)  # compared by identity: two PBXs are never "equal"
-class Tenant:
+class Tenant(OfPbx):
     """One PBX of the node during a round."""
 
     pbx: Pbx
@@ -62,14 +62,6 @@ class Tenant:
     live_dialplan: dict[str, str] = field(default_factory=dict)
     pjsip_live: bool = False
     pjsip_due: bool = False
-
-    @property
-    def pbx_id(self) -> int:
-        return self.pbx.id
-
-    @property
-    def slug(self) -> str:
-        return self.pbx.slug
 
     @property
     def expected(self) -> dict[str, str]:

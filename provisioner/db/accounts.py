@@ -32,6 +32,21 @@ class Pbx:
     leaving_revision: int | None = None  # what the old node has of it, to remove
 
 
+class OfPbx:
+    """Something the apply holds about one PBX: named by its id in queries and by its
+    slug in logs and config."""
+
+    pbx: Pbx
+
+    @property
+    def pbx_id(self) -> int:
+        return self.pbx.id
+
+    @property
+    def slug(self) -> str:
+        return self.pbx.slug
+
+
 async def get(conn: Conn, customer: str, *, lock: bool = False) -> Account | None:
     query = "SELECT * FROM accounts WHERE customer = %s" + (" FOR NO KEY UPDATE" if lock else "")
     async with conn.cursor(row_factory=class_row(Account)) as cur:

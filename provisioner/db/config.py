@@ -10,7 +10,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from provisioner.db import Conn
-from provisioner.db.accounts import Pbx
+from provisioner.db.accounts import OfPbx, Pbx
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,7 @@ async def round_pbxes(conn: Conn, pbx_ids: list[int]) -> list[RoundPbx]:
 
 
 @dataclass(frozen=True)
-class PjsipPending:
+class PjsipPending(OfPbx):
     """A PBX whose latest revision's PJSIP objects wait for a reload of res_pjsip."""
 
     pbx: Pbx
@@ -301,14 +301,6 @@ class PjsipPending:
     files: dict[str, str]  # of that revision (redacted)
     live: dict[str, str]  # of the revision whose PJSIP objects are live (redacted)
     since: datetime  # when its dialplan went live
-
-    @property
-    def pbx_id(self) -> int:
-        return self.pbx.id
-
-    @property
-    def slug(self) -> str:
-        return self.pbx.slug
 
 
 PJSIP_CHANNEL = "pjsip_due"
