@@ -199,13 +199,18 @@ def test_settings_tree_refuses_typos_and_wrong_types_at_every_level(tmp_path: Pa
         settings_module.load(env={"PROVISIONER_API_KEYS": "[{name: "})
 
 
+def check_constraints(db: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(table, definition) of every CHECK constraint, as PostgreSQL prints it."""
+    return db.execute(
+        "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE contype = 'c'"
+    ).fetchall()
+
+
 def sql_patterns(db: psycopg.Connection[Any]) -> dict[tuple[str, str], str]:
     """(table, column) -> the regular expression of its CHECK constraint."""
     found = {}
-    for table, definition in db.execute(
-        "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint"
-        " WHERE contype = 'c'"
-    ):
+    for table, definition in check_constraints(db):
         match = re.match(r"^CHECK \(\((\w+) ~ '(.+)'::text\)\)$", definition)
         if match:
             found[(table, match.group(1))] = match.group(2)
@@ -216,10 +221,7 @@ def sql_checks(db: psycopg.Connection[Any]) -> dict[tuple[str, str], str]:
     """(table, column) -> an enumeration's choices as an array text ("{de,en}"), or a
     range as "length(name) 1 200" / "ring_seconds 5 300"."""
     found = {}
-    for table, definition in db.execute(
-        "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint"
-        " WHERE contype = 'c'"
-    ):
+    for table, definition in check_constraints(db):
         choices = re.match(r"^CHECK \(\((\w+) = ANY \(ARRAY\[(.+)\]\)\)\)$", definition)
         if choices:
             values = re.findall(r"'([^']*)'::text", choices.group(2))

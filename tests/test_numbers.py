@@ -69,6 +69,7 @@ def test_refused_blocks(number: str, range_text: object, code: str) -> None:
 # testing found both unchecked here): (number, range, code, field).
 FIELDS = [
     ("4989123456", None, "invalid_number", "number"),
+    ("+4900012345", None, "invalid_number", "number"),  # E.164 in form, no such number
     ("+4989123456", "a-b", "invalid_range", "range"),
     ("+4989123456", "9-0", "invalid_range", "range"),
     ("+4989123456", "5-5x", "invalid_range", "range"),

@@ -68,13 +68,18 @@ async def apply_node(
     limit: int = 500,
     full: bool = False,
     incremental: bool = True,
+    wait: bool = False,
 ) -> int:
     """One round for one node; returns how many PBX jobs and departures of moved PBXs it
-    took (0: nothing due). `full` reloads both modules even where no file changed (a
-    drift repair)."""
+    took (0: nothing due). `full`, or a job queued with `full_reload`, reloads both
+    modules even where no file changed (a drift repair, a retry after Asterisk failed).
+    `wait`: wait for a round another applier is running, instead of leaving the node to
+    it (a repair must not return before what it queued is done)."""
     async with pool.connection() as lock_conn:
         await lock_conn.set_autocommit(True)
-        if not await db_config.try_node_lock(lock_conn, node.name):
+        if wait:
+            await db_config.wait_node_lock(lock_conn, node.name)
+        elif not await db_config.try_node_lock(lock_conn, node.name):
             return 0  # another instance is applying to this node right now
         try:
             left = await _leave(pool, node)
@@ -87,9 +92,10 @@ async def apply_node(
             renewing = asyncio.create_task(_renew_lease(pool, jobs, clock))
             try:
                 round_ = _Round(pool, node, clock, secrets, jobs, retry_seconds)
-                if full or not incremental or any(j.full_reload for j in jobs):
+                reload_all = full or any(j.full_reload for j in jobs)
+                if reload_all or not incremental:
                     ROUNDS.labels(mode="full").inc()
-                    await round_.full(reload_all=full)
+                    await round_.full(reload_all=reload_all)
                 else:
                     await round_.incremental()
                 result = "applied"

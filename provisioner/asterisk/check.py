@@ -146,9 +146,16 @@ def _compare_live(drift: PbxDrift, wanted: dict[str, str], live: Live) -> None:
 async def repair_node(
     pool: AsyncConnectionPool, node: Node, secrets: SecretBox, drifted: list[PbxDrift]
 ) -> None:
-    """Write every drifted PBX again (hand edits set aside) and reload both modules."""
+    """Write every drifted PBX again (hand edits set aside) and reload both modules.
+
+    The jobs carry `full_reload`: whichever applier takes them (the node's worker may,
+    the moment they commit) reloads both modules, as live drift leaves the files as they
+    were and an incremental round would find nothing to do. And the repair waits for a
+    round already running, so that what it queued is done when it returns."""
     async with pool.connection() as conn, conn.transaction():
         for pbx in await db_config.node_pbxes(conn, node.name):
             if any(d.slug == pbx.pbx.slug for d in drifted):
-                await apply_queue.request(conn, pbx.pbx.id, "drift repair", system_clock())
-    await apply_node(pool, node, system_clock, secrets, full=True)
+                await apply_queue.request(
+                    conn, pbx.pbx.id, "drift repair", system_clock(), full_reload=True
+                )
+    await apply_node(pool, node, system_clock, secrets, full=True, wait=True)
