@@ -12,7 +12,15 @@ from conftest import ENGINEER_KEY, Inbox, Lab
 from helpers import OTHER, TARGET
 from lab_helpers import branch_scene, cologne_pbx, console_env, lab_service, wait_applied
 
-from provisioner.settings import Settings
+from provisioner.settings import Node, Settings
+
+
+def console(node: Node, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`provisioner <args>` as an engineer runs it on the lab's node."""
+    return subprocess.run(
+        [sys.executable, "-m", "provisioner", *args],
+        capture_output=True, text=True, env=console_env(node, db_url), timeout=120, check=False,
+    )  # fmt: skip
 
 
 async def test_drift_is_found_reported_and_repaired(
@@ -42,17 +50,10 @@ async def test_drift_is_found_reported_and_repaired(
             "dialplan/tenant-k300400.conf differs from the database"
         ]
 
-        def console(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "provisioner", *args],
-                capture_output=True, text=True, env=console_env(node, db_url), timeout=120,
-                check=False,
-            )  # fmt: skip
-
-        found = await asyncio.to_thread(console, "check")
+        found = await asyncio.to_thread(console, node, db_url, "check")
         assert found.returncode == 1, found.stdout + found.stderr
         assert "drift" in found.stdout and "k100200-internal" in found.stdout
-        repaired = await asyncio.to_thread(console, "check", "--repair")
+        repaired = await asyncio.to_thread(console, node, db_url, "check", "--repair")
         assert repaired.returncode == 0, repaired.stdout + repaired.stderr
         check = await api.ok("GET", "/v1/nodes/default/check", key=ENGINEER_KEY)
         assert check["ok"], [(p["customer"], p["live"]) for p in check["pbxes"] if p["live"]]
@@ -69,3 +70,18 @@ async def test_the_check_is_the_operators(settings: Settings, clean_lab: Lab, in
         answer: Any = await api.ok("GET", "/v1/nodes/default/check")
         assert answer["pbxes"] == [] and not answer["ok"]
         assert "pjsip/node-carrier.conf differs from what the config says" in answer["problems"]
+
+
+async def test_a_repair_of_the_node_alone_writes_and_loads_its_own_files(
+    settings: Settings, clean_lab: Lab, inbox: Inbox, db_url: str
+) -> None:
+    """Drift of the node's own carrier files while no PBX drifted: the repair queues no
+    PBX job, and must still write the files and reload."""
+    async with lab_service(settings, clean_lab) as (api, node):
+        answer: Any = await api.ok("GET", "/v1/nodes/default/check")
+        assert "pjsip/node-carrier.conf differs from what the config says" in answer["problems"]
+        repaired = await asyncio.to_thread(console, node, db_url, "check", "--repair")
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        answer = await api.ok("GET", "/v1/nodes/default/check")
+        assert answer["ok"] and answer["problems"] == [], answer
+        assert "carrier" in clean_lab.cli("pjsip show endpoints")

@@ -86,8 +86,10 @@ async def apply_node(
             async with pool.connection() as conn, conn.transaction():
                 now = clock()
                 jobs = await db_config.claim_jobs(conn, node.name, now, now + LEASE, limit)
-            if not jobs:
+            if not jobs and not full:
                 return left
+            # A full round runs without jobs too: it writes and reloads the node's own
+            # files (a repair of the node's drift where no PBX drifted).
             started = time.monotonic()
             renewing = asyncio.create_task(_renew_lease(pool, jobs, clock))
             try:
