@@ -59,9 +59,9 @@ def setting(default: Any, doc: str, parse: Callable[[Any], Any] | None = None) -
     return field(default=default, metadata={"doc": doc, "parse": parse})
 
 
-def required(doc: str, parse: Callable[[Any], Any] | None = None) -> Any:
+def required(doc: str) -> Any:
     """A key of a list entry that has no default."""
-    return field(metadata={"doc": doc, "parse": parse})
+    return field(metadata={"doc": doc})
 
 
 def section(cls: type) -> Any:
