@@ -1,4 +1,8 @@
-"""The event feed (GET /v1/events, webhooks) and each webhook endpoint's cursor."""
+"""The event feed (GET /v1/events, webhooks) and each webhook endpoint's cursor.
+
+Readers go by `position`, given out at COMMIT in commit order (migration 0010 says how
+and why), never by `id`, which is taken at INSERT: a cursor over ids skips for good an
+event whose transaction committed after one with a higher id."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ CHANNEL = "events"
 @dataclass(frozen=True)
 class Event:
     id: int
+    position: int  # the cursor: in commit order, set in the writer's COMMIT
     event_id: str
     type: str
     at: datetime
@@ -27,7 +32,7 @@ class Event:
         """The body of its webhook and its entry in GET /v1/events: the same JSON."""
         return {
             "id": self.event_id,
-            "cursor": str(self.id),
+            "cursor": str(self.position),
             "type": self.type,
             "timestamp": self.at.isoformat().replace("+00:00", "Z"),
             "data": self.data,
@@ -46,7 +51,9 @@ async def emit(conn: Conn, type_: str, data: dict[str, Any], now: datetime) -> N
 async def after(conn: Conn, cursor: int, limit: int) -> list[Event]:
     async with conn.cursor(row_factory=class_row(Event)) as cur:
         await cur.execute(
-            "SELECT * FROM events WHERE id > %s ORDER BY id LIMIT %s", (cursor, limit)
+            "SELECT id, position, event_id, type, at, data FROM events"
+            " WHERE position > %s ORDER BY position LIMIT %s",
+            (cursor, limit),
         )
         return await cur.fetchall()
 
@@ -54,7 +61,7 @@ async def after(conn: Conn, cursor: int, limit: int) -> list[Event]:
 @dataclass(frozen=True)
 class Cursor:
     url: str
-    last_event: int
+    last_event: int  # the position delivered up to
     attempts: int
     next_attempt_at: datetime
     last_error: str | None
@@ -65,7 +72,7 @@ async def cursor(conn: Conn, url: str, now: datetime) -> Cursor:
     the newest event (its history is in GET /v1/events)."""
     await conn.execute(
         "INSERT INTO webhook_cursors (url, last_event, next_attempt_at)"
-        " SELECT %s, coalesce(max(id), 0), %s FROM events ON CONFLICT (url) DO NOTHING",
+        " SELECT %s, coalesce(max(position), 0), %s FROM events ON CONFLICT (url) DO NOTHING",
         (url, now),
     )
     async with conn.cursor(row_factory=class_row(Cursor)) as cur:
