@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import psycopg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -143,3 +144,100 @@ def test_a_webhook_needs_a_url_and_a_standard_secret(tmp_path: Any) -> None:
         config.write_text(json.dumps({"webhooks": [bad]}))
         with pytest.raises(SettingsError):
             load(config, {})
+
+
+class Endpoint:
+    """A webhook endpoint that answers as told: slowly, or with a redirect."""
+
+    def __init__(self, *, delay: float = 0.0, status: int = 204, location: str = "") -> None:
+        self.port, self.delay, self.status, self.location = free_port(), delay, status, location
+        self.hits = 0
+        self._runner: web.AppRunner | None = None
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.hits += 1
+        await asyncio.sleep(self.delay)
+        headers = {"Location": self.location} if self.location else None
+        return web.Response(status=self.status, headers=headers)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def __aenter__(self) -> Endpoint:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+async def test_a_slow_endpoint_delays_no_other_endpoint(settings: Settings, inbox: Inbox) -> None:
+    """The slow endpoint is listed first and takes 8 s an event; the other still gets
+    each event within about a second of its commit."""
+    receiver = Receiver(free_port())
+    await receiver.start()
+    try:
+        async with Endpoint(delay=8.0) as slow:
+            hooks = (
+                Webhook(url=slow.url, secret=Secret(SECRET)),
+                Webhook(url=f"http://127.0.0.1:{receiver.port}/hook", secret=Secret(SECRET)),
+            )
+            async with service(replace(settings, webhooks=hooks)) as api:
+                await scene(api)
+                started = time.monotonic()
+                await request_assignment(api, inbox)
+                await until(lambda: slow.hits >= 1, 5, "the slow endpoint got nothing")
+                await until(lambda: len(receiver.got) >= 1, 3,
+                            "the fast endpoint waited for the slow one")  # fmt: skip
+                took = time.monotonic() - started
+    finally:
+        await receiver.stop()
+    assert [e["type"] for e in receiver.got] == ["assignment.created"]
+    assert took < 3
+
+
+async def test_a_redirect_is_a_failed_delivery_and_is_not_followed(
+    settings: Settings, inbox: Inbox, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = Receiver(free_port())
+    await receiver.start()
+    elsewhere = f"http://127.0.0.1:{receiver.port}/hook"
+    try:
+        async with Endpoint(status=307, location=elsewhere) as redirecting:
+            hook = Webhook(url=redirecting.url, secret=Secret(SECRET))
+            async with service(replace(settings, webhooks=(hook,))) as api:
+                await scene(api)
+                await request_assignment(api, inbox)
+                await until(lambda: redirecting.hits >= 1, 5, "no delivery was tried")
+                await asyncio.sleep(0.5)
+    finally:
+        await receiver.stop()
+    assert receiver.got == [], "the signed event went where the redirect pointed"
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT last_event, last_error FROM webhook_cursors WHERE url = %s", (hook.url,)
+        ).fetchone()
+    assert row == (0, "HTTP 307: redirects are not followed"), row
+    assert "HTTP 307: redirects are not followed" in caplog.text
+
+
+async def test_an_unreachable_endpoint_is_logged_without_headers_or_body(
+    settings: Settings, inbox: Inbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    hook = Webhook(url=f"http://127.0.0.1:{free_port()}/hook?token=t0ps3cret",
+                   secret=Secret(SECRET))  # fmt: skip
+    async with service(replace(settings, webhooks=(hook,))) as api:
+        await scene(api)
+        await request_assignment(api, inbox)
+        await until(lambda: "not delivered" in caplog.text, 5, "no failure was logged")
+    lines = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+    assert lines and all("cannot connect" in line for line in lines), lines
+    for secret in ("webhook-signature", "v1,", "t0ps3cret", "assignment.created", SECRET):
+        assert secret not in caplog.text

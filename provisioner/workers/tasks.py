@@ -22,7 +22,7 @@ from provisioner.mail import sender
 from provisioner.mail.compose import Composer
 from provisioner.service import assignments
 from provisioner.service.unit import Actor, Policy, Unit
-from provisioner.settings import Node, Settings
+from provisioner.settings import Node, Settings, Webhook
 from provisioner.workers import loop, webhooks
 
 log = logging.getLogger(__name__)
@@ -60,25 +60,29 @@ def start_workers(
     async def chores_step() -> int:
         return await housekeeping(pool, clock, policy, composer)
 
-    async def send_events() -> int:
-        return await webhooks.deliver_due(pool, settings.webhooks, clock)
-
     mail = loop.run("mail", send_mails, idle_seconds=5, url=url, channel=outbox.CHANNEL)
     chores = loop.run("housekeeping", chores_step, idle_seconds=60)
     return [
         *(t for n in settings.asterisk.nodes for t in node_workers(settings, pool, url, clock, n)),
         asyncio.create_task(mail, name="mail-sender"),
         asyncio.create_task(chores, name="housekeeping"),
-        *(
-            [asyncio.create_task(
-                loop.run("webhooks", send_events, idle_seconds=1, url=url,
-                         channel=db_events.CHANNEL),
-                name="webhooks",
-            )]
-            if settings.webhooks
-            else []
-        ),
+        *(webhook_worker(pool, url, clock, i, hook) for i, hook in enumerate(settings.webhooks)),
     ]  # fmt: skip
+
+
+def webhook_worker(
+    pool: AsyncConnectionPool, url: str, clock: Clock, index: int, hook: Webhook
+) -> asyncio.Task[None]:
+    """One sender per endpoint: a slow or dead endpoint holds up only its own events."""
+
+    async def send_events() -> int:
+        return await webhooks.deliver_due(pool, hook, clock)
+
+    name = f"webhooks-{index}"  # not the URL: it may carry a token in its query
+    return asyncio.create_task(
+        loop.run(name, send_events, idle_seconds=1, url=url, channel=db_events.CHANNEL),
+        name=name,
+    )
 
 
 def node_workers(

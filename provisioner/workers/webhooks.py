@@ -1,11 +1,17 @@
 """Pushing events to the portal's webhook endpoints (Standard Webhooks).
 
-Each endpoint has a cursor in PostgreSQL: events are sent in id order (so in order per
-assignment and per PBX), one at a time, and the cursor moves only after a 2xx. A
-failure keeps the cursor and retries with backoff; a crash between the POST and the
-cursor update sends that event again, with the same `webhook-id` (at least once: the
-receiver drops what it has seen). Events themselves were written in the transaction of
-the change they describe, so none is lost over a restart of anything.
+Each endpoint has a cursor in PostgreSQL: events are sent in commit order (so in order
+per assignment and per PBX; db/events.py), one at a time, and the cursor moves only
+after a 2xx. A failure keeps the cursor and retries with backoff; a crash between the
+POST and the cursor update sends that event again, with the same `webhook-id` (at least
+once: the receiver drops what it has seen). Events themselves were written in the
+transaction of the change they describe, so none is lost over a restart of anything.
+
+Each endpoint has its own worker (workers/tasks.py): a slow or dead endpoint delays only
+its own events. Redirects are not followed: a 3xx is a failed delivery, so a signed
+event never goes to an address nobody configured, and the cursor of the configured
+endpoint moves only for its own 2xx. Log lines name the endpoint and what went wrong,
+never the request's headers (the signature) or body.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 from datetime import timedelta
 
 import aiohttp
+import yarl
 from psycopg_pool import AsyncConnectionPool
 
 from provisioner.clock import Clock
@@ -48,13 +55,10 @@ def backoff(attempts: int) -> timedelta:
     return min(timedelta(seconds=2 ** min(attempts, 10)), MAX_BACKOFF)
 
 
-async def deliver_due(pool: AsyncConnectionPool, hooks: tuple[Webhook, ...], clock: Clock) -> int:
-    """Send what each endpoint has not had yet; returns how many events went out."""
-    sent = 0
+async def deliver_due(pool: AsyncConnectionPool, hook: Webhook, clock: Clock) -> int:
+    """Send what the endpoint has not had yet; returns how many events went out."""
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        for hook in hooks:
-            sent += await _deliver(pool, session, hook, clock)
-    return sent
+        return await _deliver(pool, session, hook, clock)
 
 
 async def _deliver(
@@ -74,13 +78,13 @@ async def _deliver(
                 error = await _post(session, hook, event, clock)
                 if error is not None:
                     log.warning("webhook %s: event %s not delivered (%s); retrying",
-                                hook.url, event.event_id, error)  # fmt: skip
+                                _where(hook.url), event.event_id, error)  # fmt: skip
                     await db_events.failed(
                         conn, hook.url, error, clock() + backoff(cursor.attempts)
                     )
                     return sent
                 sent += 1
-            await db_events.delivered(conn, hook.url, event.id)
+            await db_events.delivered(conn, hook.url, event.position)
     return sent
 
 
@@ -96,9 +100,25 @@ async def _post(
         "webhook-signature": sign(hook.secret.value, event.event_id, timestamp, body),
     }
     try:
-        async with session.post(hook.url, data=body, headers=headers) as response:
+        async with session.post(
+            hook.url, data=body, headers=headers, allow_redirects=False
+        ) as response:
             if 200 <= response.status < 300:
                 return None
+            if 300 <= response.status < 400:
+                return f"HTTP {response.status}: redirects are not followed"
             return f"HTTP {response.status}"
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return repr(exc)
+    except TimeoutError:
+        return f"no answer within {TIMEOUT.total:.0f} s"
+    except aiohttp.ClientConnectorError as exc:
+        # Its str() names only host, port and the OS error; other client errors may carry
+        # the request (headers, signature included) in their repr.
+        return f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}"
+    except (aiohttp.ClientError, OSError) as exc:
+        return type(exc).__name__
+
+
+def _where(url: str) -> str:
+    """The endpoint as a log names it: scheme, host, port and path, no query or login."""
+    parsed = yarl.URL(url)
+    return str(parsed.with_user(None).with_query(None).with_fragment(None))
