@@ -73,7 +73,7 @@ def _group(value: Any) -> int | None:
     """A group name or number; None: the service's own group."""
     if value is None or value == "":
         return None
-    if isinstance(value, int) or str(value).isdigit():
+    if isinstance(value, int) or rules.DIGITS.fullmatch(str(value)):
         return int(value)
     try:
         return grp.getgrnam(str(value)).gr_gid
@@ -117,12 +117,14 @@ class Node:
     carrier_host: str = required("Address of the carrier SBC.")
     carrier_port: int = setting(5060, "SIP port of the carrier SBC.")
     # Group that may read the generated files (Asterisk's); they are never world-readable.
-    file_group: int | None = setting(None, "Group (name or number) of Asterisk.", _group)
+    file_group: int | None = setting(
+        None, "Group (name or number) of Asterisk; empty: the group of output_dir.", _group
+    )
 
     def __post_init__(self) -> None:
-        if not rules.NAME.match(self.name):
+        if not rules.NAME.fullmatch(self.name):
             raise SettingsError(f"bad node name {self.name!r}")
-        if not _HOST.match(self.carrier_host) or not _HOST.match(self.ami_host):
+        if not _HOST.fullmatch(self.carrier_host) or not _HOST.fullmatch(self.ami_host):
             raise SettingsError(f"{self.name}: bad host")
 
 
@@ -228,7 +230,8 @@ class Asterisk:
         "another); `output_dir` is the folder the node's config includes "
         "(`/etc/asterisk/provisioner` in the lab); the carrier SBC is where trunks send "
         "calls and the one address inbound calls are accepted from; the files are readable "
-        "by the group `file_group` (Asterisk's) and never by others.",
+        "by the group `file_group` (Asterisk's; without it, the group of `output_dir`) and "
+        "never by others.",
     )
     sip_realm: str = setting(
         "provisioner",
@@ -255,7 +258,7 @@ class Asterisk:
     def __post_init__(self) -> None:
         if len({n.name for n in self.nodes}) != len(self.nodes):
             raise SettingsError("nodes: node names must be unique")
-        if not _REALM.match(self.sip_realm):
+        if not _REALM.fullmatch(self.sip_realm):
             raise SettingsError("sip_realm: 1 to 64 letters, digits, '.', '_' or '-'")
         if self.pjsip_reload_ms < 0 or self.drift_check_seconds < 0:
             raise SettingsError("pjsip_reload_ms and drift_check_seconds cannot be negative")

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient
 from conftest import PORTAL_KEY, Api, Inbox, snapshot
 from helpers import BLOCK, OTHER, OWNER, TARGET, request_assignment, scene
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from yarl import URL
 
 from provisioner.api import middleware
+from provisioner.api.system import openapi_document
 
 ACCOUNT = {"name": "Neu GmbH", "email": "neu@example.com", "language": "de"}
 
@@ -233,3 +239,121 @@ async def test_malformed_requests_log_no_error(api: Api, caplog: pytest.LogCaptu
     assert answer.startswith(b"HTTP/1.1 4") or answer.startswith(b"HTTP/1.0 4"), answer[:100]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [f"{r.name}: {r.getMessage()}" for r in errors]
+
+
+# --- Every path and query parameter, thrown odd characters at ---------------------------
+
+# A body each schema accepts, so that the request gets as far as its path parameters.
+BODIES: dict[str, Any] = {
+    "AccountInput": ACCOUNT,
+    "PbxInput": {},
+    "BlockInput": {"number": "+4989123456", "range": "0-99", "mode": "pbx"},
+    "ModeInput": {"mode": "pbx"},
+    "AssignmentInput": {"target_customer": TARGET},
+    "ExtensionInput": {"name": "Anna", "site_block": BLOCK},
+    "UsedBlockInput": {"default_target": None},
+    "RingGroupInput": {"name": "G", "strategy": "hunt", "members": ["100"], "ring_seconds": 20},
+}
+# What each parameter would be, were it not odd.
+FINE = {
+    "customer": TARGET, "block_id": BLOCK, "ext": "100", "node": "default",
+    "assignment_id": "00000000-0000-4000-8000-000000000000", "token": "t" * 43,
+    "after": "0", "limit": "10", "from": "1", "to": "2",
+}  # fmt: skip
+
+
+def operations() -> list[tuple[str, str, list[str], list[str], Any]]:
+    """(method, path template, path parameters, query parameters, body) of every
+    operation of the document (tests/test_contract.py keeps it equal to the routes)."""
+    found = []
+    for template, item in openapi_document()["paths"].items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict):
+                continue
+            names = re.findall(r"{(\w+)}", template)
+            query = [
+                p["name"] for p in operation.get("parameters", [])
+                if isinstance(p, dict) and p.get("in") == "query"
+            ] + [
+                p["name"] for p in item.get("parameters", [])
+                if isinstance(p, dict) and p.get("in") == "query"
+            ]  # fmt: skip
+            body = None
+            if "requestBody" in operation:
+                ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                body = BODIES[ref.rsplit("/", 1)[1]]
+            if names or query:
+                found.append((method.upper(), template, names, query, body))
+    return found
+
+
+# Line ends (a `$` in a Python regex matches before a final newline), digits int() does
+# not take or isdigit() does, format and separator characters, a NUL.
+ODD = st.sampled_from(["\n", "\r\n", "\r", "\u2028", "\x85", "\u202e", "\u200b", "\x00",
+                       "\t", "²", "٣", "\uff11", "½", " ", "%", "/", "\\"])  # fmt: skip
+
+
+@settings(
+    max_examples=300, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)  # fmt: skip
+@given(
+    operation=st.sampled_from(operations()), which=st.integers(0, 9), odd=ODD,
+    where=st.sampled_from(["end", "start", "alone", "middle"]),
+)  # fmt: skip
+async def test_odd_characters_in_any_parameter_are_a_4xx_and_log_no_error(
+    api: Api,
+    caplog: pytest.LogCaptureFixture,
+    operation: tuple[str, str, list[str], list[str], Any],
+    which: int,
+    odd: str,
+    where: str,
+) -> None:
+    method, template, names, query, body = operation
+    params = names + query
+    target = params[which % len(params)]
+    fine = FINE[target]
+    value = {"end": fine + odd, "start": odd + fine, "alone": odd,
+             "middle": fine[:1] + odd + fine[1:]}[where]  # fmt: skip
+    path = template
+    for name in names:
+        given_value = value if name == target else FINE[name]
+        path = path.replace("{" + name + "}", quote(given_value, safe=""))
+    if target in query:
+        path += f"?{target}={quote(value, safe='')}"
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        response = await api.client.request(
+            method, URL(path, encoded=True), json=body,
+            headers={"Authorization": f"Bearer {PORTAL_KEY}"},
+        )  # fmt: skip
+        text = await response.text()
+    assert 400 <= response.status < 500, (method, path, response.status, text)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_forged_log_line_in_the_path_stays_on_its_own_line(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unauthenticated: a path with an encoded newline and a body that never arrives."""
+    caplog.set_level(logging.INFO)
+    forged = "2026-12-03 06:00:00,000 ERROR provisioner.api.middleware: FORGED"
+    port = api.client.server.port
+    assert port is not None
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST /v1/zz%0A{quote(forged)} HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    deadline = time.monotonic() + 5
+    while "/v1/zz" not in caplog.text:
+        assert time.monotonic() < deadline, caplog.text
+        await asyncio.sleep(0.05)
+    assert not any(line.startswith("2026-12-03") for line in caplog.text.splitlines())
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+    assert "/v1/zz\\n2026-12-03" in caplog.text

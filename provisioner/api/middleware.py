@@ -54,6 +54,12 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
+def shown(text: str) -> str:
+    """A request's value as a log line may carry it: line breaks, control and format
+    characters escaped (repr's rules), so no request can forge or split a line."""
+    return repr(text)[1:-1]
+
+
 def _is_api(request: web.Request) -> bool:
     return request.path.startswith("/v1/")
 
@@ -61,7 +67,7 @@ def _is_api(request: web.Request) -> bool:
 @web.middleware
 async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
     presented = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID] = presented if _SAFE_ID.match(presented) else uuid.uuid4().hex
+    request[REQUEST_ID] = presented if _SAFE_ID.fullmatch(presented) else uuid.uuid4().hex
     response = await handler(request)
     response.headers["X-Request-Id"] = request[REQUEST_ID]
     return response
@@ -78,14 +84,14 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except ClientGone:
         # Nobody reads this answer; the log says what happened, as a client's doing.
         log.info("client went away while sending %s %s (request %s)",
-                 request.method, request.path, rid)  # fmt: skip
+                 shown(request.method), shown(request.path), rid)  # fmt: skip
         return problem_response(
             400, "client_closed_request", "Client closed the request",
             "the connection closed before the body arrived", request_id=rid,
         )  # fmt: skip
     except PoolTimeout:
         log.warning("no database connection for %s %s (request %s)",
-                    request.method, request.path, rid)  # fmt: skip
+                    shown(request.method), shown(request.path), rid)  # fmt: skip
         return problem_response(
             503, "service_unavailable", "Service unavailable",
             "no database connection could be had in time (all busy, or the database is"
@@ -104,7 +110,8 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
             exc.status, code, exc.reason, exc.text or exc.reason, request_id=rid, headers=headers
         )
     except Exception:
-        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
+        log.exception("unhandled error in %s %s (request %s)",
+                      shown(request.method), shown(request.path), rid)  # fmt: skip
         return problem_response(
             500,
             "internal_error",
@@ -152,7 +159,7 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
     if request.method in MUTATING and key.role != "portal":
         raise Forbidden(f"API key {key.name} ({key.role}) is read-only", code="read_only_key")
     acting = request.headers.get("X-Acting-Customer")
-    if acting is not None and not rules.CUSTOMER.match(acting):
+    if acting is not None and not rules.CUSTOMER.fullmatch(acting):
         raise ProblemError(
             "X-Acting-Customer must be a customer number",
             field="X-Acting-Customer",
@@ -185,7 +192,7 @@ async def unit_of_work(request: web.Request, handler: Handler) -> web.StreamResp
     # nobody unauthenticated may fill the table.
     keyed = request.method in MUTATING and _is_api(request)
     idem_key = request.headers.get("Idempotency-Key") if keyed else None
-    if idem_key is not None and not _IDEMPOTENCY_KEY.match(idem_key):
+    if idem_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idem_key):
         raise ProblemError(
             "Idempotency-Key must be 1 to 200 printable ASCII characters",
             field="Idempotency-Key",

@@ -124,7 +124,7 @@ def area_code_of(number: str) -> str:
 
 def parse_block(number: object, range_text: object, country: str) -> Block:
     """Validate a block as the portal sends it; raise InvalidInput naming the field."""
-    if not isinstance(number, str) or not E164.match(number):
+    if not isinstance(number, str) or not E164.fullmatch(number):
         raise InvalidInput(
             "number must be in E.164 form, for example +4989123456",
             field="number",
@@ -132,7 +132,7 @@ def parse_block(number: object, range_text: object, country: str) -> Block:
         )
     first = last = None
     if range_text is not None:
-        if not isinstance(range_text, str) or not (match := RANGE.match(range_text)):
+        if not isinstance(range_text, str) or not (match := RANGE.fullmatch(range_text)):
             raise InvalidInput(
                 "range must be FIRST-LAST with up to 4 digits each, for example 0-99",
                 field="range",

@@ -8,6 +8,11 @@ here and nowhere else fails a test.
 Lengths follow from Asterisk: a dialplan context name has at most 79 characters (80
 with the terminating NUL). The longest generated name is <slug>-trunk-<block>
 (render/view.py), where the slug is the customer number in lower case.
+
+The patterns are written `^...$` because the OpenAPI document (ECMA regex) and the SQL
+CHECKs (POSIX regex) use the same text, and there `$` is the end of the string. In
+Python `$` also matches before a final newline: test them with `fullmatch`, never
+`match` or `search`.
 """
 
 from __future__ import annotations
@@ -31,3 +36,7 @@ TRUNK_USER = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
 LANGUAGES = ("de", "en")  # of accounts, and so of their mails
 MODES = ("standard", "pbx")  # of blocks
 STRATEGIES = ("ringall", "hunt")  # of ring groups
+
+# Whole numbers in query parameters (cursors, limits, revisions): ASCII digits only
+# (str.isdigit() also takes "²", which int() refuses).
+DIGITS = re.compile(r"[0-9]+")

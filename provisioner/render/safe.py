@@ -35,14 +35,14 @@ class Checked(str):
 
 def token(value: object) -> Checked:
     text = str(value)
-    if not TOKEN.match(text):
+    if not TOKEN.fullmatch(text):
         raise UnsafeValue(f"not a config token: {text!r}")
     return Checked(text)
 
 
 def secret(value: object) -> Checked:
     text = str(value)
-    if not SECRET.match(text):
+    if not SECRET.fullmatch(text):
         raise UnsafeValue("a secret holds characters config cannot carry")
     return Checked(text)
 

@@ -20,7 +20,7 @@ DEFAULT_NODE = "default"
 
 
 def check_customer(customer: str, field: str = "customer") -> str:
-    if not rules.CUSTOMER.match(customer):
+    if not rules.CUSTOMER.fullmatch(customer):
         raise InvalidInput(
             "a customer number has 2 to 32 letters and digits",
             field=field,
@@ -44,7 +44,7 @@ async def put_account(
     # Lengths, types and the language come checked from the request's schema (openapi.yaml).
     if not name.strip():
         raise InvalidInput("name must hold more than spaces", field="name")
-    if not EMAIL.match(email):
+    if not EMAIL.fullmatch(email):
         raise InvalidInput("email is not a mail address", field="email", code="invalid_email")
     return await db_accounts.upsert(u.conn, customer, name.strip(), email, language, u.now)
 
@@ -59,7 +59,7 @@ async def put_pbx(u: Unit, customer: str, *, node: str | None = None) -> tuple[P
     PBX, another node moves it there (written and verified live on the new node, then
     removed from the old one)."""
     u.actor.require_one_of(customer)
-    if node is not None and not rules.NAME.match(node):
+    if node is not None and not rules.NAME.fullmatch(node):
         raise InvalidInput("node is a node name from asterisk.nodes", field="node")
     # "default" is where a PBX goes when none is named; it may be configured later.
     if node is not None and node not in {*u.policy.nodes, DEFAULT_NODE}:
