@@ -24,7 +24,7 @@ from provisioner.db import apply_queue
 from provisioner.db import config as db_config
 from provisioner.db.accounts import Pbx
 from provisioner.db.migrate import migrate
-from provisioner.db.pool import open_pool
+from provisioner.db.pool import DatabaseUnfit, open_pool
 from provisioner.domain.credentials import SecretBox
 from provisioner.mail.compose import Composer
 from provisioner.render.view import Carrier
@@ -58,12 +58,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("provisioner").warning(
             "no api_keys configured: every /v1 request will be refused with 401"
         )
-    web.run_app(
-        create_app(settings),
-        host=settings.listen.host,
-        port=settings.listen.port,
-        access_log_format='%a "%r" %s %b %Tfs rid=%{X-Request-Id}o',
-    )
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.listen.host,
+            port=settings.listen.port,
+            access_log_format='%a "%r" %s %b %Tfs rid=%{X-Request-Id}o',
+        )
+    except DatabaseUnfit as exc:
+        raise SystemExit(f"provisioner: cannot run on this database: {exc}") from None
     return 0
 
 
@@ -116,12 +119,10 @@ async def _demo(settings: Settings) -> None:
         await blocks.put_block(
             unit, DEMO_TARGET, "ber-main", "+4930123456", "0-99", "pbx",
             trunk=blocks.TrunkCredentials("k100200-ber", "Berlin-trunk-1"),
-            default_target="100",
         )  # fmt: skip
         await blocks.put_block(
             unit, DEMO_OWNER, DEMO_BLOCK, "+4989123456", "0-99", "pbx",
             trunk=blocks.TrunkCredentials("k200300-muc", "Munich-trunk-1"),
-            default_target="200",
         )  # fmt: skip
 
 

@@ -77,8 +77,9 @@ async def lab_service(
 
 
 async def branch_scene(api: Api) -> dict[str, Any]:
-    """The accounts of helpers.scene, plus B's Berlin block and phone 100, and trunks and
-    default targets for both blocks. Returns phone 100 as created (with its password)."""
+    """The accounts of helpers.scene, plus B's Berlin block and phone 100 (the default
+    target of B's Berlin numbers), and trunks for both blocks. Returns phone 100 as
+    created (with its password)."""
     await scene(api)
     await api.ok(
         "PUT",
@@ -87,7 +88,6 @@ async def branch_scene(api: Api) -> dict[str, Any]:
             "number": "+4930123456",
             "range": "0-99",
             "mode": "pbx",
-            "default_target": "100",
             "trunk": {"username": "k100200-ber", "password": "Berlin-trunk-1"},
         },
     )
@@ -101,13 +101,16 @@ async def branch_scene(api: Api) -> dict[str, Any]:
         },
     )
     await api.ok(
+        "PUT", f"/v1/accounts/{TARGET}/blocks/ber-main",
+        {"number": "+4930123456", "range": "0-99", "mode": "pbx", "default_target": "100"},
+    )  # fmt: skip
+    await api.ok(
         "PUT",
         f"/v1/accounts/{OWNER}/blocks/{BLOCK}",
         {
             "number": "+4989123456",
             "range": "0-99",
             "mode": "pbx",
-            "default_target": "200",
             "trunk": {"username": "k200300-muc", "password": "Munich-trunk-1"},
         },
     )

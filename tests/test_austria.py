@@ -70,7 +70,7 @@ async def austrian_pbx(api: Api) -> dict[str, dict[str, Any]]:
     await api.ok("PUT", f"/v1/accounts/{customer}/pbx")
     for block_id, number, (user, password) in (WIEN, GRAZ):
         await api.ok("PUT", f"/v1/accounts/{customer}/blocks/{block_id}", {
-            "number": number, "range": "0-99", "mode": "pbx", "default_target": "100",
+            "number": number, "range": "0-99", "mode": "pbx",
             "trunk": {"username": user, "password": password},
         })  # fmt: skip
     phones = {}
@@ -78,6 +78,9 @@ async def austrian_pbx(api: Api) -> dict[str, dict[str, Any]]:
         created = await api.ok("PUT", f"/v1/accounts/{customer}/pbx/extensions/{ext}",
                                {"name": f"Phone {ext}", "site_block": block_id})  # fmt: skip
         phones[ext] = created | {"port": free_port()}
+    for block_id, _number, _trunk in (WIEN, GRAZ):
+        await api.ok("PUT", f"/v1/accounts/{customer}/pbx/blocks/{block_id}",
+                     {"default_target": "100"})  # fmt: skip
     return phones
 
 

@@ -259,7 +259,7 @@ def test_each_identifier_rule_is_declared_once(db: psycopg.Connection[Any]) -> N
                 assert parameter["schema"]["pattern"] == rules.NAME.pattern, path
     sql = sql_patterns(db)
     assert sql[("accounts", "customer")] == rules.CUSTOMER.pattern
-    for column in (("extensions", "ext"), ("ring_groups", "ext"), ("blocks", "default_target")):
+    for column in (("extensions", "ext"), ("ring_groups", "ext"), ("default_targets", "target")):
         assert sql[column] == rules.EXTENSION.pattern, column
     assert sql[("extensions", "pickup_group")] == rules.NAME.pattern
     assert sql[("blocks", "trunk_username")] == rules.TRUNK_USER.pattern

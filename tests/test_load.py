@@ -55,8 +55,8 @@ def choose(rnd: random.Random, inbox: Inbox) -> Call:
     requests = confirm_mails(inbox)
     if roll < 0.94 and requests:
         return "POST", path_of(confirm_link(rnd.choice(requests[-6:]))), None
-    return "PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}", {
-        "number": "+4989123456", "range": "0-99", "mode": "pbx",
+    # B chooses where A's unrouted numbers ring in B's PBX (404 while not B's to use).
+    return "PUT", f"/v1/accounts/{TARGET}/pbx/blocks/{BLOCK}", {
         "default_target": rnd.choice(["200", "100"]),
     }  # fmt: skip
 

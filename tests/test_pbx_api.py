@@ -8,8 +8,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import SECRETS_KEY, Api, snapshot
-from helpers import BLOCK, OWNER, TARGET, scene
+from conftest import SECRETS_KEY, Api, Inbox, snapshot
+from helpers import BLOCK, OTHER, OWNER, TARGET, path_of, request_assignment, scene
+
+from provisioner.db import accounts as db_accounts
+from provisioner.render.load import load_view
 
 PBX = f"/v1/accounts/{TARGET}/pbx"
 BERLIN = {"number": "+4930123456", "range": "0-99", "mode": "pbx"}
@@ -19,9 +22,9 @@ async def berlin(api: Api) -> None:
     await scene(api)
     await api.ok("PUT", f"/v1/accounts/{TARGET}/blocks/ber-main", {
         **BERLIN, "trunk": {"username": "k100200-ber", "password": "Berlin-trunk-1"},
-        "default_target": "100",
     })  # fmt: skip
     await api.ok("PUT", f"{PBX}/extensions/100", {"name": "Anna", "site_block": "ber-main"})
+    await api.ok("PUT", f"{PBX}/blocks/ber-main", {"default_target": "100"})
 
 
 async def test_extension_password_is_shown_once(api: Api, db: psycopg.Connection[Any]) -> None:
@@ -320,3 +323,72 @@ def test_apply_command_says_so_when_another_instance_holds_the_node(
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.startswith("not applied yet, the change stays queued"), done.stdout
     assert "another instance is applying to node default" in done.stdout
+
+
+async def test_the_pbx_that_uses_a_block_chooses_where_its_unrouted_numbers_ring(
+    api: Api, inbox: Inbox, db: psycopg.Connection[Any]
+) -> None:
+    """A (no PBX of its own) can neither send B's calls nowhere nor pin B's extensions;
+    B chooses among its own extensions, already while the assignment waits; the choice
+    goes when the assignment ends."""
+    await berlin(api)
+    await api.ok("PUT", f"{PBX}/extensions/140", {"name": "Empfang", "site_block": "ber-main"})
+    muc = {"number": "+4989123456", "range": "0-99", "mode": "pbx"}
+    before = snapshot(db)
+    for target in ("777", "140"):
+        problem = await api.problem(409, "no_pbx", "PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}",
+                                    {**muc, "default_target": target})  # fmt: skip
+        assert problem["field"] == "default_target"
+    # B cannot choose for a block that is not (yet) B's to use.
+    await api.problem(404, "block_not_found", "PUT", f"{PBX}/blocks/{BLOCK}",
+                      {"default_target": "140"})  # fmt: skip
+    assert snapshot(db) == before
+
+    assignment, owner_link, target_link = await request_assignment(api, inbox)
+    await api.problem(422, "unknown_target", "PUT", f"{PBX}/blocks/{BLOCK}",
+                      {"default_target": "777"})  # fmt: skip
+    await api.problem(422, "reserved_extension", "PUT", f"{PBX}/blocks/{BLOCK}",
+                      {"default_target": "110"})  # fmt: skip
+    await api.problem(422, "invalid_extension", "PUT", f"{PBX}/blocks/{BLOCK}",
+                      {"default_target": "0140"})  # fmt: skip
+    chosen = await api.ok("PUT", f"{PBX}/blocks/{BLOCK}", {"default_target": "140"})
+    assert chosen == {"block_id": BLOCK, "default_target": "140"}
+    # C, no party, learns nothing of the block.
+    await api.problem(404, "block_not_found", "PUT", f"/v1/accounts/{OTHER}/pbx/blocks/{BLOCK}",
+                      {"default_target": None})  # fmt: skip
+    assert (await api.client.post(path_of(owner_link))).status == 200
+    assert (await api.client.post(path_of(target_link))).status == 200
+    assert await default_targets(db) == {"ber-main": "100", BLOCK: "140"}
+    await api.problem(409, "extension_in_use", "DELETE", f"{PBX}/extensions/140")
+
+    await api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment", headers={"X-Acting-Customer": OWNER})
+    assert db.execute(
+        "SELECT count(*) FROM default_targets WHERE block_id = %s", (BLOCK,)
+    ).fetchone() == (0,)
+    deleted = await api.call("DELETE", f"{PBX}/extensions/140")
+    assert deleted.status == 204
+    assert assignment["state"] == "pending"
+
+
+async def test_the_owners_own_pbx_chooses_among_its_own_extensions(
+    api: Api, db: psycopg.Connection[Any]
+) -> None:
+    await scene(api)
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/blocks/ber-main", BERLIN)
+    await api.problem(422, "unknown_target", "PUT", f"/v1/accounts/{TARGET}/blocks/ber-main",
+                      {**BERLIN, "default_target": "100"})  # fmt: skip
+    await api.ok("PUT", f"{PBX}/extensions/100", {"name": "Anna", "site_block": "ber-main"})
+    block = {**BERLIN, "default_target": "100"}
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/blocks/ber-main", block)
+    assert await default_targets(db) == {"ber-main": "100"}
+    await api.ok("PUT", f"{PBX}/blocks/ber-main", {"default_target": None})
+    assert await default_targets(db) == {"ber-main": None}
+
+
+async def default_targets(db: psycopg.Connection[Any]) -> dict[str, str | None]:
+    """Where B's PBX view (what the templates render) rings each block's unrouted numbers."""
+    async with await psycopg.AsyncConnection.connect(db.info.dsn) as conn:
+        pbx = await db_accounts.get_pbx(conn, TARGET)
+        assert pbx is not None
+        view = await load_view(conn, pbx, None)
+    return {t.block_id: t.default_target for t in view.trunks}

@@ -27,7 +27,7 @@ async def test_a_registering_trunk_registers_refreshes_and_unregisters(
     async with lab_service(settings, clean_lab) as (api, node):
         await branch_scene(api)
         await api.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}", {
-            "number": "+4989123456", "range": "0-99", "mode": "pbx", "default_target": "100",
+            "number": "+4989123456", "range": "0-99", "mode": "pbx",
             "trunk": {"username": MUNICH[0], "password": MUNICH[1], "register": True},
         })  # fmt: skip
         registrar = start_scenario(

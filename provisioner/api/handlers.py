@@ -11,6 +11,7 @@ from provisioner.api.body import read_json
 from provisioner.api.middleware import SHOWN_ONCE, UNIT
 from provisioner.asterisk import check
 from provisioner.asterisk.ami import AsteriskUnavailable
+from provisioner.domain import rules
 from provisioner.domain.errors import AsteriskDown, Forbidden, InvalidInput, NotFound
 from provisioner.service import accounts, assignments, blocks, config, events, pbx
 
@@ -152,6 +153,15 @@ async def list_extensions(request: web.Request) -> web.Response:
     return _json({"extensions": [serialize.extension(e, view) for e in rows]})
 
 
+async def put_used_block(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    m = request.match_info
+    target = await pbx.set_default_target(
+        request[UNIT], m["customer"], m["block_id"], body["default_target"]
+    )
+    return _json({"block_id": m["block_id"], "default_target": target})
+
+
 async def put_ring_group(request: web.Request) -> web.Response:
     body = await read_json(request)
     group, created = await pbx.put_ring_group(
@@ -190,7 +200,7 @@ def _revision_param(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 9:
+    if not rules.DIGITS.fullmatch(raw) or len(raw) > 9:
         raise InvalidInput(f"{name} must be a revision number", field=name)
     return int(raw)
 
@@ -199,15 +209,15 @@ async def event_feed(request: web.Request) -> web.Response:
     """Events after a cursor, oldest first; `next` is the cursor to ask with next time
     (the same as the last event's, or the one given when there is nothing new)."""
     after = request.query.get("after", "0")
-    if not after.isdigit() or len(after) > 18:
+    if not rules.DIGITS.fullmatch(after) or len(after) > 18:
         raise InvalidInput("after must be a cursor from an earlier answer", field="after")
     limit = request.query.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 500:
+    if not rules.DIGITS.fullmatch(limit) or len(limit) > 3 or not 1 <= int(limit) <= 500:
         raise InvalidInput("limit must be 1 to 500", field="limit")
     found = await events.feed(request[UNIT], int(after), int(limit))
     return _json({
         "events": [e.payload() for e in found],
-        "next": str(found[-1].id) if found else after,
+        "next": str(found[-1].position) if found else after,
     })  # fmt: skip
 
 

@@ -29,6 +29,7 @@ def add_routes(app: web.Application) -> None:
             web.put("/v1/accounts/{customer}/pbx/extensions/{ext}", handlers.put_extension),
             web.delete("/v1/accounts/{customer}/pbx/extensions/{ext}", handlers.delete_extension),
             web.get("/v1/accounts/{customer}/pbx/extensions", handlers.list_extensions),
+            web.put("/v1/accounts/{customer}/pbx/blocks/{block_id}", handlers.put_used_block),
             web.put("/v1/accounts/{customer}/pbx/ring-groups/{ext}", handlers.put_ring_group),
             web.delete("/v1/accounts/{customer}/pbx/ring-groups/{ext}", handlers.delete_ring_group),
             web.get("/v1/accounts/{customer}/pbx/ring-groups", handlers.list_ring_groups),

@@ -185,7 +185,8 @@ async def used_blocks(conn: Conn, pbx_id: int) -> list[UsedBlock]:
     columns = ", ".join(f"b.{c.strip()}" for c in COLUMNS.split(","))
     cur = await conn.execute(
         f"SELECT {columns}, b.trunk_username, b.trunk_sealed, b.trunk_password,"
-        " b.default_target, b.trunk_register" + _USAGE + " AND p.id = %s ORDER BY b.id",
+        " (SELECT t.target FROM default_targets t WHERE t.pbx_id = p.id AND t.block_id = b.id),"
+        " b.trunk_register" + _USAGE + " AND p.id = %s ORDER BY b.id",
         (pbx_id,),
     )
     return [UsedBlock(BlockRow(*row[:10]), *row[10:15]) for row in await cur.fetchall()]
@@ -225,8 +226,53 @@ async def store_sealed(conn: Conn, block_id: str, sealed: str) -> None:
     )
 
 
-async def set_default_target(conn: Conn, block_id: str, target: str | None, now: datetime) -> None:
+async def set_default_target(
+    conn: Conn, pbx_id: int, block_id: str, target: str | None, now: datetime
+) -> None:
+    """Where the PBX's unrouted numbers of the block ring; None: nowhere (busy)."""
+    if target is None:
+        await forget_default_target(conn, pbx_id, block_id)
+        return
     await conn.execute(
-        "UPDATE blocks SET default_target = %s, updated_at = %s WHERE id = %s",
-        (target, now, block_id),
+        "INSERT INTO default_targets (pbx_id, block_id, target, updated_at)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (pbx_id, block_id)"
+        " DO UPDATE SET target = EXCLUDED.target, updated_at = EXCLUDED.updated_at",
+        (pbx_id, block_id, target, now),
     )
+
+
+async def forget_default_target(conn: Conn, pbx_id: int, block_id: str) -> None:
+    await conn.execute(
+        "DELETE FROM default_targets WHERE pbx_id = %s AND block_id = %s", (pbx_id, block_id)
+    )
+
+
+async def drop_default_target_ringing_nothing(conn: Conn, pbx_id: int, block_id: str) -> None:
+    await conn.execute(
+        "DELETE FROM default_targets t WHERE pbx_id = %s AND block_id = %s"
+        " AND NOT EXISTS (SELECT 1 FROM extensions e"
+        "   WHERE e.pbx_id = t.pbx_id AND e.ext = t.target)"
+        " AND NOT EXISTS (SELECT 1 FROM ring_groups g"
+        "   WHERE g.pbx_id = t.pbx_id AND g.ext = t.target)",
+        (pbx_id, block_id),
+    )
+
+
+async def blocks_ringing(conn: Conn, pbx_id: int, ext: str) -> list[str]:
+    """The blocks whose unrouted numbers this PBX sends to `ext` (used now or soon)."""
+    cur = await conn.execute(
+        "SELECT block_id FROM default_targets WHERE pbx_id = %s AND target = %s ORDER BY block_id",
+        (pbx_id, ext),
+    )
+    return [row[0] for row in await cur.fetchall()]
+
+
+async def is_target(conn: Conn, pbx_id: int, ext: str) -> bool:
+    """An extension or a ring group of the PBX: something a call can ring."""
+    cur = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM extensions WHERE pbx_id = %s AND ext = %s)"
+        " OR EXISTS (SELECT 1 FROM ring_groups WHERE pbx_id = %s AND ext = %s)",
+        (pbx_id, ext, pbx_id, ext),
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])

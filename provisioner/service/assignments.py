@@ -17,6 +17,7 @@ from provisioner.db import accounts as db_accounts
 from provisioner.db import apply_queue, outbox
 from provisioner.db import assignments as db_assignments
 from provisioner.db import events as event_feed
+from provisioner.db import pbx as db_pbx
 from provisioner.db.accounts import Account
 from provisioner.db.assignments import Assignment, Event
 from provisioner.db.blocks import BlockRow
@@ -213,6 +214,7 @@ async def confirm(u: Unit, token: str) -> ConfirmView:
     updated = await db_assignments.update(u.conn, changed)
     await _event(u, updated, f"{side}_confirmed", assignment.state, actor)
     if both:
+        await _check_default_target(u, updated)
         await _request_applies(u, block, updated, "assignment activated")
         await _notify_both(u, "activated", updated, block)
     return replace(await _view(u, updated, side), just_confirmed=True)
@@ -249,6 +251,8 @@ async def _transition(
     states.check_transition(assignment.state, new_state)
     changed = replace(assignment, state=new_state, ended_at=u.now)
     updated = await db_assignments.update(u.conn, changed)
+    # The target's PBX no longer uses the block: its choice of a default target goes.
+    await db_pbx.forget_default_target(u.conn, assignment.target_pbx_id, assignment.block_id)
     await _event(u, updated, action, assignment.state, actor)
     return updated
 
@@ -275,6 +279,15 @@ async def _event(
         actor=actor.name,
         acting_customer=actor.acting_customer,
         request_id=u.actor.request_id,
+    )
+
+
+async def _check_default_target(u: Unit, assignment: Assignment) -> None:
+    """As the block goes live in the target's PBX, the default target the target chose
+    must still be one of its extensions or ring groups. Deleting one that is named is
+    refused, so this holds; it is checked here too so that no call can ring nowhere."""
+    await db_pbx.drop_default_target_ringing_nothing(
+        u.conn, assignment.target_pbx_id, assignment.block_id
     )
 
 

@@ -16,11 +16,12 @@ from provisioner.domain.errors import Conflict, InvalidInput, NotFound
 from provisioner.domain.numbers import parse_block
 from provisioner.render import safe
 from provisioner.service import accounts
+from provisioner.service import pbx as pbx_service
 from provisioner.service.unit import Unit
 
 
 def check_block_id(block_id: str) -> str:
-    if not rules.BLOCK_ID.match(block_id):
+    if not rules.BLOCK_ID.fullmatch(block_id):
         raise InvalidInput(
             f"a block id has 1 to {rules.BLOCK_ID_MAX} letters, digits, '.', '_' or '-'",
             field="block_id",
@@ -60,12 +61,12 @@ class TrunkCredentials:
 
 
 def check_trunk(trunk: TrunkCredentials) -> TrunkCredentials:
-    if not rules.TRUNK_USER.match(trunk.username):
+    if not rules.TRUNK_USER.fullmatch(trunk.username):
         raise InvalidInput(
             "trunk.username: 1 to 64 letters, digits, '.', '_', '+' or '-'",
             field="trunk.username", code="invalid_trunk",
         )  # fmt: skip
-    if len(trunk.password) < 8 or not safe.SECRET.match(trunk.password):
+    if len(trunk.password) < 8 or not safe.SECRET.fullmatch(trunk.password):
         raise InvalidInput(
             "trunk.password: 8 to 128 printable characters without spaces, quotes,"
             " ; # [ ] = $ { } or backslash",
@@ -95,10 +96,17 @@ async def put_block(
         check_trunk(trunk)
         if not u.policy.secrets.configured:
             u.policy.secrets.seal(trunk.password)  # raises the 422 that says why
-    if default_target is not None and not rules.EXTENSION.match(default_target):
+    if default_target is not None and not rules.EXTENSION.fullmatch(default_target):
         raise InvalidInput(
             "default_target is an extension or ring group number", field="default_target",
             code="invalid_extension",
+        )  # fmt: skip
+    if default_target is not None and await db_accounts.get_pbx(u.conn, customer) is None:
+        raise Conflict(
+            f"{customer} has no cloud PBX: default_target names an extension of the owner's"
+            " own PBX; the PBX a block is assigned to sets its own"
+            " (PUT /v1/accounts/{customer}/pbx/blocks/{block_id})",
+            field="default_target", code="no_pbx",
         )  # fmt: skip
     await accounts.require(u, customer)
     existing = await db_blocks.get(u.conn, block_id, lock=True)
@@ -149,14 +157,14 @@ async def put_block(
 async def _set_routing(
     u: Unit, row: BlockRow, trunk: TrunkCredentials | None, default_target: str | None
 ) -> None:
-    """Trunk credentials and the default target, where given; applies the PBX using it."""
-    if trunk is None and default_target is None:
-        return
-    if trunk is not None:
-        sealed = u.policy.secrets.seal(trunk.password)
-        await db_pbx.set_trunk(u.conn, row.id, trunk.username, sealed, trunk.register, u.now)
+    """Trunk credentials and the owner's own PBX's default target, where given; applies
+    the PBX using the block."""
     if default_target is not None:
-        await db_pbx.set_default_target(u.conn, row.id, default_target, u.now)
+        await pbx_service.set_default_target(u, row.owner, row.id, default_target)
+    if trunk is None:
+        return
+    sealed = u.policy.secrets.seal(trunk.password)
+    await db_pbx.set_trunk(u.conn, row.id, trunk.username, sealed, trunk.register, u.now)
     pbx_id = await db_pbx.pbx_using(u.conn, row.id)
     if pbx_id is not None:
         await apply_queue.request(u.conn, pbx_id, f"block {row.id} routing", u.now)

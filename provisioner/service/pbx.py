@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from provisioner.db import Conn, apply_queue
 from provisioner.db import accounts as db_accounts
+from provisioner.db import assignments as db_assignments
+from provisioner.db import blocks as db_blocks
 from provisioner.db import pbx as db_pbx
 from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup
@@ -21,7 +23,7 @@ from provisioner.service.unit import Unit
 
 
 def check_ext(ext: str, plan: Plan, field: str = "ext") -> str:
-    if not rules.EXTENSION.match(ext):
+    if not rules.EXTENSION.fullmatch(ext):
         raise InvalidInput(
             "an extension has 2 to 5 digits and does not start with 0", field=field,
             code="invalid_extension",
@@ -77,7 +79,7 @@ async def put_extension(
     pbx = await require_pbx(u, customer)
     check_ext(ext, numbering.plan(u.policy.country))
     name = check_name(name)
-    if pickup_group is not None and not rules.NAME.match(pickup_group):
+    if pickup_group is not None and not rules.NAME.fullmatch(pickup_group):
         raise InvalidInput(
             "a pickup group is 1 to 32 lower-case letters, digits or '-'",
             field="pickup_group", code="invalid_pickup_group",
@@ -159,9 +161,40 @@ async def put_ring_group(
     return row, created
 
 
+async def set_default_target(
+    u: Unit, customer: str, block_id: str, target: str | None
+) -> str | None:
+    """Where the PBX rings numbers of a block that have no extension of their own: one
+    of its own extensions or ring groups, or None (the caller hears busy). The PBX that
+    uses the block decides: its owner for its own PBX, the target of an assignment for
+    the PBX the block is assigned to (already while the assignment waits for its
+    confirmations, so the numbers ring somewhere from the first call)."""
+    pbx = await require_pbx(u, customer)
+    block = await db_blocks.get(u.conn, block_id, lock=True)
+    if block is None:
+        raise NotFound(f"no block {block_id}", code="block_not_found")
+    assignment = await db_assignments.live_for_block(u.conn, block_id)
+    on_its_way = assignment is not None and assignment.target_pbx_id == pbx.id
+    if block.owner != customer and not on_its_way:
+        # Not a party: nothing about another account's block beyond "not here".
+        raise NotFound(f"no block {block_id}", code="block_not_found")
+    await db_pbx.lock_pbx(u.conn, pbx.id)
+    if target is not None:
+        check_ext(target, numbering.plan(u.policy.country), field="default_target")
+        if not await db_pbx.is_target(u.conn, pbx.id, target):
+            raise InvalidInput(
+                f"{target} is no extension or ring group of {customer}'s PBX",
+                field="default_target", code="unknown_target",
+            )  # fmt: skip
+    await db_pbx.set_default_target(u.conn, pbx.id, block_id, target, u.now)
+    if await db_pbx.pbx_using(u.conn, block_id) == pbx.id:
+        await apply_queue.request(u.conn, pbx.id, f"block {block_id} default target", u.now)
+    return target
+
+
 async def _default_target_of(u: Unit, pbx: Pbx, ext: str) -> list[str]:
-    """The blocks this PBX uses whose unrouted numbers ring `ext`."""
-    return [b.block.id for b in await db_pbx.used_blocks(u.conn, pbx.id) if b.default_target == ext]
+    """The blocks whose unrouted numbers this PBX rings at `ext`."""
+    return await db_pbx.blocks_ringing(u.conn, pbx.id, ext)
 
 
 async def delete_extension(u: Unit, customer: str, ext: str) -> None:
