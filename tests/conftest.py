@@ -151,8 +151,18 @@ class Inbox:
         self.port = port
         self.messages: list[EmailMessage] = []
         self.fail_next = 0
+        self.delay = 0.0  # seconds each DATA takes, as a slow server's would
+        self.receiving = 0  # DATA commands under way
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.receiving += 1
+        try:
+            await asyncio.sleep(self.delay)
+            return self._accept(envelope)
+        finally:
+            self.receiving -= 1
+
+    def _accept(self, envelope: Any) -> str:
         if self.fail_next > 0:
             self.fail_next -= 1
             return "451 4.3.0 try again later"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from lab_helpers import (
 )
 from panoramisk import Manager
 
+from provisioner.asterisk import files
 from provisioner.render.render import redact
 from provisioner.settings import Settings
 
@@ -289,3 +292,38 @@ async def test_engineer_commands_render_diff_and_apply(
     await asyncio.to_thread(provisioner, "apply", TARGET)
     diff = await asyncio.to_thread(provisioner, "diff", TARGET, "--from", "1", "--to", "2")
     assert diff.returncode == 0 and "+[k100200-101]" in diff.stdout, diff.stdout
+
+
+async def test_a_node_without_file_group_writes_files_asterisk_can_read(
+    settings: Settings, clean_lab: Lab, ami: Manager
+) -> None:
+    """No `file_group` in the node's config: the files take the group of the output
+    folder (the lab's is Asterisk's), so the lab's Asterisk, running as its own user,
+    reads them and the PBX goes live."""
+    node = replace(lab_node(clean_lab), file_group=None)
+    async with lab_service(settings, clean_lab, nodes=(node,)) as (api, _):
+        await branch_scene(api)
+        state = await wait_applied(api, TARGET)
+    assert state["apply_error"] is None, state
+    folder_group = clean_lab.output_dir.stat().st_gid
+    written = clean_lab.output_dir / "pjsip/tenant-k100200.conf"
+    assert written.stat().st_gid == folder_group != os.getgid()
+    endpoints, _ = await live(ami)
+    assert "k100200-100" in endpoints
+
+
+def test_a_file_asterisk_cannot_read_is_named_with_its_mode_and_group(tmp_path: Path) -> None:
+    folder = tmp_path / "prov.d"
+    folder.mkdir()
+    os.chown(folder, -1, 4242)  # Asterisk's group, say
+    files.write_atomic(folder, "pjsip/tenant-a.conf", "[a]\n")
+    made = folder / "pjsip/tenant-a.conf"
+    assert made.stat().st_gid == 4242 and (folder / "pjsip").stat().st_gid == 4242
+    assert files.unreadable(folder, ["pjsip/tenant-a.conf"], None) == []
+    os.chown(made, -1, 4343)
+    assert files.unreadable(folder, ["pjsip/tenant-a.conf"], None) == [
+        f"Asterisk cannot read {made}: mode 0640, group 4343, not 4242"
+        " (set the node's file_group, or the output folder's group)"
+    ]
+    made.chmod(0o644)  # readable by anyone: no problem, whatever its group
+    assert files.unreadable(folder, ["pjsip/tenant-a.conf"], None) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +18,7 @@ from provisioner.db import outbox
 from provisioner.mail import sender
 from provisioner.mail.compose import Composer, MailView
 from provisioner.settings import Smtp
+from provisioner.workers import loop
 
 SENDER = "provisioner@operator.example"
 
@@ -125,3 +128,30 @@ def test_every_template_renders_and_has_one_line_subject(kind: str, language: st
     mail = Composer().compose(kind, language, view)
     assert "\n" not in mail.subject and "\r" not in mail.subject
     assert "+49 89 123456 0-99" in mail.subject + mail.body
+
+
+async def test_a_worker_stopped_mid_conversation_finishes_it_and_sends_nothing_twice(
+    pool: AsyncConnectionPool, inbox: Inbox, clock: FakeClock, db: psycopg.Connection[Any]
+) -> None:
+    """The service stops while the SMTP server is taking a mail's DATA: the mail sender
+    finishes that conversation (within loop.STOP_GRACE) and marks the mail sent before
+    it stops, so the next start does not send it again; no socket is left open (a
+    ResourceWarning would fail the test)."""
+    await enqueue(pool, 1, clock())
+    inbox.delay = 1.0
+    transport = sender.SmtpTransport(smtp(inbox.port))
+
+    async def step() -> int:
+        return await sender.send_due(pool, transport, SENDER, clock)
+
+    worker = asyncio.create_task(loop.run("mail", step, idle_seconds=60))
+    deadline = time.monotonic() + 10
+    while inbox.receiving == 0:
+        assert time.monotonic() < deadline, "the mail never reached DATA"
+        await asyncio.sleep(0.01)
+    worker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await worker
+    assert len(inbox.messages) == 1
+    assert db.execute("SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL").fetchone() == (0,)
+    assert await sender.send_due(pool, transport, SENDER, clock) == 0

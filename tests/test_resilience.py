@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from helpers import BLOCK, TARGET, path_of, scene
 from provisioner.app import create_app
 from provisioner.db import embedded
 from provisioner.db.migrate import migrate
+from provisioner.db.pool import DatabaseUnfit
 
 
 @pytest.fixture
@@ -85,3 +87,32 @@ async def test_database_restart_delays_mail_and_loses_none(
         assert len(ids) == len(set(ids)) == 4, ids
     finally:
         await client.close()
+
+
+async def test_the_service_refuses_a_database_that_is_not_utf8(
+    pg_url: str, inbox: Inbox, tmp_path: Path
+) -> None:
+    """SQL_ASCII hands text back as bytes (a 500 on the first account); the service
+    says so at start instead, and touches nothing."""
+    name = f"prov_ascii_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"
+            " TEMPLATE template0"
+        )
+    url = psycopg.conninfo.make_conninfo(pg_url, dbname=name)
+    try:
+        settings = make_settings(url, smtp_host="127.0.0.1", smtp_port=inbox.port,
+                                 port=free_port(), data=tmp_path)  # fmt: skip
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+        try:
+            with pytest.raises(DatabaseUnfit, match="encoding is SQL_ASCII, not UTF8"):
+                await client.start_server()
+        finally:
+            await client.close()
+        with psycopg.connect(url) as conn:
+            tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            assert tables.fetchone() == (0,)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

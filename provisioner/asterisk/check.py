@@ -86,6 +86,8 @@ async def check_node(
     async with Ami(node) as ami:
         live = Live(await ami.endpoints(), await ami.contexts())
     node_problems = _compare_node(node, live)
+    written = [*node_files(carrier), *(path for _, wanted, _ in found for path in wanted)]
+    node_problems += files.unreadable(node.output_dir, written, node.file_group)
     for drift, wanted, removed in found:
         _compare_files(node, drift, wanted)
         if wanted or removed:  # (nothing rendered: nothing to compare with)

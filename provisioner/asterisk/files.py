@@ -2,11 +2,15 @@
 
 The files carry SIP secrets (trunk passwords, phones' digest hashes), so they are
 readable by their owner (the service) and by the node's `file_group` (Asterisk) only.
+Without a `file_group` they get the group of the output folder itself: the operator made
+that folder readable by Asterisk, and a file of the service's own group would not be.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import stat
 from datetime import datetime
 from pathlib import Path
 
@@ -26,9 +30,13 @@ def write_atomic(
     folder: Path, relative: str, text: str, *, group: int | None = None, mode: int = FILE_MODE
 ) -> None:
     """Temp file, fsync, rename, fsync the folder: Asterisk sees the old or the new file.
-    The temp file is created with its final mode, so no reader ever sees it wider."""
+    The temp file is created with its final mode, so no reader ever sees it wider.
+    `group` None: the group of `folder`, for the file and any folder made for it."""
     path = folder / relative
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+    if group is None:
+        group = folder.stat().st_gid
+    _make_folders(folder, path.parent, group)
     temp = path.with_name(f".{path.name}.tmp")
     handle = os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w")
     try:
@@ -48,6 +56,45 @@ def write_atomic(
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _make_folders(top: Path, folder: Path, group: int) -> None:
+    if folder == top or folder.is_dir():
+        return
+    _make_folders(top, folder.parent, group)
+    folder.mkdir(mode=0o750, exist_ok=True)
+    os.chown(folder, -1, group)
+
+
+def unreadable(folder: Path, relatives: list[str], group: int | None) -> list[str]:
+    """Which of these files (or the folders on the way to them) Asterisk cannot read:
+    not readable by others, and not of the group Asterisk reads through (`group`, or
+    the group of `folder`). Each named with its mode and group, for a person to fix."""
+    wanted = folder.stat().st_gid if group is None else group
+    found: dict[Path, str] = {}
+    for relative in relatives:
+        path = folder / relative
+        while path != folder:
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                break
+            need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(info.st_mode) else 0)
+            if info.st_gid != wanted and info.st_mode & need != need and path not in found:
+                found[path] = (
+                    f"Asterisk cannot read {path}: mode {stat.S_IMODE(info.st_mode):04o},"
+                    f" group {_group_name(info.st_gid)}, not {_group_name(wanted)}"
+                    " (set the node's file_group, or the output folder's group)"
+                )
+            path = path.parent
+    return sorted(found.values())
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def remove(folder: Path, relative: str) -> None:

@@ -41,7 +41,23 @@ async def open_pool(url: str, *, max_size: int = 10) -> AsyncConnectionPool:
         },
     )
     await pool.open(wait=True, timeout=30)
-    async with pool.connection() as conn:
-        await conn.execute("SELECT 1")
+    try:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+            encoding = conn.info.parameter_status("server_encoding")
+        if encoding != "UTF8":
+            # SQL_ASCII hands text back as bytes and stores whatever it is given; LATIN1
+            # and friends refuse names and mails in other scripts. Neither is ours.
+            raise DatabaseUnfit(
+                f"the database's encoding is {encoding}, not UTF8: create it with"
+                " ENCODING 'UTF8' (createdb -E UTF8 -T template0)"
+            )
+    except BaseException:
+        await pool.close()
+        raise
     log.info("database pool open on %s", masked(url))
     return pool
+
+
+class DatabaseUnfit(Exception):
+    """The database can be reached but the service cannot run on it."""

@@ -2,6 +2,11 @@
 
 NOTIFY only shortens the wait; the periodic poll is what guarantees progress, so a
 lost notification or a database restart delays work and never drops it.
+
+A worker told to stop finishes the step in hand first (at most STOP_GRACE seconds): an
+SMTP conversation cut in half could have the mail accepted and not marked sent (sent
+again later), and leaves its socket to the garbage collector; an apply round cut in half
+leaves its jobs to the lease.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import psycopg
 log = logging.getLogger(__name__)
 
 Step = Callable[[], Awaitable[int]]
+STOP_GRACE = 5.0
 
 
 def _reraise_if_cancelling() -> None:
@@ -42,6 +48,20 @@ async def _listen(url: str, channel: str, wake: asyncio.Event) -> None:
         retry = min(retry * 2, 30.0)
 
 
+async def _finish(step: Step) -> int:
+    """One step, run to its end even when the worker is cancelled meanwhile (up to
+    STOP_GRACE seconds, then it is cancelled too); the cancellation is raised after."""
+    task = asyncio.ensure_future(step())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        _done, pending = await asyncio.wait({task}, timeout=STOP_GRACE)
+        for late in pending:
+            late.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+
+
 async def run(
     name: str,
     step: Step,
@@ -62,7 +82,7 @@ async def run(
         while True:
             wake.clear()
             try:
-                while await step() > 0:
+                while await _finish(step) > 0:
                     _reraise_if_cancelling()
                 _reraise_if_cancelling()
                 failures = 0
