@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Api, FakeClock, Inbox, Lab
+from conftest import ENGINEER_KEY, Api, FakeClock, Inbox, Lab
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
 from lab_helpers import (
     branch_scene,
@@ -319,11 +319,32 @@ def test_a_file_asterisk_cannot_read_is_named_with_its_mode_and_group(tmp_path: 
     files.write_atomic(folder, "pjsip/tenant-a.conf", "[a]\n")
     made = folder / "pjsip/tenant-a.conf"
     assert made.stat().st_gid == 4242 and (folder / "pjsip").stat().st_gid == 4242
-    assert files.unreadable(folder, ["pjsip/tenant-a.conf"], None) == []
+    assert files.unreadable(folder, ["pjsip/tenant-a.conf"]) == []
     os.chown(made, -1, 4343)
-    assert files.unreadable(folder, ["pjsip/tenant-a.conf"], None) == [
-        f"Asterisk cannot read {made}: mode 0640, group 4343, not 4242"
-        " (set the node's file_group, or the output folder's group)"
+    assert files.unreadable(folder, ["pjsip/tenant-a.conf"]) == [
+        f"Asterisk cannot read {made}: mode 0640, group 4343, not 4242 (the output"
+        " folder's; set the node's file_group to it, or leave it out)"
     ]
     made.chmod(0o644)  # readable by anyone: no problem, whatever its group
-    assert files.unreadable(folder, ["pjsip/tenant-a.conf"], None) == []
+    assert files.unreadable(folder, ["pjsip/tenant-a.conf"]) == []
+
+
+async def test_files_of_a_group_asterisk_is_not_in_are_named_as_the_reason(
+    settings: Settings, clean_lab: Lab
+) -> None:
+    """A node whose file_group is not Asterisk's (root's here): Asterisk cannot read the
+    PBX's files; the apply fails and says which file, its mode and group, and so does
+    the node's check."""
+    node = replace(lab_node(clean_lab), file_group=0)
+    async with lab_service(settings, clean_lab, nodes=(node,)) as (api, _):
+        await branch_scene(api)
+        deadline = time.monotonic() + 60
+        while True:
+            state = await api.ok("GET", f"/v1/accounts/{TARGET}/pbx/config")
+            if "Asterisk cannot read" in (state["apply_error"] or ""):
+                break
+            assert time.monotonic() < deadline, state
+            await asyncio.sleep(0.2)
+        check = await api.ok("GET", "/v1/nodes/default/check", key=ENGINEER_KEY)
+    assert "pjsip/tenant-k100200.conf: mode 0640, group root" in state["apply_error"]
+    assert any("Asterisk cannot read" in p for p in check["problems"]), check

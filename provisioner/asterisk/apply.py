@@ -344,9 +344,7 @@ class _Round:
                     if t.wanted is None:
                         continue
                     t.problems.append("new config did not come up in Asterisk; rolled back")
-                    t.problems += files.unreadable(
-                        node.output_dir, sorted(t.wanted), node.file_group
-                    )
+                    t.problems += files.unreadable(node.output_dir, sorted(t.wanted))
                     execute.restore(node, t)
                 await execute.reload(ami, set(MODULES))
                 still = await execute.verify_node(ami, tenants)

@@ -87,7 +87,7 @@ async def check_node(
         live = Live(await ami.endpoints(), await ami.contexts())
     node_problems = _compare_node(node, live)
     written = [*node_files(carrier), *(path for _, wanted, _ in found for path in wanted)]
-    node_problems += files.unreadable(node.output_dir, written, node.file_group)
+    node_problems += files.unreadable(node.output_dir, written)
     for drift, wanted, removed in found:
         _compare_files(node, drift, wanted)
         if wanted or removed:  # (nothing rendered: nothing to compare with)

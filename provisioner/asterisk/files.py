@@ -66,11 +66,15 @@ def _make_folders(top: Path, folder: Path, group: int) -> None:
     os.chown(folder, -1, group)
 
 
-def unreadable(folder: Path, relatives: list[str], group: int | None) -> list[str]:
-    """Which of these files (or the folders on the way to them) Asterisk cannot read:
-    not readable by others, and not of the group Asterisk reads through (`group`, or
-    the group of `folder`). Each named with its mode and group, for a person to fix."""
-    wanted = folder.stat().st_gid if group is None else group
+def unreadable(folder: Path, relatives: list[str]) -> list[str]:
+    """Which of these files (or the folders on the way to them) Asterisk cannot read,
+    each named with its mode and group for a person to fix. Asterisk reads the output
+    folder, so the folder's group is taken as the one Asterisk reads through: a file
+    not readable by others must be of that group (a `file_group` that names another
+    group is the mistake this finds)."""
+    if not folder.is_dir():
+        return []  # nothing written yet: nothing to read
+    wanted = folder.stat().st_gid
     found: dict[Path, str] = {}
     for relative in relatives:
         path = folder / relative
@@ -83,8 +87,8 @@ def unreadable(folder: Path, relatives: list[str], group: int | None) -> list[st
             if info.st_gid != wanted and info.st_mode & need != need and path not in found:
                 found[path] = (
                     f"Asterisk cannot read {path}: mode {stat.S_IMODE(info.st_mode):04o},"
-                    f" group {_group_name(info.st_gid)}, not {_group_name(wanted)}"
-                    " (set the node's file_group, or the output folder's group)"
+                    f" group {_group_name(info.st_gid)}, not {_group_name(wanted)} (the"
+                    " output folder's; set the node's file_group to it, or leave it out)"
                 )
             path = path.parent
     return sorted(found.values())

@@ -87,7 +87,10 @@ class PjsipReloader:
             now = self.clock()
             for p in pending:
                 if problems[p.pbx_id]:
-                    why = f"PJSIP objects not live after reload: {problems[p.pbx_id]}"
+                    unread = files.unreadable(self.node.output_dir, sorted(_pjsip(p.files)))
+                    why = "; ".join(
+                        [f"PJSIP objects not live after reload: {problems[p.pbx_id]}", *unread]
+                    )
                     log.error("PBX %s: %s; queued for a full round", p.slug, why)
                     await apply_queue.request(conn, p.pbx_id, why, now, full_reload=True)
                     continue
