@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 CONFIG ?= config/dev.yaml
 
-.PHONY: run test setup system-deps lint typecheck pytest mutation bench lock clean
+.PHONY: run test setup system-deps lint typecheck pytest mutation bench lock clean compose-up compose-down
 
 # The service on the embedded defaults with the lab's Asterisk as its node (scripts/run-dev).
 run: setup
@@ -33,6 +33,15 @@ typecheck: setup
 
 pytest: setup
 	$(BIN)/pytest
+
+# The lab as a compose stack (asterisk-docker/compose.yaml): Asterisk 22, PostgreSQL and
+# the service, images built from Debian alone (scripts/compose). Needs Docker's engine
+# running (`dockerd &` as root, after `make system-deps`).
+compose-up: setup
+	scripts/compose up
+
+compose-down:
+	scripts/compose down
 
 # Mutation testing of domain/, render/ and service/assignments.py (scripts/mutation); slow,
 # so not part of `make test`. Prints the score; `.venv/bin/mutmut browse` shows survivors.

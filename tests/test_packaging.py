@@ -1,6 +1,6 @@
 """The package as operators get it: a wheel, installed into a fresh venv outside the
-work tree, renders a PBX (the templates travel inside it), and the compose lab's
-provisioner is configured to apply to the compose Asterisk."""
+work tree, renders a PBX (the templates travel inside it). The compose stack, built and
+run for real, is tests/test_compose.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import yaml
 from pbx_rows import CARRIER, PASSWORDS, two_site_pbx
 
 from provisioner.render.render import node_files, pbx_files
@@ -65,31 +64,3 @@ def test_a_wheel_in_a_fresh_venv_renders_a_pbx(tmp_path: Path) -> None:
     answer = json.loads(rendered.stdout)
     assert answer["package"].startswith(str(site)), answer["package"]
     assert answer["files"] == {**pbx_files(view, CARRIER), **node_files(CARRIER)}
-
-
-def test_the_compose_provisioner_applies_to_the_compose_asterisk() -> None:
-    """No Docker engine here: the compose file and the provisioner's config in it are
-    read as compose would, and must name the Asterisk service's AMI (with the secret
-    both get from the same variable) and its config folder."""
-    compose = yaml.safe_load((ROOT / "asterisk-docker" / "compose.yaml").read_text())
-    services = compose["services"]
-    asterisk, provisioner = services["asterisk"], services["provisioner"]
-    environment = provisioner["environment"]
-    nodes = yaml.safe_load(environment["PROVISIONER_ASTERISK_NODES"])
-    (node,) = nodes
-    # Both share the host's loopback (network_mode: host), as the lab does.
-    assert asterisk["network_mode"] == provisioner["network_mode"] == "host"
-    assert node["ami_host"] == "127.0.0.1"
-    assert str(node["ami_port"]) == asterisk["environment"]["AMI_PORT"]
-    assert node["ami_username"] == "provisioner"  # the image's AMI_USER
-    # The secret: one variable, given to both (compose refuses to start without it).
-    assert asterisk["environment"]["AMI_SECRET"].startswith("${AMI_SECRET:?")
-    assert node["ami_secret"] == "${AMI_SECRET}"
-    assert node["file_group"] == 2000
-    assert "--gid 2000 asterisk" in (ROOT / "asterisk-docker" / "Dockerfile").read_text()
-    # The provisioner writes where Asterisk includes from: one volume, two mount points.
-    written = [v for v in provisioner["volumes"] if v.endswith(":" + node["output_dir"])]
-    (volume,) = written
-    name = volume.split(":")[0]
-    assert any(v == f"{name}:/etc/asterisk/provisioner" for v in asterisk["volumes"])
-    assert provisioner["depends_on"]["asterisk"]["condition"] == "service_healthy"
