@@ -6,13 +6,18 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 CONFIG ?= config/dev.yaml
 
-.PHONY: run test setup system-deps lint typecheck pytest mutation bench lock clean compose-up compose-down
+.PHONY: run test test-fast setup system-deps lint typecheck pytest mutation bench lock clean compose-up compose-down
 
 # The service on the embedded defaults with the lab's Asterisk as its node (scripts/run-dev).
 run: setup
 	CONFIG=$(CONFIG) scripts/run-dev
 
 test: setup system-deps lint typecheck pytest
+
+# The edit loop's tier: no lab, no Docker, no browser, no fixed-duration test, no apt.
+# `make test` stays the whole truth.
+test-fast: setup
+	$(BIN)/pytest -q -m "not lab and not docker and not browser and not slow"
 
 setup: $(VENV)/.installed
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from provisioner.api import keys, middleware
+from provisioner.api import auth, keys, middleware, unit_of_work
 from provisioner.api.confirm import PAGES
 from provisioner.api.routes import add_routes
 from provisioner.clock import Clock, system_clock
@@ -41,8 +41,8 @@ def create_app(
             middleware.request_id,
             middleware.problems,
             middleware.read_body,
-            middleware.api_keys,
-            middleware.unit_of_work,
+            auth.api_keys,
+            unit_of_work.unit_of_work,
         ],
     )
     app[keys.SETTINGS] = settings

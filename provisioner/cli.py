@@ -17,25 +17,19 @@ from provisioner import settings as settings_module
 from provisioner.app import create_app, database_url
 from provisioner.asterisk import check
 from provisioner.asterisk.ami import AsteriskUnavailable
-from provisioner.asterisk.apply import apply_node
-from provisioner.asterisk.pjsip import PjsipReloader
 from provisioner.clock import system_clock
-from provisioner.db import apply_queue
-from provisioner.db import config as db_config
 from provisioner.db.accounts import Pbx
 from provisioner.db.migrate import migrate
 from provisioner.db.pool import DatabaseUnfit, open_pool
 from provisioner.domain.credentials import SecretBox
 from provisioner.mail.compose import Composer
 from provisioner.render.view import Carrier
-from provisioner.service import accounts, blocks
+from provisioner.service import blocks, console, demo
 from provisioner.service import config as config_service
 from provisioner.service import pbx as pbx_service
 from provisioner.service.unit import Actor, Policy, Unit
 from provisioner.settings import Node, Settings
 from provisioner.workers.tasks import start_workers
-
-DEMO_OWNER, DEMO_TARGET, DEMO_BLOCK = "K200300", "K100200", "muc-main"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -107,60 +101,17 @@ async def _unit(pool: AsyncConnectionPool, settings: Settings, actor: str) -> As
         yield Unit(conn, system_clock(), Actor(actor), policy, Composer())
 
 
-async def _demo(settings: Settings) -> None:
-    async with _pool(settings) as pool, _unit(pool, settings, "demo") as unit:
-        await accounts.put_account(
-            unit, DEMO_TARGET, "Spree Logistik GmbH (Berlin)", "it@spree.example", "de"
-        )
-        await accounts.put_pbx(unit, DEMO_TARGET)
-        await accounts.put_account(
-            unit, DEMO_OWNER, "Isar Logistik GmbH (München)", "admin@isar.example", "en"
-        )
-        await blocks.put_block(
-            unit, DEMO_TARGET, "ber-main", "+4930123456", "0-99", "pbx",
-            trunk=blocks.TrunkCredentials("k100200-ber", "Berlin-trunk-1"),
-        )  # fmt: skip
-        await blocks.put_block(
-            unit, DEMO_OWNER, DEMO_BLOCK, "+4989123456", "0-99", "pbx",
-            trunk=blocks.TrunkCredentials("k200300-muc", "Munich-trunk-1"),
-        )  # fmt: skip
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _logging(settings)
     asyncio.run(_demo(settings))
-    base = settings.public_base_url
-    mail_hint = (
-        f"mails arrive at the SMTP server {settings.smtp.host}:{settings.smtp.port}"
-        if settings.smtp.host
-        else f"mails are written to {settings.data_dir / 'mail'}/*.eml"
-    )
-    print(
-        f"""Demo data is in place:
-  {DEMO_TARGET}  Spree Logistik GmbH (Berlin): cloud PBX, block ber-main +49 30 123456 0-99
-  {DEMO_OWNER}  Isar Logistik GmbH (München): block {DEMO_BLOCK} +49 89 123456 0-99, pbx mode
-
-The flow, with a portal API key in $KEY (the example config's is 'portal-dev-key'):
-
-  # 1. A asks to assign its Munich block to B's PBX; both get a mail ({mail_hint})
-  curl -sS -X POST {base}/v1/blocks/{DEMO_BLOCK}/assignment \\
-       -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
-       -H 'Idempotency-Key: demo-assign-1' -d '{{"target_customer": "{DEMO_TARGET}"}}'
-
-  # 2. Both open the link in their mail and press the button (or POST to it):
-  curl -sS -X POST {base}/confirm/<token from the owner's mail>
-  curl -sS -X POST {base}/confirm/<token from the target's mail>
-
-  # 3. The state, as the portal shows it ("active" once both confirmed)
-  curl -sS {base}/v1/blocks/{DEMO_BLOCK}/assignment -H "Authorization: Bearer $KEY"
-
-  # 4. Reset it, then read the audit trail
-  curl -sS -X DELETE {base}/v1/blocks/{DEMO_BLOCK}/assignment -H "Authorization: Bearer $KEY"
-  curl -sS {base}/v1/assignments/<assignment id>/events -H "Authorization: Bearer $KEY"
-"""
-    )
+    print(demo.instructions(settings))
     return 0
+
+
+async def _demo(settings: Settings) -> None:
+    async with _pool(settings) as pool, _unit(pool, settings, "demo") as unit:
+        await demo.seed(unit)
 
 
 def _node_of(settings: Settings, pbx: Pbx) -> Node:
@@ -210,26 +161,9 @@ async def _apply(settings: Settings, customer: str, full: bool) -> str:
         async with _unit(pool, settings, "cli") as unit:
             pbx = await pbx_service.require_pbx(unit, customer)
             node = _node_of(settings, pbx)
-            await apply_queue.request(unit.conn, pbx.id, "provisioner apply", unit.now)
+            await console.queue_apply(unit, pbx)
         # Committed: the round below (or any instance's applier) picks the job up.
-        taken = await apply_node(
-            pool, node, system_clock, settings.secret_box(),
-            retry_seconds=settings.asterisk.retry_seconds, full=full,
-            incremental=settings.asterisk.incremental,
-        )  # fmt: skip
-        # Its PJSIP objects, if the round left them pending: reload now, not coalesced.
-        await PjsipReloader(pool, node, system_clock, min_interval=0, settle=0).step()
-        async with pool.connection() as conn:
-            state = await db_config.apply_state(conn, pbx.id)
-            waiting = await db_config.waiting_job(conn, pbx.id)
-    if taken == 0 and waiting is not None:
-        # The round above took nothing: another instance holds the node, or the job
-        # waits for its retry time. Whatever the state says is from before.
-        why = waiting.last_error or f"another instance is applying to node {node.name} now"
-        return f"not applied yet, the change stays queued: {why}"
-    if state is None:
-        return "pending"
-    return f"{state.state} (revision {state.revision}){': ' + state.error if state.error else ''}"
+        return await console.apply_now(pool, settings, node, pbx, full=full)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -267,16 +201,13 @@ async def _check(settings: Settings, node_name: str | None, repair: bool) -> tup
     nodes = [n for n in settings.asterisk.nodes if node_name in (None, n.name)]
     if not nodes:
         raise SystemExit(f"provisioner: no node {node_name!r} in asterisk.nodes")
-    secrets = settings.secret_box()
     lines, clean = [], True
     async with _pool(settings) as pool:
         for node in nodes:
             try:
-                pbxes, node_problems = await check.check_node(pool, node, secrets)
-                drifted = [d for d in pbxes if not d.ok]
-                if repair and (drifted or node_problems):
-                    await check.repair_node(pool, node, secrets, drifted)
-                    pbxes, node_problems = await check.check_node(pool, node, secrets)
+                pbxes, node_problems = await console.check_node(
+                    pool, node, settings.secret_box(), repair=repair
+                )
             except AsteriskUnavailable as exc:
                 lines.append(f"{node.name:<12} {'-':<14} {'unavailable':<10} {exc}")
                 clean = False

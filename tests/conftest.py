@@ -331,6 +331,22 @@ def api(service: TestClient[Any, Any]) -> Api:
     return Api(service)
 
 
+# --- Test tiers ----------------------------------------------------------------------
+
+# A test is marked by what it uses: one that asks, directly or through other fixtures,
+# for the lab or for Docker's engine is `lab` or `docker`, whatever file it is in.
+# `make test-fast` leaves those out, and `browser` and `slow` (fixed-duration) ones too.
+MARKED_BY_FIXTURE = {"lab": "lab", "docker_engine": "docker"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in MARKED_BY_FIXTURE.items():
+            if fixture in used:
+                item.add_marker(marker)
+
+
 # --- The Asterisk lab ----------------------------------------------------------------
 
 

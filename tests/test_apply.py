@@ -32,8 +32,6 @@ from provisioner.asterisk import files
 from provisioner.render.render import redact
 from provisioner.settings import Settings
 
-pytestmark = pytest.mark.lab
-
 
 @pytest.fixture
 async def lab_api(settings: Settings, clock: FakeClock, clean_lab: Lab) -> AsyncIterator[Api]:

@@ -9,15 +9,12 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
-import pytest
 from conftest import Api, FakeClock, Lab, free_port
 from lab_helpers import CARRIER_HOST, lab_service, wait_applied
 from sipp_peer import run_scenario, start_scenario
 
 from provisioner.domain.numbering import plan
 from provisioner.settings import Numbering, Settings
-
-pytestmark = pytest.mark.lab
 
 WIEN = ("wien-main", "+4315123400", ("k500600-wien", "Wien-trunk-1"))
 GRAZ = ("graz-main", "+43316123400", ("k500600-graz", "Graz-trunk-1"))

@@ -34,8 +34,6 @@ from sipp_peer import SipResult, run_scenario, start_scenario
 
 from provisioner.settings import Settings
 
-pytestmark = pytest.mark.lab
-
 BERLIN_TRUNK = ("k100200-ber", "Berlin-trunk-1")
 MUNICH_TRUNK = ("k200300-muc", "Munich-trunk-1")
 

@@ -26,8 +26,6 @@ COMPOSE = ["docker-compose", "-p", PROJECT, "-f", str(ROOT / "asterisk-docker/co
 KEY = "portal-dev-key"  # config/dev.yaml's public development key, as in the image
 CARRIER_HOST = "127.0.0.2"
 
-pytestmark = pytest.mark.docker
-
 
 def run(args: list[str], env: dict[str, str], timeout: float) -> str:
     done = subprocess.run(

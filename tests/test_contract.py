@@ -3,6 +3,7 @@ documented, migrations apply to an empty database, the commands answer --help.""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from provisioner import settings as settings_module
 from provisioner.api.system import openapi_document
 from provisioner.app import create_app
 from provisioner.db.migrate import migrate, migrations
+from provisioner.domain import events as domain_events
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -294,4 +296,35 @@ def test_each_identifier_rule_is_declared_once(db: psycopg.Connection[Any]) -> N
     assert sql[("blocks", "id")] == "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
     assert (
         rules.BLOCK_ID.pattern.replace(str(rules.BLOCK_ID_MAX - 1), "63") == sql[("blocks", "id")]
+    )
+
+
+def test_event_types_are_the_ones_declared_with_their_payloads() -> None:
+    """domain/events.py is the one declaration of the feed's types and payloads: the
+    document's FeedEvent enumerates exactly those types, each payload schema has exactly
+    the dataclass's fields (all required), and the README names every type."""
+    schemas = openapi_document()["components"]["schemas"]
+    assert schemas["FeedEvent"]["properties"]["type"]["enum"] == list(domain_events.TYPES)
+    refs = [
+        r["$ref"].rsplit("/", 1)[1] for r in schemas["FeedEvent"]["properties"]["data"]["oneOf"]
+    ]
+    payloads = {cls.__name__: cls for cls in domain_events.TYPES.values()}
+    assert sorted(refs) == sorted(payloads)
+    for name, cls in payloads.items():
+        fields = [f.name for f in dataclasses.fields(cls)]
+        assert list(schemas[name]["properties"]) == fields, name
+        assert schemas[name]["required"] == fields, name
+    readme = (ROOT / "README.md").read_text()
+    for type_ in domain_events.TYPES:
+        short = "." + type_.split(".", 1)[1]
+        assert f"`{type_}`" in readme or f"`{short}`" in readme, type_
+    with pytest.raises(TypeError):
+        domain_events.data_of("assignment.renamed", _change())
+    with pytest.raises(TypeError):
+        domain_events.data_of("apply.applied", _change())
+
+
+def _change() -> domain_events.AssignmentChange:
+    return domain_events.AssignmentChange(
+        assignment_id="a", block_id="b", owner="o", target="t", state="active", old_state=None
     )

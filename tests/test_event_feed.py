@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import psycopg
+import pytest
 from conftest import Api, Inbox, confirm_link, free_port
 from helpers import OWNER, TARGET, path_of, scene
 from test_webhooks import SECRET, Receiver, service, until
@@ -89,6 +90,7 @@ STEP = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 async def test_under_concurrent_assignments_every_event_reaches_the_poller_and_the_webhook(
     settings: Settings, inbox: Inbox, db_url: str
 ) -> None:

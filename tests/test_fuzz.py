@@ -15,6 +15,8 @@ from aiohttp.test_utils import TestClient
 from conftest import ENGINEER_KEY, PORTAL_KEY, Api, Inbox
 from helpers import request_assignment, scene
 
+pytestmark = pytest.mark.slow  # 40 s a role, whatever it finds
+
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"

@@ -12,8 +12,6 @@ from conftest import Lab
 from panoramisk import Manager
 from sipp_peer import run_scenario
 
-pytestmark = pytest.mark.lab
-
 
 def endpoint(name: str, password: str, context: str) -> str:
     return f"""

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 import psycopg
+import pytest
 from conftest import ENGINEER_KEY, Inbox, Lab, confirm_link
 from helpers import BLOCK, OTHER, OWNER, TARGET, path_of
 from lab_helpers import branch_scene, cologne_pbx, lab_service, wait_applied
@@ -65,6 +66,7 @@ def confirm_mails(inbox: Inbox) -> list[Any]:
     return [m for m in inbox.messages if "confirm_request" in str(m["Message-ID"])]
 
 
+@pytest.mark.slow
 async def test_fifty_clients_get_no_5xx_and_leave_every_invariant_true(
     settings: Settings, clean_lab: Lab, inbox: Inbox, db: psycopg.Connection[Any]
 ) -> None:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from conftest import LAB, ROOT, free_port
 
+# It runs the lab through `make run`, not through the `lab` fixture: marked by hand.
 pytestmark = pytest.mark.lab
 
 DEV_KEY = "portal-dev-key"  # config/dev.yaml's public development key

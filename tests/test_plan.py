@@ -11,19 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from provisioner.asterisk.parse import Context, Dialplan, NotOurs, parse_dialplan
 from provisioner.asterisk.plan import (
     AddInclude,
     AddStep,
-    Context,
-    Dialplan,
-    NotOurs,
     Operation,
     RemoveContext,
     RemoveInclude,
     RemoveStep,
     dialplan_operations,
     live_differences,
-    parse_dialplan,
     pjsip_change,
 )
 

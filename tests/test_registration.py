@@ -7,15 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 from conftest import FakeClock, Inbox, Lab
 from helpers import BLOCK, OWNER, TARGET, assign_and_confirm
 from lab_helpers import CARRIER_HOST, branch_scene, lab_service, wait_applied
 from sipp_peer import start_scenario
 
 from provisioner.settings import Settings
-
-pytestmark = pytest.mark.lab
 
 MUNICH = ("k200300-muc", "Munich-trunk-1")
 

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from provisioner.api.middleware import UNIT
+from provisioner.api.unit_of_work import UNIT
 from provisioner.domain.errors import NotFound
 from provisioner.service import assignments
 from provisioner.service.assignments import ConfirmView

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from provisioner.api import keys, serialize
 from provisioner.api.body import read_json
-from provisioner.api.middleware import SHOWN_ONCE, UNIT
+from provisioner.api.unit_of_work import SHOWN_ONCE, UNIT
 from provisioner.asterisk import check
 from provisioner.asterisk.ami import AsteriskUnavailable
 from provisioner.domain import rules

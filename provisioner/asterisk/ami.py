@@ -10,7 +10,7 @@ from typing import Any
 
 from panoramisk import Manager
 
-from provisioner.asterisk.plan import Context
+from provisioner.asterisk.parse import Context
 from provisioner.settings import Node
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,10 @@ from datetime import datetime
 
 from provisioner.asterisk import files
 from provisioner.asterisk.ami import Ami, AsteriskUnavailable
-from provisioner.asterisk.parse import dialplan_in, endpoints_in
+from provisioner.asterisk.parse import Context, Dialplan, dialplan_in, endpoints_in, kind_of
 from provisioner.asterisk.plan import (
     AddInclude,
     AddStep,
-    Context,
-    Dialplan,
     Operation,
     RemoveContext,
     RemoveInclude,
@@ -37,49 +35,61 @@ log = logging.getLogger(__name__)
 MODULES = {"pjsip": "res_pjsip.so", "dialplan": "pbx_config.so"}
 
 
-def kind_of(path: str) -> str:
-    return path.split("/", 1)[0]
-
-
-@dataclass(eq=False)  # compared by identity: two PBXs are never "equal"
+@dataclass(frozen=True, eq=False)  # compared by identity: two PBXs are never "equal"
 class Tenant(OfPbx):
-    """One PBX of the node during a round."""
+    """One PBX of the node as the database has it when a round starts. No step changes
+    it: each step returns what it did as a value of its own."""
 
     pbx: Pbx
     job: Job | None
-    wanted: dict[str, str] | None  # what it should be now, on disk (None: not rendered)
     written: dict[str, str]  # what we last wrote (latest revision, redacted)
     good: dict[str, str] | None  # last revision verified live in both parts (redacted)
-    revision: int | None = None
-    attempted: dict[str, str] | None = None  # the config that was rolled back
-    problems: list[str] = field(default_factory=list)
-    # Why its files could not be rendered or written this round: it waits for a retry,
-    # and the node's other PBXs go on without it.
-    broken: str | None = None
     # Incremental rounds only: the files whose dialplan is live, and whether the PJSIP
-    # objects of the latest revision are live; set by the round: whether the new PJSIP
-    # objects need a reload of res_pjsip.
+    # objects of the latest revision are live.
     live_dialplan: dict[str, str] = field(default_factory=dict)
     pjsip_live: bool = False
-    pjsip_due: bool = False
 
-    @property
-    def expected(self) -> dict[str, str]:
-        """What must be live after this round (redacted: only names are compared)."""
-        return redacted(self.wanted) if self.wanted is not None else self.written
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a PBX's files should be now (`files`), or why they cannot be (`broken`: it
+    waits for a retry, and the node's other PBXs go on without it)."""
+
+    files: dict[str, str] | None = None
+    broken: str | None = None
+
+
+def expected(t: Tenant, wanted: dict[str, str] | None) -> dict[str, str]:
+    """What must be live of the PBX after the round (redacted: only names are compared):
+    what it wants now, or else what we last wrote."""
+    return redacted(wanted) if wanted is not None else t.written
 
 
 # --- Files ---------------------------------------------------------------------------
 
 
 ALL_KINDS = frozenset(MODULES)
+PJSIP = frozenset({"pjsip"})
+DIALPLAN = frozenset({"dialplan"})
 
 
-def hand_edited(node: Node, t: Tenant, now: datetime, kinds: frozenset[str] = ALL_KINDS) -> bool:
+@dataclass(frozen=True)
+class HandEdits:
+    """What a look at the PBX's files on disk found: notes on each file set aside, and
+    whether its files must be written again (set aside, or missing)."""
+
+    notes: tuple[str, ...] = ()
+    rewrite: bool = False
+
+
+def set_aside_hand_edits(
+    node: Node, t: Tenant, wanted: dict[str, str] | None, now: datetime,
+    kinds: frozenset[str] = ALL_KINDS,
+) -> HandEdits:  # fmt: skip
     """Set the PBX's hand-edited files (of these kinds) aside, never silently
-    overwritten; True if any was, so the PBX must be rendered and written again."""
-    found = False
-    ours = t.expected
+    overwritten."""
+    notes, rewrite = [], False
+    ours = expected(t, wanted)
     for path, text in t.written.items():
         if kind_of(path) not in kinds:
             continue
@@ -90,22 +100,23 @@ def hand_edited(node: Node, t: Tenant, now: datetime, kinds: frozenset[str] = AL
             continue
         if on_disk is not None:
             kept = files.set_aside(node.output_dir, path, now)
-            t.problems.append(f"{path} was changed by hand; set aside as {kept}")
+            notes.append(f"{path} was changed by hand; set aside as {kept}")
             log.error("PBX %s: %s changed by hand, set aside as %s", t.slug, path, kept)
-        found = True
-    return found
+        rewrite = True
+    return HandEdits(tuple(notes), rewrite)
 
 
-def write_pbx(node: Node, t: Tenant, kinds: frozenset[str] = ALL_KINDS) -> set[str]:
-    """Write the PBX's rendered files (of these kinds); the kinds of config that changed
-    on disk or were written earlier but never seen live."""
-    assert t.wanted is not None
+def write_pbx(
+    node: Node, t: Tenant, wanted: dict[str, str], kinds: frozenset[str] = ALL_KINDS
+) -> frozenset[str]:
+    """Write the PBX's files (of these kinds); the kinds of config that changed on disk
+    or were written earlier but never seen live. OSError if the disk refuses."""
     folder, changed = node.output_dir, set()
-    for path in set(t.written) - set(t.wanted):
+    for path in set(t.written) - set(wanted):
         if kind_of(path) in kinds:
             files.remove(folder, path)
             changed.add(kind_of(path))
-    for path, text in t.wanted.items():
+    for path, text in wanted.items():
         if kind_of(path) not in kinds:
             continue
         if files.read(folder, path) != text:
@@ -113,34 +124,26 @@ def write_pbx(node: Node, t: Tenant, kinds: frozenset[str] = ALL_KINDS) -> set[s
             changed.add(kind_of(path))
         if t.good is None or t.good.get(path) != redact(text):
             changed.add(kind_of(path))
-    return changed
+    return frozenset(changed)
 
 
-def write_pjsip_noting_reload(node: Node, t: Tenant) -> None:
-    """Write the PBX's pjsip file, and note whether its PJSIP objects need a reload:
-    unless the latest revision's objects are live and the new pjsip text (secrets
-    included, which the revisions do not show) is that of the last good files. (Not
-    "the disk did not change": a round that crashed after writing leaves new text
-    never reloaded.)"""
-    assert t.wanted is not None
-    write_pbx(node, t, PJSIP)
-    pjsip = {p for p in set(t.wanted) | set(t.written) if kind_of(p) == "pjsip"}
-    t.pjsip_due = not t.pjsip_live or any(
-        files.read_good(node.output_dir, p) != t.wanted.get(p) for p in pjsip
+def pjsip_due(node: Node, t: Tenant, wanted: dict[str, str]) -> bool:
+    """Whether the PBX's PJSIP objects need a reload: unless the latest revision's
+    objects are live and the new pjsip text (secrets included, which the revisions do
+    not show) is that of the last good files. (Not "the disk did not change": a round
+    that crashed after writing leaves new text never reloaded.)"""
+    pjsip = {p for p in set(wanted) | set(t.written) if kind_of(p) == "pjsip"}
+    return not t.pjsip_live or any(
+        files.read_good(node.output_dir, p) != wanted.get(p) for p in pjsip
     )
 
 
-PJSIP = frozenset({"pjsip"})
-DIALPLAN = frozenset({"dialplan"})
-
-
-def restore(node: Node, t: Tenant) -> None:
-    """Put the PBX's last good files back (none: remove its files)."""
-    assert t.wanted is not None
+def restore(node: Node, t: Tenant, wanted: dict[str, str]) -> dict[str, str]:
+    """Put the PBX's last good files back in place of `wanted` (none: remove its
+    files); returns the files now on disk."""
     folder = node.output_dir
-    t.attempted = dict(t.wanted)
     good = {path: files.read_good(folder, path) for path in t.good or {}}
-    for path in set(t.wanted) - set(good):
+    for path in set(wanted) - set(good):
         files.remove(folder, path)
     restored = {}
     for path, text in good.items():
@@ -149,7 +152,7 @@ def restore(node: Node, t: Tenant) -> None:
         else:
             files.write_atomic(folder, path, text, group=node.file_group)
             restored[path] = text
-    t.wanted = restored
+    return restored
 
 
 # --- Asterisk --------------------------------------------------------------------------
@@ -166,26 +169,23 @@ async def reload(ami: Ami, kinds: set[str]) -> None:
         RELOADS.labels(module=module, result="ok").inc()
 
 
-async def verify_node(ami: Ami, tenants: list[Tenant]) -> list[Tenant]:
-    """The tenants whose config is not what Asterisk has live (the whole node is read:
-    the check of a full reload, which can drop any tenant's objects)."""
+async def verify_node(ami: Ami, expect: dict[Tenant, dict[str, str]]) -> dict[Tenant, str]:
+    """The PBXs whose config (what must be live, redacted) is not what Asterisk has live,
+    each with what differs. The whole node is read: the check of a full reload, which
+    can drop any tenant's objects."""
     live = await ami.endpoints()
     contexts = await ami.contexts()
-    failing = []
-    for t in tenants:
-        if t.broken is not None:
-            continue  # recorded as broken; what is live of it is whatever was before
-        config = t.expected
-        expected = endpoints_in(config)
-        missing = expected - live
-        stale = {e for e in live if e.startswith(f"{t.slug}-")} - expected
+    failing = {}
+    for t, config in expect.items():
+        wanted = endpoints_in(config)
+        missing = wanted - live
+        stale = {e for e in live if e.startswith(f"{t.slug}-")} - wanted
         absent = set(dialplan_in(config)) - set(contexts)
         if missing or stale or absent:
-            t.problems.append(
+            failing[t] = (
                 f"live mismatch: missing endpoints {sorted(missing)[:5]},"
                 f" stale endpoints {sorted(stale)[:5]}, missing contexts {sorted(absent)[:5]}"
             )
-            failing.append(t)
     return failing
 
 

@@ -22,7 +22,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from provisioner.asterisk import files
 from provisioner.asterisk.ami import Ami, AsteriskUnavailable, OperationFailed
-from provisioner.asterisk.execute import MODULES, kind_of, reload
+from provisioner.asterisk.execute import MODULES, reload
+from provisioner.asterisk.parse import of_kind
 from provisioner.asterisk.plan import pjsip_change
 from provisioner.asterisk.record import outcome
 from provisioner.clock import Clock
@@ -87,7 +88,9 @@ class PjsipReloader:
             now = self.clock()
             for p in pending:
                 if problems[p.pbx_id]:
-                    unread = files.unreadable(self.node.output_dir, sorted(_pjsip(p.files)))
+                    unread = files.unreadable(
+                        self.node.output_dir, sorted(of_kind(p.files, "pjsip"))
+                    )
                     why = "; ".join(
                         [f"PJSIP objects not live after reload: {problems[p.pbx_id]}", *unread]
                     )
@@ -143,7 +146,7 @@ class PjsipReloader:
 
 async def _check(ami: Ami, p: PjsipPending) -> str:
     """What of the revision's endpoint changes is not live ("" if all is)."""
-    change = pjsip_change(_pjsip(p.live), _pjsip(p.files))
+    change = pjsip_change(of_kind(p.live, "pjsip"), of_kind(p.files, "pjsip"))
     if change is None:
         return ""
     live = await ami.endpoints_like(f"{p.slug}-")
@@ -155,12 +158,8 @@ async def _check(ami: Ami, p: PjsipPending) -> str:
 
 
 def _pjsip_edited(node: Node, written: dict[str, str]) -> bool:
-    for path, text in _pjsip(written).items():
+    for path, text in of_kind(written, "pjsip").items():
         on_disk = files.read(node.output_dir, path)
         if on_disk is not None and redact(on_disk) != text:
             return True
     return False
-
-
-def _pjsip(config: dict[str, str]) -> dict[str, str]:
-    return {path: text for path, text in config.items() if kind_of(path) == "pjsip"}

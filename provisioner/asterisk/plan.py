@@ -3,8 +3,8 @@
 The files stay the truth: a full reload of them is what Asterisk must end up with. An
 incremental round gets there by the smallest change instead:
 
-- dialplan: our files are read into (context, extension, priority) -> (application,
-  data), plus includes; the difference between what is live (the files of the revision
+- dialplan: our files are read (by `parse`) into (context, extension, priority) ->
+  (application, data), plus includes; the difference between what is live (the files of the revision
   last verified live) and what is wanted becomes AMI operations. A context that appears
   in several files ([carrier-in], to which every PBX adds its numbers) is changed key by
   key; a context of one PBX that is gone is removed whole.
@@ -14,72 +14,10 @@ incremental round gets there by the smallest change instead:
 
 from __future__ import annotations
 
-import itertools
-import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-HINT = "hint"
-
-
-class NotOurs(ValueError):
-    """A dialplan line this reader does not know: the round falls back to a full reload."""
-
-
-@dataclass
-class Context:
-    steps: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
-    includes: set[str] = field(default_factory=set)
-
-
-Dialplan = dict[str, Context]
-
-_LINE = re.compile(r"^(exten|same|include)\s*=>\s*(.*)$")
-
-
-def _app(text: str) -> tuple[str, str]:
-    """`Dial(PJSIP/a,30,tT)` -> ("Dial", "PJSIP/a,30,tT"), as pbx_config splits it."""
-    name, paren, rest = text.partition("(")
-    if not paren:
-        return name.strip(), ""
-    return name.strip(), rest[: rest.rfind(")")] if ")" in rest else rest
-
-
-def parse_dialplan(texts: Iterable[str]) -> Dialplan:
-    """Contexts of the given files, merged as pbx_config merges them (a context named
-    in several files is one context)."""
-    plan: Dialplan = {}
-    for text in texts:
-        context: Context | None = None
-        extension, last = "", 0
-        for raw in text.splitlines():
-            line = raw.strip()
-            if not line or line.startswith(";"):
-                continue
-            if line.startswith("[") and line.endswith("]"):
-                context = plan.setdefault(line[1:-1], Context())
-                continue
-            match = _LINE.match(line)
-            if match is None or context is None:
-                raise NotOurs(f"unexpected dialplan line: {line[:80]!r}")
-            kind, rest = match.groups()
-            if kind == "include":
-                context.includes.add(rest.strip())
-                continue
-            if kind == "exten":
-                extension, _, rest = rest.partition(",")
-            priority, _, action = rest.partition(",")
-            if priority == HINT:
-                context.steps[(extension, HINT)] = (action, "")
-                continue
-            if priority == "n":
-                last += 1
-            elif priority.isdigit():
-                last = int(priority)
-            else:
-                raise NotOurs(f"unexpected priority {priority!r} in {line[:80]!r}")
-            context.steps[(extension, str(last))] = _app(action)
-    return plan
+from provisioner.asterisk.parse import Context, Dialplan, sections
 
 
 @dataclass(frozen=True)
@@ -182,19 +120,6 @@ def live_differences(
 # --- PJSIP ---------------------------------------------------------------------------
 
 
-def _sections(text: str) -> dict[tuple[str, str], str]:
-    """(name, type) -> the section's text (up to the next section)."""
-    found: dict[tuple[str, str], str] = {}
-    starts = [m.start() for m in re.finditer(r"^\[", text, re.M)] + [len(text)]
-    for start, end in itertools.pairwise(starts):
-        body = text[start:end]
-        name = body[1 : body.index("]")]
-        kind = re.search(r"^type\s*=\s*(\w+)", body, re.M)
-        lines = [line for line in body.splitlines() if line and not line.startswith(";")]
-        found[(name, kind.group(1) if kind else "")] = "\n".join(lines)
-    return found
-
-
 @dataclass(frozen=True)
 class PjsipChange:
     """Endpoints a reload must bring (new or changed) and take away."""
@@ -211,8 +136,8 @@ def pjsip_change(before: Mapping[str, str], after: Mapping[str, str]) -> PjsipCh
     """What differs between two sets of pjsip files (None: nothing, no reload needed).
     An object of any type that changed counts for the endpoint of the same name (ours
     are named alike: an aor, an auth and an endpoint per phone or trunk)."""
-    old = {k: v for text in before.values() for k, v in _sections(text).items()}
-    new = {k: v for text in after.values() for k, v in _sections(text).items()}
+    old = {k: v for text in before.values() for k, v in sections(text).items()}
+    new = {k: v for text in after.values() for k, v in sections(text).items()}
     if old == new:
         return None
     endpoints = {name for (name, kind) in new if kind == "endpoint"}

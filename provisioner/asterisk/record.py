@@ -3,6 +3,7 @@ files changed), its job finished or put back for a retry."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from provisioner.asterisk.execute import Tenant
@@ -10,6 +11,7 @@ from provisioner.db import Conn, events
 from provisioner.db import config as db_config
 from provisioner.db.accounts import Pbx
 from provisioner.db.config import Job
+from provisioner.domain.events import ApplyOutcome
 from provisioner.metrics import BROKEN
 from provisioner.render.render import digest, redacted
 
@@ -20,41 +22,56 @@ def backoff(job: Job, first_seconds: int) -> timedelta:
     return min(timedelta(seconds=first_seconds * 2 ** min(job.attempts, 10)), MAX_BACKOFF)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a round did for one PBX, as the executor hands it to the recorder."""
+
+    tenant: Tenant
+    # Its files now on disk, as written (secrets in them); None: the round did not touch
+    # them (a PBX without a job in a full round, or one that could not be rendered).
+    on_disk: dict[str, str] | None
+    attempted: dict[str, str] | None = None  # files that did not come up, rolled back
+    notes: tuple[str, ...] = ()  # what the engineer should know (set aside, rolled back)
+    failed: bool = False  # not live as it should be
+    broken: str | None = None  # could not be rendered or written: waits for a retry
+    pjsip_due: bool = False  # dialplan live; its PJSIP objects wait for the reload
+
+
 async def record_round(
-    conn: Conn, tenants: list[Tenant], failing: list[Tenant], now: datetime, retry_seconds: int
+    conn: Conn, outcomes: list[Outcome], now: datetime, retry_seconds: int
 ) -> None:
-    for t in tenants:
-        if t.broken is not None:
-            await _record_broken(conn, t, now, retry_seconds)
+    for o in outcomes:
+        t = o.tenant
+        if o.broken is not None:
+            await _record_broken(conn, t, o.broken, now, retry_seconds)
             continue
-        broken = t in failing
-        if t.wanted is None:
-            if t.problems or broken:
+        if o.on_disk is None:
+            if o.notes or o.failed:
                 await db_config.set_apply_state(
-                    conn, t.pbx_id, "failed", now, error="; ".join(t.problems or ["not live"])
+                    conn, t.pbx_id, "failed", now, error="; ".join(o.notes or ("not live",))
                 )
             continue
-        await _store_revision(conn, t, now, keep_number=broken)
-        error = "; ".join(t.problems) or None
-        if broken:
+        revision = await _store_revision(conn, o, now)
+        error = "; ".join(o.notes) or None
+        if o.failed:
             await db_config.set_apply_state(
-                conn, t.pbx_id, "failed", now, revision=t.revision, error=error
+                conn, t.pbx_id, "failed", now, revision=revision, error=error
             )
-            await outcome(conn, t.pbx, "failed", t.revision, error, now)
-        elif t.pjsip_due:
+            await outcome(conn, t.pbx, "failed", revision, error, now)
+        elif o.pjsip_due:
             # Routing (the dialplan) is live now; its PJSIP objects come with the node's
             # next coalesced reload (asterisk/pjsip.py), which makes it applied.
             await db_config.set_apply_state(
-                conn, t.pbx_id, "pending", now, revision=t.revision,
-                dialplan_revision=t.revision, error=error,
+                conn, t.pbx_id, "pending", now, revision=revision,
+                dialplan_revision=revision, error=error,
             )  # fmt: skip
         else:
             # A repaired hand edit ends applied too, with the note of what was set aside.
             await db_config.set_apply_state(
-                conn, t.pbx_id, "applied", now, revision=t.revision,
-                good_revision=t.revision, error=error,
+                conn, t.pbx_id, "applied", now, revision=revision,
+                good_revision=revision, error=error,
             )  # fmt: skip
-            await outcome(conn, t.pbx, "applied", t.revision, error, now)
+            await outcome(conn, t.pbx, "applied", revision, error, now)
         if t.job is not None:
             await db_config.finish_job(conn, t.job)
 
@@ -64,35 +81,39 @@ async def outcome(
 ) -> None:
     """An apply outcome in the event feed (webhooks): applied with the revision now live
     in both parts, or failed with the reason."""
-    data = {"customer": pbx.customer, "node": pbx.node, "revision": revision,
-            "removed": pbx.removed_at is not None, "error": error}  # fmt: skip
-    await events.emit(conn, f"apply.{state}", data, now)
+    result = ApplyOutcome(
+        customer=pbx.customer, node=pbx.node, revision=revision,
+        removed=pbx.removed_at is not None, error=error,
+    )  # fmt: skip
+    await events.emit(conn, f"apply.{state}", result, now)
 
 
-async def _store_revision(conn: Conn, t: Tenant, now: datetime, *, keep_number: bool) -> None:
-    """A new revision when what is on disk now differs from the latest one (redacted).
-    A rolled-back attempt is kept too, for diffs; the PBX's revision then stays the
-    attempted one (`keep_number`)."""
-    assert t.wanted is not None
-    if t.attempted is not None and redacted(t.attempted) != t.written:
-        tried = redacted(t.attempted)
-        revision = await db_config.add_revision(conn, t.pbx_id, digest(tried), tried, now)
-        t.revision = revision.revision
-        t.written = tried
-    shown = redacted(t.wanted)
-    if shown != t.written:
-        rev = await db_config.add_revision(conn, t.pbx_id, digest(shown), shown, now)
-        t.revision = t.revision if keep_number else rev.revision
+async def _store_revision(conn: Conn, o: Outcome, now: datetime) -> int | None:
+    """A new revision when what is on disk now differs from the latest one (redacted);
+    returns the PBX's revision (None: the latest stays). A rolled-back attempt is kept
+    too, for diffs; the PBX's revision is then the attempted one."""
+    assert o.on_disk is not None
+    written, revision = o.tenant.written, None
+    if o.attempted is not None and redacted(o.attempted) != written:
+        written = redacted(o.attempted)
+        tried = await db_config.add_revision(conn, o.tenant.pbx_id, digest(written), written, now)
+        revision = tried.revision
+    shown = redacted(o.on_disk)
+    if shown != written:
+        stored = await db_config.add_revision(conn, o.tenant.pbx_id, digest(shown), shown, now)
+        revision = revision if o.failed else stored.revision
+    return revision
 
 
-async def _record_broken(conn: Conn, t: Tenant, now: datetime, retry_seconds: int) -> None:
+async def _record_broken(
+    conn: Conn, t: Tenant, broken: str, now: datetime, retry_seconds: int
+) -> None:
     """Failed with the reason; its job waits (backoff) for a retry or a newer change."""
-    assert t.broken is not None
     BROKEN.inc()
-    await db_config.set_apply_state(conn, t.pbx_id, "failed", now, error=t.broken[:1000])
-    await outcome(conn, t.pbx, "failed", t.revision, t.broken[:1000], now)
+    await db_config.set_apply_state(conn, t.pbx_id, "failed", now, error=broken[:1000])
+    await outcome(conn, t.pbx, "failed", None, broken[:1000], now)
     if t.job is not None:
-        await db_config.retry_job(conn, t.job, t.broken, now + backoff(t.job, retry_seconds))
+        await db_config.retry_job(conn, t.job, broken, now + backoff(t.job, retry_seconds))
 
 
 async def record_retry(

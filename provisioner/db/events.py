@@ -15,6 +15,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from provisioner.db import Conn
+from provisioner.domain.events import Payload, data_of
 
 CHANNEL = "events"
 
@@ -39,11 +40,12 @@ class Event:
         }
 
 
-async def emit(conn: Conn, type_: str, data: dict[str, Any], now: datetime) -> None:
-    """Record an event in the caller's transaction: it exists exactly if the change does."""
+async def emit(conn: Conn, type_: str, payload: Payload, now: datetime) -> None:
+    """Record an event in the caller's transaction: it exists exactly if the change does.
+    Its type and payload are one of domain/events.py's."""
     await conn.execute(
         "INSERT INTO events (event_id, type, at, data) VALUES (%s, %s, %s, %s)",
-        (f"evt_{uuid.uuid4().hex}", type_, now, Jsonb(data)),
+        (f"evt_{uuid.uuid4().hex}", type_, now, Jsonb(data_of(type_, payload))),
     )
     await conn.execute(f"NOTIFY {CHANNEL}")
 

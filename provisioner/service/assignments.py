@@ -23,6 +23,7 @@ from provisioner.db.assignments import Assignment, Event
 from provisioner.db.blocks import BlockRow
 from provisioner.domain import states
 from provisioner.domain.errors import Conflict, InvalidInput, NotFound
+from provisioner.domain.events import AssignmentChange
 from provisioner.domain.numbers import describe
 from provisioner.mail.compose import MailView
 from provisioner.service import accounts, blocks
@@ -261,14 +262,14 @@ async def _event(
     u: Unit, assignment: Assignment, action: str, old_state: str | None, actor: Actor
 ) -> None:
     """The audit trail's entry, and the same change in the event feed (webhooks)."""
-    data = {
-        "assignment_id": str(assignment.id), "block_id": assignment.block_id,
-        "owner": assignment.owner, "target": assignment.target,
-        "state": assignment.state, "old_state": old_state,
-    }  # fmt: skip
-    await event_feed.emit(u.conn, f"assignment.{action}", data, u.now)
+    change = AssignmentChange(
+        assignment_id=str(assignment.id), block_id=assignment.block_id,
+        owner=assignment.owner, target=assignment.target,
+        state=assignment.state, old_state=old_state,
+    )  # fmt: skip
+    await event_feed.emit(u.conn, f"assignment.{action}", change, u.now)
     if assignment.state == states.ACTIVE and old_state != states.ACTIVE:
-        await event_feed.emit(u.conn, "assignment.activated", data, u.now)
+        await event_feed.emit(u.conn, "assignment.activated", change, u.now)
     await db_assignments.add_event(
         u.conn,
         assignment.id,

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
-from provisioner.asterisk.apply import apply_node
+from provisioner.asterisk.apply import Applier
 from provisioner.asterisk.check import check_node, repair_node
 from provisioner.asterisk.pjsip import PjsipReloader
 from provisioner.clock import Clock
@@ -93,19 +93,18 @@ def node_workers(
     pending), and its drift check on a slow timer."""
     secrets = settings.secret_box()
 
-    async def apply_step() -> int:
-        return await apply_node(
-            pool, node, clock, secrets,
-            retry_seconds=settings.asterisk.retry_seconds,
-            incremental=settings.asterisk.incremental,
-        )  # fmt: skip
+    applier = Applier(
+        pool, node, clock, secrets,
+        retry_seconds=settings.asterisk.retry_seconds,
+        incremental=settings.asterisk.incremental,
+    )  # fmt: skip
 
     reloader = PjsipReloader(
         pool, node, clock, min_interval=settings.asterisk.pjsip_reload_ms / 1000
     )
     tasks = [
         asyncio.create_task(
-            loop.run(f"apply-{node.name}", apply_step, idle_seconds=2, url=url,
+            loop.run(f"apply-{node.name}", applier.round, idle_seconds=2, url=url,
                      channel=apply_queue.CHANNEL),
             name=f"apply-{node.name}",
         ),

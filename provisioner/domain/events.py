@@ -1,0 +1,55 @@
+"""The event types of the feed (GET /v1/events, webhooks), each with its payload, declared
+once: the emitters build these payloads, and the OpenAPI document (FeedEvent's `type`
+enum and its `data` schemas) and the README are tested against this module."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssignmentChange:
+    """An assignment's state changed (the audit trail has the same step)."""
+
+    assignment_id: str
+    block_id: str
+    owner: str
+    target: str
+    state: str
+    old_state: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApplyOutcome:
+    """A PBX's config is live in both parts (applied, with the revision), or failed."""
+
+    customer: str
+    node: str
+    revision: int | None
+    removed: bool
+    error: str | None
+
+
+Payload = AssignmentChange | ApplyOutcome
+
+# Every event type, with the payload it carries.
+TYPES: dict[str, type[Payload]] = {
+    "assignment.created": AssignmentChange,
+    "assignment.owner_confirmed": AssignmentChange,
+    "assignment.target_confirmed": AssignmentChange,
+    "assignment.activated": AssignmentChange,
+    "assignment.reset": AssignmentChange,
+    "assignment.expired": AssignmentChange,
+    "apply.applied": ApplyOutcome,
+    "apply.failed": ApplyOutcome,
+}
+
+
+def data_of(type_: str, payload: Payload) -> dict[str, Any]:
+    """The event's `data`, checked against its declaration (a type nobody declared, or
+    the wrong payload for it, is a bug of ours: it raises)."""
+    declared = TYPES.get(type_)
+    if declared is None or not isinstance(payload, declared):
+        raise TypeError(f"event {type_} does not carry {type(payload).__name__}")
+    return asdict(payload)

@@ -1,0 +1,61 @@
+"""The engineers' console use cases (`provisioner apply`, `provisioner check`): what
+they do and what their outcome means; cli.py only parses and prints."""
+
+from __future__ import annotations
+
+from psycopg_pool import AsyncConnectionPool
+
+from provisioner.asterisk import check
+from provisioner.asterisk.apply import apply_node
+from provisioner.asterisk.check import PbxDrift
+from provisioner.asterisk.pjsip import PjsipReloader
+from provisioner.clock import system_clock
+from provisioner.db import apply_queue
+from provisioner.db import config as db_config
+from provisioner.db.accounts import Pbx
+from provisioner.domain.credentials import SecretBox
+from provisioner.service.unit import Unit
+from provisioner.settings import Node, Settings
+
+
+async def queue_apply(u: Unit, pbx: Pbx) -> None:
+    await apply_queue.request(u.conn, pbx.id, "provisioner apply", u.now)
+
+
+async def apply_now(
+    pool: AsyncConnectionPool, settings: Settings, node: Node, pbx: Pbx, *, full: bool
+) -> str:
+    """One round on the PBX's node now (its job queued and committed before), its PJSIP
+    objects reloaded at once if the round left them pending; what came of it, in a
+    line that starts with the apply state ("applied", "failed", ...) or says why the
+    change is still queued."""
+    taken = await apply_node(
+        pool, node, system_clock, settings.secret_box(),
+        retry_seconds=settings.asterisk.retry_seconds, full=full,
+        incremental=settings.asterisk.incremental,
+    )  # fmt: skip
+    await PjsipReloader(pool, node, system_clock, min_interval=0, settle=0).step()
+    async with pool.connection() as conn:
+        state = await db_config.apply_state(conn, pbx.id)
+        waiting = await db_config.waiting_job(conn, pbx.id)
+    if taken == 0 and waiting is not None:
+        # The round above took nothing: another instance holds the node, or the job
+        # waits for its retry time. Whatever the state says is from before.
+        why = waiting.last_error or f"another instance is applying to node {node.name} now"
+        return f"not applied yet, the change stays queued: {why}"
+    if state is None:
+        return "pending"
+    return f"{state.state} (revision {state.revision}){': ' + state.error if state.error else ''}"
+
+
+async def check_node(
+    pool: AsyncConnectionPool, node: Node, secrets: SecretBox, *, repair: bool
+) -> tuple[list[PbxDrift], list[str]]:
+    """The node's drift check; with `repair`, what drifted is repaired (a full round)
+    and the node checked again, so what is returned is what is left."""
+    pbxes, node_problems = await check.check_node(pool, node, secrets)
+    drifted = [d for d in pbxes if not d.ok]
+    if repair and (drifted or node_problems):
+        await check.repair_node(pool, node, secrets, drifted)
+        pbxes, node_problems = await check.check_node(pool, node, secrets)
+    return pbxes, node_problems
