@@ -29,12 +29,13 @@ from provisioner.service import config as config_service
 from provisioner.service import pbx as pbx_service
 from provisioner.service.unit import Actor, Policy, Unit
 from provisioner.settings import Node, Settings
+from provisioner.settings.load import load as load_settings
 from provisioner.workers.tasks import start_workers
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     try:
-        return settings_module.load(args.config)
+        return load_settings(args.config)
     except settings_module.SettingsError as exc:
         raise SystemExit(f"provisioner: configuration error: {exc}") from None
 

@@ -29,11 +29,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiosmtpd.controller import Controller
 from panoramisk import Manager
 
-from provisioner import settings as settings_module
 from provisioner.app import create_app
 from provisioner.db import embedded
 from provisioner.db.migrate import migrate
 from provisioner.settings import ApiKey, Database, Listen, Secret, Secrets, Settings, Smtp
+from provisioner.settings.load import load as load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "asterisk-docker" / "lab"
@@ -246,7 +246,7 @@ def sha256(key: str) -> str:
 def make_settings(
     db_url: str, *, smtp_host: str, smtp_port: int, port: int, data: Path
 ) -> Settings:
-    base = settings_module.load(env={})
+    base = load_settings(env={})
     return replace(
         base,
         listen=Listen(port=port),

@@ -17,17 +17,20 @@ import yaml
 from conftest import Api, Inbox
 from helpers import BLOCK, OWNER, TARGET, request_assignment, scene
 
-from provisioner import settings as settings_module
 from provisioner.api.system import openapi_document
 from provisioner.app import create_app
 from provisioner.db.migrate import migrate, migrations
 from provisioner.domain import events as domain_events
+from provisioner.settings import SettingsError
+from provisioner.settings.docs import key_table
+from provisioner.settings.load import declared_keys
+from provisioner.settings.load import load as load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_openapi_lists_exactly_the_real_routes() -> None:
-    app = create_app(settings_module.load(env={}), run_workers=False)
+    app = create_app(load_settings(env={}), run_workers=False)
     real = set()
     for route in app.router.routes():
         if route.method in ("HEAD", "OPTIONS"):
@@ -76,17 +79,17 @@ async def test_responses_match_the_documented_schemas(api: Api, inbox: Inbox) ->
 
 def test_every_setting_is_documented_in_the_readme() -> None:
     """The README's table is the one made from the declaration of the keys (name, env
-    var, default and text): a key changed in settings.py and not in the README fails."""
+    var, default and text): a key changed in the declaration and not in the README fails."""
     readme = (ROOT / "README.md").read_text()
-    assert settings_module.key_table() in readme
-    for key in settings_module.declared_keys():
+    assert key_table() in readme
+    for key in declared_keys():
         assert f"`{key.env_var}`" in readme, f"README does not name {key.env_var}"
 
 
 def test_env_vars_override_the_file(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("listen:\n  port: 9000\nassignment:\n  confirm_within_days: 3\n")
-    loaded = settings_module.load(
+    loaded = load_settings(
         config, env={"PROVISIONER_LISTEN_PORT": "9100", "PROVISIONER_SMTP_HOST": "mx.example"}
     )
     assert (loaded.listen.port, loaded.assignment.confirm_within_days) == (9100, 3)
@@ -96,18 +99,18 @@ def test_env_vars_override_the_file(tmp_path: Path) -> None:
 def test_unknown_and_bad_settings_are_refused(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("listen:\n  prot: 9000\n")
-    with pytest.raises(settings_module.SettingsError, match=r"listen\.prot"):
-        settings_module.load(config, env={})
-    with pytest.raises(settings_module.SettingsError, match="PROVISIONER_LISTEN_PORT"):
-        settings_module.load(env={"PROVISIONER_LISTEN_PORT": "eighty"})
+    with pytest.raises(SettingsError, match=r"listen\.prot"):
+        load_settings(config, env={})
+    with pytest.raises(SettingsError, match="PROVISIONER_LISTEN_PORT"):
+        load_settings(env={"PROVISIONER_LISTEN_PORT": "eighty"})
     bad_key = "api_keys:\n  - {name: x, role: admin, key_sha256: abc}\n"
     config.write_text(bad_key)
-    with pytest.raises(settings_module.SettingsError, match="role"):
-        settings_module.load(config, env={})
+    with pytest.raises(SettingsError, match="role"):
+        load_settings(config, env={})
 
 
 def test_secrets_stay_out_of_reprs() -> None:
-    loaded = settings_module.load(
+    loaded = load_settings(
         env={"PROVISIONER_DATABASE_URL": "postgresql://u:hunter2@db/x",
              "PROVISIONER_SMTP_PASSWORD": "hunter2"}
     )  # fmt: skip
@@ -160,13 +163,13 @@ def test_unknown_keys_inside_entries_are_refused(tmp_path: Path) -> None:
         "asterisk:\n  nodes:\n    - {name: n1, ami_username: u, ami_secret: s,"
         " output_dir: /tmp, carrier_host: 127.0.0.2, carier_port: 5070}\n"
     )
-    with pytest.raises(settings_module.SettingsError, match="carier_port"):
-        settings_module.load(config, env={})
+    with pytest.raises(SettingsError, match="carier_port"):
+        load_settings(config, env={})
     config.write_text(
         "api_keys:\n  - {name: k, role: portal, key_sha256: " + "0" * 64 + ", rol: engineer}\n"
     )
-    with pytest.raises(settings_module.SettingsError, match="rol"):
-        settings_module.load(config, env={})
+    with pytest.raises(SettingsError, match="rol"):
+        load_settings(config, env={})
 
 
 def test_settings_tree_refuses_typos_and_wrong_types_at_every_level(tmp_path: Path) -> None:
@@ -185,20 +188,20 @@ def test_settings_tree_refuses_typos_and_wrong_types_at_every_level(tmp_path: Pa
     config = tmp_path / "c.yaml"
     for text, message in refused.items():
         config.write_text(text)
-        with pytest.raises(settings_module.SettingsError, match=message):
-            settings_module.load(config, env={})
+        with pytest.raises(SettingsError, match=message):
+            load_settings(config, env={})
     nodes = "[" + node.replace("s,", "hunter2,")[:-1] + ", file_group: 0}]"
-    loaded = settings_module.load(
+    loaded = load_settings(
         env={"PROVISIONER_ASTERISK_NODES": nodes, "PROVISIONER_SMTP_STARTTLS": "yes"}
     )
     (entry,) = loaded.asterisk.nodes
     assert (entry.ami_port, entry.carrier_port, entry.file_group) == (5038, 5060, 0)
     assert entry.ami_secret.value == "hunter2" and "hunter2" not in repr(loaded)
     assert loaded.smtp.starttls is True
-    with pytest.raises(settings_module.SettingsError, match="PROVISIONER_ASTERISK_NODES"):
-        settings_module.load(env={"PROVISIONER_ASTERISK_NODES": "[{name: n1, carier_port: 1}]"})
-    with pytest.raises(settings_module.SettingsError, match="PROVISIONER_API_KEYS"):
-        settings_module.load(env={"PROVISIONER_API_KEYS": "[{name: "})
+    with pytest.raises(SettingsError, match="PROVISIONER_ASTERISK_NODES"):
+        load_settings(env={"PROVISIONER_ASTERISK_NODES": "[{name: n1, carier_port: 1}]"})
+    with pytest.raises(SettingsError, match="PROVISIONER_API_KEYS"):
+        load_settings(env={"PROVISIONER_API_KEYS": "[{name: "})
 
 
 def check_constraints(db: psycopg.Connection[Any]) -> list[tuple[str, str]]:

@@ -23,7 +23,8 @@ from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment, scene
 from standardwebhooks import Webhook as Verifier
 
 from provisioner.app import create_app
-from provisioner.settings import Secret, Settings, SettingsError, Webhook, load
+from provisioner.settings import Secret, Settings, SettingsError, Webhook
+from provisioner.settings.load import load
 
 SECRET = "whsec_" + base64.b64encode(b"portal-webhook-test-key-32-bytes").decode()
 

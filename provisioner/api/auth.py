@@ -3,6 +3,8 @@ reads; `X-Acting-Customer`, where given, is a customer number."""
 
 from __future__ import annotations
 
+import hashlib
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -10,8 +12,15 @@ from provisioner.api import keys
 from provisioner.api.middleware import MUTATING, is_api
 from provisioner.domain import rules
 from provisioner.domain.errors import Forbidden, ProblemError, Unauthorized
+from provisioner.settings import ApiKey, Settings
 
 API_KEY_NAME = web.RequestKey("api_key_name", str)
+
+
+def key_for(settings: Settings, presented: str) -> ApiKey | None:
+    """The configured key whose SHA-256 is the presented key's (only hashes are kept)."""
+    digest = hashlib.sha256(presented.encode()).hexdigest()
+    return next((k for k in settings.api_keys if k.key_sha256 == digest), None)
 
 
 @web.middleware
@@ -26,7 +35,7 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
     # Keys are printable ASCII; raw bytes in the header arrive as other characters here.
     if not (presented.isascii() and presented.isprintable()):
         raise Unauthorized("unknown API key", code="unknown_api_key")
-    key = request.app[keys.SETTINGS].api_key_for(presented)
+    key = key_for(request.app[keys.SETTINGS], presented)
     if key is None:
         raise Unauthorized("unknown API key", code="unknown_api_key")
     if request.method in MUTATING and key.role != "portal":
