@@ -147,10 +147,9 @@ async def test_a_pbx_change_and_the_applier_recording_a_retry_never_deadlock(
     applier finishes and the request goes on after it: a wait, never a circle."""
     from datetime import UTC, datetime
 
-    from provisioner.db import apply_queue
-    from provisioner.db import config as db_config
+    from provisioner.db import apply_queue, apply_state
     from provisioner.db import pbx as db_pbx
-    from provisioner.db.config import Job
+    from provisioner.db.apply_queue import Job
 
     await scene(api)
     pbx_id = (db.execute("SELECT id FROM pbxes WHERE customer = %s", (TARGET,)).fetchone() or [0])[
@@ -164,11 +163,11 @@ async def test_a_pbx_change_and_the_applier_recording_a_retry_never_deadlock(
     try:
         await db_pbx.lock_pbx(request, pbx_id)  # the request's transaction begins
         job = Job(pbx_id, 1, 0)
-        await db_config.retry_job(applier, job, "asterisk down", now)
+        await apply_queue.retry_job(applier, job, "asterisk down", now)
         # With the PBX row locked FOR UPDATE this waited for the request, which then
         # waited for the queue row below: PostgreSQL killed one of them after 1 s.
         await asyncio.wait_for(
-            db_config.set_apply_state(applier, pbx_id, "pending", now, error="waiting"), 5
+            apply_state.set_state(applier, pbx_id, "pending", now, error="waiting"), 5
         )
         queued = asyncio.create_task(apply_queue.request(request, pbx_id, "extension", now))
         await asyncio.sleep(0.2)

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from provisioner.api import keys
-from provisioner.db import config as db_config
+from provisioner.db import apply_queue
 from provisioner.metrics import QUEUE_DEPTH
 
 
@@ -42,7 +42,7 @@ async def metrics(request: web.Request) -> web.Response:
     # The queue is shared by all instances: read it at scrape time, not per process.
     try:
         async with request.app[keys.POOL].connection(timeout=2) as conn:
-            QUEUE_DEPTH.set(await db_config.queue_depth(conn))
+            QUEUE_DEPTH.set(await apply_queue.queue_depth(conn))
     except Exception:  # noqa: S110 - metrics must answer even without the database
         pass
     response = web.Response(body=generate_latest())

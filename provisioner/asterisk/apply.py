@@ -49,8 +49,8 @@ from provisioner.asterisk.execute import DIALPLAN, MODULES, PJSIP, Rendered, Ten
 from provisioner.asterisk.parse import NotOurs, dialplan_texts, kind_of, parse_dialplan
 from provisioner.asterisk.record import Outcome, record_retry, record_round
 from provisioner.clock import Clock
-from provisioner.db import config as db_config
-from provisioner.db.config import Job
+from provisioner.db import apply_queue, departures, node_lock, rounds
+from provisioner.db.apply_queue import Job
 from provisioner.domain.credentials import SecretBox
 from provisioner.metrics import APPLY_SECONDS, ROUNDS
 from provisioner.render.load import load_view
@@ -109,7 +109,7 @@ class Applier:
             left = await self._leave()
             async with self.pool.connection() as conn, conn.transaction():
                 now = self.clock()
-                jobs = await db_config.claim_jobs(conn, self.node.name, now, now + LEASE, limit)
+                jobs = await apply_queue.claim_jobs(conn, self.node.name, now, now + LEASE, limit)
             # A full round runs without jobs too: it writes and reloads the node's own
             # files (a repair of the node's drift where no PBX drifted).
             if jobs or full:
@@ -121,14 +121,14 @@ class Applier:
         async with self.pool.connection() as lock_conn:
             await lock_conn.set_autocommit(True)
             if wait:
-                await db_config.wait_node_lock(lock_conn, self.node.name)
-            elif not await db_config.try_node_lock(lock_conn, self.node.name):
+                await node_lock.wait_node_lock(lock_conn, self.node.name)
+            elif not await node_lock.try_node_lock(lock_conn, self.node.name):
                 yield False
                 return
             try:
                 yield True
             finally:
-                await db_config.node_unlock(lock_conn, self.node.name)
+                await node_lock.node_unlock(lock_conn, self.node.name)
 
     async def _run(self, jobs: list[Job], *, full: bool) -> None:
         """The round in its mode, its jobs leased meanwhile; anything that stops it
@@ -174,7 +174,7 @@ class Applier:
             try:
                 async with self.pool.connection() as conn:
                     ids = [j.pbx_id for j in jobs]
-                    await db_config.renew_lease(conn, ids, self.clock() + LEASE)
+                    await apply_queue.renew_lease(conn, ids, self.clock() + LEASE)
             except Exception as exc:  # the round itself will meet the same trouble
                 log.warning("could not renew the lease of %d apply jobs: %s", len(jobs), exc)
 
@@ -225,14 +225,14 @@ class Applier:
         async with self.pool.connection() as conn, conn.transaction():
             await record_round(conn, outcomes, self.clock(), self.retry_seconds)
             if any(o.pjsip_due and o.broken is None for o in outcomes):
-                await db_config.notify_pjsip_due(conn)
+                await rounds.notify_pjsip_due(conn)
 
     # --- The incremental round ----------------------------------------------------------
 
     async def _incremental(self, jobs: list[Job]) -> list[Outcome]:
         by_pbx = {job.pbx_id: job for job in jobs}
         async with self.pool.connection() as conn:
-            found = await db_config.round_pbxes(conn, list(by_pbx))
+            found = await rounds.round_pbxes(conn, list(by_pbx))
         tenants = [
             Tenant(
                 f.pbx,
@@ -303,7 +303,7 @@ class Applier:
     async def _full(self, jobs: list[Job], *, reload_all: bool) -> list[Outcome]:
         node, by_pbx = self.node, {job.pbx_id: job for job in jobs}
         async with self.pool.connection() as conn:
-            found = await db_config.node_pbxes(conn, node.name)
+            found = await rounds.node_pbxes(conn, node.name)
         tenants = [Tenant(f.pbx, by_pbx.get(f.pbx.id), f.written, f.good) for f in found]
         # Only PBXs with a job are rendered; the others must stay as last written.
         with_jobs = {t: await self._render(t) if t.job else Rendered() for t in tenants}
@@ -386,7 +386,7 @@ class Applier:
         while the node is down: said once in the log, and again when the reason
         changes)."""
         async with self.pool.connection() as conn:
-            found = await db_config.leaving(conn, self.node.name)
+            found = await departures.leaving(conn, self.node.name)
         done = 0
         for gone in found:
             try:
@@ -399,12 +399,12 @@ class Applier:
                 continue
             self._cannot_leave.pop(gone.pbx.id, None)
             async with self.pool.connection() as conn:
-                await db_config.left(conn, gone.pbx.id)
+                await departures.left(conn, gone.pbx.id)
             log.info("PBX %s left node %s for %s", gone.pbx.slug, self.node.name, gone.pbx.node)
             done += 1
         return done
 
-    async def _remove(self, gone: db_config.Leaving) -> None:
+    async def _remove(self, gone: departures.Leaving) -> None:
         folder = self.node.output_dir
         for path in gone.files:
             files.remove(folder, path)

@@ -18,8 +18,7 @@ from provisioner.asterisk.ami import Ami
 from provisioner.asterisk.apply import apply_node
 from provisioner.asterisk.parse import dialplan_in, endpoints_in
 from provisioner.clock import system_clock
-from provisioner.db import apply_queue
-from provisioner.db import config as db_config
+from provisioner.db import apply_queue, apply_state, rounds
 from provisioner.domain.credentials import SecretBox
 from provisioner.render.load import load_view
 from provisioner.render.render import node_files, pbx_files
@@ -66,11 +65,11 @@ async def check_node(
     carrier = Carrier.of(node)
     found = []
     async with pool.connection() as conn:
-        for pbx in await db_config.node_pbxes(conn, node.name):
+        for pbx in await rounds.node_pbxes(conn, node.name):
             # A queued job, or PJSIP objects waiting for the coalesced reload: what
             # differs may be that change on its way, not drift.
-            state = await db_config.apply_state(conn, pbx.pbx.id)
-            queued = await db_config.waiting_job(conn, pbx.pbx.id) is not None
+            state = await apply_state.get(conn, pbx.pbx.id)
+            queued = await apply_queue.waiting_job(conn, pbx.pbx.id) is not None
             on_its_way = queued or (state is not None and state.state == "pending")
             drift = PbxDrift(pbx.pbx.customer, pbx.pbx.slug, on_its_way)
             try:
@@ -155,7 +154,7 @@ async def repair_node(
     were and an incremental round would find nothing to do. And the repair waits for a
     round already running, so that what it queued is done when it returns."""
     async with pool.connection() as conn, conn.transaction():
-        for pbx in await db_config.node_pbxes(conn, node.name):
+        for pbx in await rounds.node_pbxes(conn, node.name):
             if any(d.slug == pbx.pbx.slug for d in drifted):
                 await apply_queue.request(
                     conn, pbx.pbx.id, "drift repair", system_clock(), full_reload=True

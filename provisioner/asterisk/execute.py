@@ -25,7 +25,7 @@ from provisioner.asterisk.plan import (
     touched,
 )
 from provisioner.db.accounts import OfPbx, Pbx
-from provisioner.db.config import Job
+from provisioner.db.apply_queue import Job
 from provisioner.metrics import OPERATIONS, RELOADS
 from provisioner.render.render import redact, redacted
 from provisioner.settings import Node

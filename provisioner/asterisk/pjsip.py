@@ -27,9 +27,8 @@ from provisioner.asterisk.parse import of_kind
 from provisioner.asterisk.plan import pjsip_change
 from provisioner.asterisk.record import outcome
 from provisioner.clock import Clock
-from provisioner.db import apply_queue
-from provisioner.db import config as db_config
-from provisioner.db.config import PjsipPending
+from provisioner.db import apply_queue, apply_state, node_lock, rounds
+from provisioner.db.rounds import PjsipPending
 from provisioner.metrics import PJSIP_WAIT
 from provisioner.render.render import redact
 from provisioner.settings import Node
@@ -55,23 +54,23 @@ class PjsipReloader:
         """One reload if anything waits for one; how many PBXs it made live."""
         async with self.pool.connection() as lock_conn:
             await lock_conn.set_autocommit(True)
-            if not await db_config.try_node_lock(lock_conn, self.node.name, "pjsip"):
+            if not await node_lock.try_node_lock(lock_conn, self.node.name, "pjsip"):
                 return 0
             try:
                 async with self.pool.connection() as conn:
-                    if not await db_config.pjsip_pending(conn, self.node.name):
+                    if not await rounds.pjsip_pending(conn, self.node.name):
                         return 0
                 wait = max(self.settle, self._last_start + self.min_interval - time.monotonic())
                 await asyncio.sleep(wait)
                 return await self._reload()
             finally:
-                await db_config.node_unlock(lock_conn, self.node.name, "pjsip")
+                await node_lock.node_unlock(lock_conn, self.node.name, "pjsip")
 
     async def _reload(self) -> int:
         async with self.pool.connection() as conn:
             # Read at the start: every revision recorded before this reload began has
             # its files on disk (written before the round committed).
-            pending = await db_config.pjsip_pending(conn, self.node.name)
+            pending = await rounds.pjsip_pending(conn, self.node.name)
         if not pending or not await self._files_are_ours():
             return 0
         self._last_start = time.monotonic()
@@ -97,7 +96,7 @@ class PjsipReloader:
                     log.error("PBX %s: %s; queued for a full round", p.slug, why)
                     await apply_queue.request(conn, p.pbx_id, why, now, full_reload=True)
                     continue
-                if await db_config.pjsip_live(conn, p.pbx_id, p.revision, now):
+                if await apply_state.pjsip_live(conn, p.pbx_id, p.revision, now):
                     live += 1
                     await outcome(conn, p.pbx, "applied", p.revision, None, now)
                     PJSIP_WAIT.observe(max((now - p.since).total_seconds(), 0.0))
@@ -113,22 +112,22 @@ class PjsipReloader:
         (the node's apply lock), or a file just written would look like a hand edit."""
         async with self.pool.connection() as lock_conn:
             await lock_conn.set_autocommit(True)
-            await db_config.wait_node_lock(lock_conn, self.node.name)
+            await node_lock.wait_node_lock(lock_conn, self.node.name)
             try:
                 async with self.pool.connection() as conn, conn.transaction():
                     edited = [
-                        pbx
-                        for pbx, written in await db_config.node_written(conn, self.node.name)
-                        if _pjsip_edited(self.node, written)
+                        w.pbx
+                        for w in await rounds.node_written(conn, self.node.name)
+                        if _pjsip_edited(self.node, w.files)
                     ]
                     for pbx in edited:
-                        if await db_config.waiting_job(conn, pbx.id) is None:
+                        if await apply_queue.waiting_job(conn, pbx.id) is None:
                             await apply_queue.request(
                                 conn, pbx.id, "its PJSIP file differs from ours", self.clock(),
                                 full_reload=True,
                             )  # fmt: skip
             finally:
-                await db_config.node_unlock(lock_conn, self.node.name)
+                await node_lock.node_unlock(lock_conn, self.node.name)
         if edited:
             log.error("node %s: PJSIP files of %s differ from ours; reload waits for their repair",
                       self.node.name, ", ".join(pbx.slug for pbx in edited))  # fmt: skip

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from provisioner.asterisk.execute import Tenant
-from provisioner.db import Conn, events
-from provisioner.db import config as db_config
+from provisioner.db import Conn, apply_queue, apply_state, events, revisions
 from provisioner.db.accounts import Pbx
-from provisioner.db.config import Job
+from provisioner.db.apply_queue import Job
 from provisioner.domain.events import ApplyOutcome
 from provisioner.metrics import BROKEN
 from provisioner.render.render import digest, redacted
@@ -47,33 +46,33 @@ async def record_round(
             continue
         if o.on_disk is None:
             if o.notes or o.failed:
-                await db_config.set_apply_state(
+                await apply_state.set_state(
                     conn, t.pbx_id, "failed", now, error="; ".join(o.notes or ("not live",))
                 )
             continue
         revision = await _store_revision(conn, o, now)
         error = "; ".join(o.notes) or None
         if o.failed:
-            await db_config.set_apply_state(
+            await apply_state.set_state(
                 conn, t.pbx_id, "failed", now, revision=revision, error=error
             )
             await outcome(conn, t.pbx, "failed", revision, error, now)
         elif o.pjsip_due:
             # Routing (the dialplan) is live now; its PJSIP objects come with the node's
             # next coalesced reload (asterisk/pjsip.py), which makes it applied.
-            await db_config.set_apply_state(
+            await apply_state.set_state(
                 conn, t.pbx_id, "pending", now, revision=revision,
                 dialplan_revision=revision, error=error,
             )  # fmt: skip
         else:
             # A repaired hand edit ends applied too, with the note of what was set aside.
-            await db_config.set_apply_state(
+            await apply_state.set_state(
                 conn, t.pbx_id, "applied", now, revision=revision,
                 good_revision=revision, error=error,
             )  # fmt: skip
             await outcome(conn, t.pbx, "applied", revision, error, now)
         if t.job is not None:
-            await db_config.finish_job(conn, t.job)
+            await apply_queue.finish_job(conn, t.job)
 
 
 async def outcome(
@@ -96,11 +95,11 @@ async def _store_revision(conn: Conn, o: Outcome, now: datetime) -> int | None:
     written, revision = o.tenant.written, None
     if o.attempted is not None and redacted(o.attempted) != written:
         written = redacted(o.attempted)
-        tried = await db_config.add_revision(conn, o.tenant.pbx_id, digest(written), written, now)
+        tried = await revisions.add_revision(conn, o.tenant.pbx_id, digest(written), written, now)
         revision = tried.revision
     shown = redacted(o.on_disk)
     if shown != written:
-        stored = await db_config.add_revision(conn, o.tenant.pbx_id, digest(shown), shown, now)
+        stored = await revisions.add_revision(conn, o.tenant.pbx_id, digest(shown), shown, now)
         revision = revision if o.failed else stored.revision
     return revision
 
@@ -110,10 +109,10 @@ async def _record_broken(
 ) -> None:
     """Failed with the reason; its job waits (backoff) for a retry or a newer change."""
     BROKEN.inc()
-    await db_config.set_apply_state(conn, t.pbx_id, "failed", now, error=broken[:1000])
+    await apply_state.set_state(conn, t.pbx_id, "failed", now, error=broken[:1000])
     await outcome(conn, t.pbx, "failed", None, broken[:1000], now)
     if t.job is not None:
-        await db_config.retry_job(conn, t.job, broken, now + backoff(t.job, retry_seconds))
+        await apply_queue.retry_job(conn, t.job, broken, now + backoff(t.job, retry_seconds))
 
 
 async def record_retry(
@@ -122,7 +121,7 @@ async def record_retry(
     """The whole round stopped (Asterisk away, or anything unexpected): every job of it
     waits for a retry, by full reload when Asterisk may hold part of the change."""
     for job in jobs:
-        await db_config.retry_job(
+        await apply_queue.retry_job(
             conn, job, error, now + backoff(job, retry_seconds), full_reload=full
         )
-        await db_config.set_apply_state(conn, job.pbx_id, "pending", now, error=f"waiting: {error}")
+        await apply_state.set_state(conn, job.pbx_id, "pending", now, error=f"waiting: {error}")

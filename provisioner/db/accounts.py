@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, TypeVar
 
 from psycopg.rows import class_row
 
 from provisioner.db import Conn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,29 @@ class Pbx:
     removed_at: datetime | None = None  # removed: the apply takes its config away
     leaving_node: str | None = None  # moving away from this node (until it left it)
     leaving_revision: int | None = None  # what the old node has of it, to remove
+
+
+# Every column of a pbxes row (as `p`), named as Pbx's fields: the queries that read a
+# PBX and more in one row select these first, and `with_pbx` builds the Pbx from them.
+PBX_FIELDS = tuple(f.name for f in dataclasses.fields(Pbx))
+PBX_COLUMNS = ", ".join(f"p.{name}" for name in PBX_FIELDS)
+
+
+def with_pbx(cls: Callable[..., T]) -> Callable[[Any], Callable[[Sequence[Any]], T]]:
+    """A row factory, like class_row: the row's Pbx columns become `pbx`, every other
+    column the field of its name."""
+
+    def maker(cursor: Any) -> Callable[[Sequence[Any]], T]:
+        names = [column.name for column in cursor.description or ()]
+
+        def make(values: Sequence[Any]) -> T:
+            row = dict(zip(names, values, strict=True))
+            pbx = Pbx(**{name: row.pop(name) for name in PBX_FIELDS})
+            return cls(pbx=pbx, **row)
+
+        return make
+
+    return maker
 
 
 class OfPbx:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from provisioner.db import Conn
-from provisioner.db import config as db_config
+from provisioner.db import Conn, apply_state, revisions
 from provisioner.db.accounts import Pbx
-from provisioner.db.config import ApplyState, Revision
+from provisioner.db.apply_state import ApplyState
+from provisioner.db.revisions import Revision
 from provisioner.domain.credentials import SecretBox
 from provisioner.domain.errors import NotFound
 from provisioner.render.load import load_view
@@ -31,8 +31,8 @@ async def current(u: Unit, customer: str) -> ConfigStatus:
     return ConfigStatus(
         customer,
         pbx.node,
-        await db_config.latest_revision(u.conn, pbx.id),
-        await db_config.apply_state(u.conn, pbx.id),
+        await revisions.latest_revision(u.conn, pbx.id),
+        await apply_state.get(u.conn, pbx.id),
     )
 
 
@@ -44,11 +44,11 @@ async def render(conn: Conn, pbx: Pbx, carrier: Carrier, secrets: SecretBox) -> 
 
 async def _files(u: Unit, pbx: Pbx, number: int | None) -> tuple[str, dict[str, str]]:
     if number is None:
-        latest = await db_config.latest_revision(u.conn, pbx.id)
+        latest = await revisions.latest_revision(u.conn, pbx.id)
         if latest is None:
             return "(none)", {}
         return f"revision {latest.revision}", latest.files
-    found = await db_config.revision(u.conn, pbx.id, number)
+    found = await revisions.revision(u.conn, pbx.id, number)
     if found is None:
         raise NotFound(f"no revision {number}", code="revision_not_found")
     return f"revision {number}", found.files
@@ -59,7 +59,7 @@ async def diff(u: Unit, customer: str, start: int | None, end: int | None) -> st
     latest)."""
     pbx = await require_pbx(u, customer)
     if start is None:
-        latest = await db_config.latest_revision(u.conn, pbx.id)
+        latest = await revisions.latest_revision(u.conn, pbx.id)
         start = latest.revision - 1 if latest and latest.revision > 1 else None
     a_name, a = await _files(u, pbx, start) if start is not None else ("(none)", {})
     b_name, b = await _files(u, pbx, end)

@@ -10,8 +10,7 @@ from provisioner.asterisk.apply import apply_node
 from provisioner.asterisk.check import PbxDrift
 from provisioner.asterisk.pjsip import PjsipReloader
 from provisioner.clock import system_clock
-from provisioner.db import apply_queue
-from provisioner.db import config as db_config
+from provisioner.db import apply_queue, apply_state
 from provisioner.db.accounts import Pbx
 from provisioner.domain.credentials import SecretBox
 from provisioner.service.unit import Unit
@@ -36,8 +35,8 @@ async def apply_now(
     )  # fmt: skip
     await PjsipReloader(pool, node, system_clock, min_interval=0, settle=0).step()
     async with pool.connection() as conn:
-        state = await db_config.apply_state(conn, pbx.id)
-        waiting = await db_config.waiting_job(conn, pbx.id)
+        state = await apply_state.get(conn, pbx.id)
+        waiting = await apply_queue.waiting_job(conn, pbx.id)
     if taken == 0 and waiting is not None:
         # The round above took nothing: another instance holds the node, or the job
         # waits for its retry time. Whatever the state says is from before.

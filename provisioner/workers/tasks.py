@@ -14,8 +14,7 @@ from provisioner.asterisk.apply import Applier
 from provisioner.asterisk.check import check_node, repair_node
 from provisioner.asterisk.pjsip import PjsipReloader
 from provisioner.clock import Clock
-from provisioner.db import apply_queue, idempotency, outbox
-from provisioner.db import config as db_config
+from provisioner.db import apply_queue, idempotency, outbox, rounds
 from provisioner.db import events as db_events
 from provisioner.domain.credentials import SecretBox
 from provisioner.mail import sender
@@ -110,7 +109,7 @@ def node_workers(
         ),
         asyncio.create_task(
             loop.run(f"pjsip-{node.name}", reloader.step, idle_seconds=2, url=url,
-                     channel=db_config.PJSIP_CHANNEL),
+                     channel=rounds.PJSIP_CHANNEL),
             name=f"pjsip-{node.name}",
         ),
     ]  # fmt: skip
