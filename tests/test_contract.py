@@ -3,6 +3,7 @@ documented, migrations apply to an empty database, the commands answer --help.""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 import subprocess
@@ -17,6 +18,7 @@ import yaml
 from conftest import Api, Inbox
 from helpers import BLOCK, OWNER, TARGET, request_assignment, scene
 
+from provisioner import cli
 from provisioner.api.system import openapi_document
 from provisioner.app import create_app
 from provisioner.db.migrate import migrate, migrations
@@ -144,9 +146,19 @@ def test_migration_files_are_numbered_without_gaps() -> None:
         assert re.match(r"^\d{4}_[a-z0-9_]+\.sql$", name)
 
 
-@pytest.mark.parametrize(
-    "command", ["serve", "worker", "migrate", "demo", "render", "diff", "apply"]
-)
+def commands() -> list[str]:
+    """Every subcommand the console's parser has (a new one is tested without a word)."""
+    (action,) = [a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(action.choices)
+
+
+def test_the_console_has_the_commands_the_readme_names() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for command in commands():
+        assert f"provisioner {command}" in readme or f"`{command}`" in readme, command
+
+
+@pytest.mark.parametrize("command", commands())
 def test_every_command_answers_help(command: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "provisioner", command, "--help"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections import Counter
 from typing import Any
@@ -74,6 +75,8 @@ async def test_fifty_clients_get_no_5xx_and_leave_every_invariant_true(
         await branch_scene(api)
         await cologne_pbx(api)
         statuses: Counter[int] = Counter()
+        tried: set[tuple[str, str]] = set()
+        succeeded: set[tuple[str, str]] = set()
         failures: list[str] = []
         deadline = time.monotonic() + SECONDS
 
@@ -87,6 +90,10 @@ async def test_fifty_clients_get_no_5xx_and_leave_every_invariant_true(
                 response = await api.call(method, path, body, headers=headers)
                 text = await response.text()
                 statuses[response.status] += 1
+                kind = (method, re.sub(r"^/confirm/.*|/[1-9][0-9]{2}$", "/X", path))
+                tried.add(kind)
+                if response.status < 300:
+                    succeeded.add(kind)
                 if response.status >= 500:
                     failures.append(f"{method} {path}: {response.status} {text[:300]}")
 
@@ -94,7 +101,13 @@ async def test_fifty_clients_get_no_5xx_and_leave_every_invariant_true(
         total = sum(statuses.values())
         print(f"load: {total} requests in {SECONDS:.0f} s by {CLIENTS} clients: {dict(statuses)}")
         assert not failures, failures[:5]
-        assert total > 1000 and statuses[200] + statuses[201] > 300, statuses
+        # Not a count (that is the machine's speed): every kind of request the clients
+        # sent succeeded at least once under the load, and none failed with a 5xx. (A
+        # confirm link, drawn from the last six requests, is nearly always of an
+        # assignment another client has reset meanwhile: 410 is its right answer.)
+        missing = {kind for kind in tried - succeeded if not kind[1].startswith("/X")}
+        assert missing == set(), sorted(missing)
+        assert ("POST", "/X") in tried, "no confirm link was tried"
 
         # Let the applier and the mail sender finish what the load left them.
         settle = time.monotonic() + 90

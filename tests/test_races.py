@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import psycopg
+import pytest
 from conftest import Api, Inbox
 from helpers import BLOCK, OTHER, OWNER, TARGET, path_of, request_assignment, scene
 
@@ -46,34 +47,58 @@ async def test_two_confirmations_at_once(
         await api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment")
 
 
+async def waiting_for_locks(db: psycopg.Connection[Any], count: int) -> None:
+    """Until `count` sessions of this database wait for a lock (the requests under test
+    have reached the row another holds)."""
+    for _ in range(500):
+        row = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        ).fetchone()
+        if row is not None and row[0] >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} requests never waited for the lock")
+
+
+@pytest.mark.parametrize("first", ["reset", "confirmation"])
 async def test_reset_racing_the_last_confirmation(
-    api: Api, inbox: Inbox, db: psycopg.Connection[Any]
+    api: Api, inbox: Inbox, db: psycopg.Connection[Any], db_url: str, first: str
 ) -> None:
+    """Both requests lock the block first. A third session holds that row while they
+    arrive, in the order the test chooses; PostgreSQL grants waiters in arrival order,
+    so each order is played for certain, and each ends consistent: the reset wins
+    either way."""
     await scene(api)
-    outcomes = set()
-    for _ in range(ROUNDS):
-        assignment, owner_link, target_link = await request_assignment(api, inbox)
-        await api.client.post(path_of(owner_link))
-        reset, confirmed = await asyncio.gather(
-            api.call("DELETE", f"/v1/blocks/{BLOCK}/assignment"),
-            api.client.post(path_of(target_link)),
-        )
-        assert reset.status == 200  # the reset wins either way: pending or active, it resets
-        final = await api.ok("GET", f"/v1/blocks/{BLOCK}/assignment")
-        assert final["state"] == "reset"
-        actions = [a for a, _ in events_of(db, assignment["id"])]
-        assert actions[-1] == "reset"
-        # Either the confirmation came first (then it activated, and the reset undid it),
-        # or the reset came first (then the link showed a reset assignment).
-        if "target_confirmed" in actions:
-            assert actions == ["created", "owner_confirmed", "target_confirmed", "reset"]
-            assert confirmed.status == 200
-            outcomes.add("confirmed first")
-        else:
-            assert actions == ["created", "owner_confirmed", "reset"]
-            assert confirmed.status == 410
-            outcomes.add("reset first")
-    assert outcomes  # at least one consistent outcome was seen each round
+    assignment, owner_link, target_link = await request_assignment(api, inbox)
+    await api.client.post(path_of(owner_link))
+
+    def reset() -> Any:
+        return api.call("DELETE", f"/v1/blocks/{BLOCK}/assignment")
+
+    def confirm() -> Any:
+        return api.client.post(path_of(target_link))
+
+    order = [reset, confirm] if first == "reset" else [confirm, reset]
+    with psycopg.connect(db_url) as holder:
+        holder.execute("SELECT 1 FROM blocks WHERE id = %s FOR NO KEY UPDATE", (BLOCK,))
+        started = []
+        for n, request in enumerate(order, start=1):
+            started.append(asyncio.ensure_future(request()))
+            await waiting_for_locks(db, n)
+        holder.rollback()
+    answers = await asyncio.gather(*started)
+    reset_answer, confirm_answer = answers if first == "reset" else answers[::-1]
+    assert reset_answer.status == 200
+    final = await api.ok("GET", f"/v1/blocks/{BLOCK}/assignment")
+    assert final["state"] == "reset"
+    actions = [a for a, _ in events_of(db, assignment["id"])]
+    if first == "confirmation":  # it activated, and the reset undid it
+        assert actions == ["created", "owner_confirmed", "target_confirmed", "reset"]
+        assert confirm_answer.status == 200
+    else:  # the link shows a reset assignment
+        assert actions == ["created", "owner_confirmed", "reset"]
+        assert confirm_answer.status == 410
 
 
 async def test_two_assignments_for_one_block_at_once(api: Api, db: psycopg.Connection[Any]) -> None:
@@ -170,8 +195,8 @@ async def test_a_pbx_change_and_the_applier_recording_a_retry_never_deadlock(
             apply_state.set_state(applier, pbx_id, "pending", now, error="waiting"), 5
         )
         queued = asyncio.create_task(apply_queue.request(request, pbx_id, "extension", now))
-        await asyncio.sleep(0.2)
-        assert not queued.done()  # waits for the applier's queue row, as it should
+        await waiting_for_locks(db, 1)  # for the applier's queue row, as it should
+        assert not queued.done()
         await applier.commit()
         await asyncio.wait_for(queued, 5)
         await request.commit()

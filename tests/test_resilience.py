@@ -37,6 +37,7 @@ async def own_database() -> AsyncIterator[tuple[str, Path]]:
         shutil.rmtree(folder.parent, ignore_errors=True)
 
 
+@pytest.mark.slow  # restarts PostgreSQL and waits for it
 async def test_database_restart_delays_mail_and_loses_none(
     own_database: tuple[str, Path], inbox: Inbox, clock: FakeClock, tmp_path: Path
 ) -> None:

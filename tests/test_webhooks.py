@@ -179,6 +179,7 @@ class Endpoint:
         await self._runner.cleanup()
 
 
+@pytest.mark.slow  # its endpoint takes 8 s an event
 async def test_a_slow_endpoint_delays_no_other_endpoint(settings: Settings, inbox: Inbox) -> None:
     """The slow endpoint is listed first and takes 8 s an event; the other still gets
     each event within about a second of its commit."""
