@@ -122,21 +122,31 @@ async def test_a_client_that_goes_away_is_no_server_error(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
+    await go_away_mid_body(
+        api,
+        f"PUT /v1/accounts/K200 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PORTAL_KEY}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"na',
+    )
+    await logged(caplog, "client went away")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def go_away_mid_body(api: Api, head: str) -> None:
+    """Send a request whose body never arrives in full, then close the connection."""
     port = api.client.server.port
     assert port is not None
     _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        f"PUT /v1/accounts/K200 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PORTAL_KEY}\r\n"
-        'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"na'.encode()
-    )
+    writer.write(head.encode())
     await writer.drain()
     await asyncio.sleep(0.2)
     writer.close()
+
+
+async def logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
     deadline = time.monotonic() + 5
-    while "client went away" not in caplog.text:
+    while text not in caplog.text:
         assert time.monotonic() < deadline, caplog.text
         await asyncio.sleep(0.05)
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_confirm_links_store_no_idempotency_keys(
@@ -340,20 +350,12 @@ async def test_a_forged_log_line_in_the_path_stays_on_its_own_line(
     """Unauthenticated: a path with an encoded newline and a body that never arrives."""
     caplog.set_level(logging.INFO)
     forged = "2026-12-03 06:00:00,000 ERROR provisioner.api.middleware: FORGED"
-    port = api.client.server.port
-    assert port is not None
-    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
+    await go_away_mid_body(
+        api,
         f"POST /v1/zz%0A{quote(forged)} HTTP/1.1\r\nHost: x\r\n"
-        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
     )
-    await writer.drain()
-    await asyncio.sleep(0.2)
-    writer.close()
-    deadline = time.monotonic() + 5
-    while "/v1/zz" not in caplog.text:
-        assert time.monotonic() < deadline, caplog.text
-        await asyncio.sleep(0.05)
+    await logged(caplog, "/v1/zz")
     assert not any(line.startswith("2026-12-03") for line in caplog.text.splitlines())
     assert all("\n" not in r.getMessage() for r in caplog.records)
     assert "/v1/zz\\n2026-12-03" in caplog.text

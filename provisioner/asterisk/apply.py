@@ -110,11 +110,12 @@ class Applier:
             async with self.pool.connection() as conn, conn.transaction():
                 now = self.clock()
                 jobs = await apply_queue.claim_jobs(conn, self.node.name, now, now + LEASE, limit)
+            if not jobs and not full:
+                return left
             # A full round runs without jobs too: it writes and reloads the node's own
             # files (a repair of the node's drift where no PBX drifted).
-            if jobs or full:
-                await self._run(jobs, full=full or any(j.full_reload for j in jobs))
-            return left + len(jobs) if jobs else left
+            await self._run(jobs, full=full or any(j.full_reload for j in jobs))
+            return len(jobs)
 
     @contextlib.asynccontextmanager
     async def _node_lock(self, *, wait: bool) -> AsyncIterator[bool]:
