@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -58,31 +59,46 @@ def create_app(
 
 
 async def database_url(settings: Settings) -> str:
-    if settings.database.url:
-        return settings.database.url.value
-    url, _server = await asyncio.to_thread(embedded.start, settings.data_dir / "postgres")
+    url, _server = await _database_and_server(settings)
     return url
+
+
+async def _database_and_server(settings: Settings) -> tuple[str, Any]:
+    """The configured database's URL, or the embedded one's and its server handle."""
+    if settings.database.url:
+        return settings.database.url.value, None
+    return await asyncio.to_thread(embedded.start, settings.data_dir / "postgres")
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    url = await database_url(settings)
-    pool = await open_pool(url, max_size=settings.database.pool_size)
+    url, server = await _database_and_server(settings)
     try:
-        async with pool.connection() as conn:
-            await migrate(conn)
-        async with pool.connection() as conn, conn.transaction():
-            box = app[keys.POLICY].secrets
-            if await blocks.seal_trunk_passwords(conn, box, reseal=False):
-                log.info("sealed the trunk passwords stored in plain text before")
-            # Before any request: a webhook endpoint gets every event from its first start.
-            for hook in settings.webhooks:
-                await db_events.cursor(conn, hook.url, app[keys.CLOCK]())
-        app[DATABASE_URL] = url
-        app[keys.POOL] = pool
-        yield
+        pool = await open_pool(url, max_size=settings.database.pool_size)
+        try:
+            async with pool.connection() as conn:
+                await migrate(conn)
+            async with pool.connection() as conn, conn.transaction():
+                box = app[keys.POLICY].secrets
+                if await blocks.seal_trunk_passwords(conn, box, reseal=False):
+                    log.info("sealed the trunk passwords stored in plain text before")
+                # Before any request: a webhook endpoint gets every event from its first
+                # start.
+                for hook in settings.webhooks:
+                    await db_events.cursor(conn, hook.url, app[keys.CLOCK]())
+            app[DATABASE_URL] = url
+            app[keys.POOL] = pool
+            yield
+        finally:
+            await pool.close()
     finally:
-        await pool.close()
+        if server is not None:
+            # The embedded PostgreSQL stops with the app, and is gone when this returns
+            # (pg_ctl -w stop), not in an atexit handler: pg_ctl makes the postmaster a
+            # session leader, so a terminal's Ctrl-C never reaches it, and a second signal
+            # (`make run` sends TERM after the Ctrl-C) could end this process before its
+            # atexit handlers ran, leaving PostgreSQL behind.
+            await asyncio.to_thread(server.cleanup)
 
 
 async def _workers(app: web.Application) -> AsyncIterator[None]:

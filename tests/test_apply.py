@@ -236,7 +236,7 @@ async def test_two_instances_share_a_node_without_applying_twice(
     lets one round through at a time, and every job is applied exactly once."""
     from psycopg_pool import AsyncConnectionPool
 
-    from provisioner.asterisk.apply import apply_node
+    from provisioner.asterisk.apply import Applier
     from provisioner.clock import system_clock
 
     await branch_scene(api)  # `api` runs no applier: it has no nodes configured
@@ -246,9 +246,9 @@ async def test_two_instances_share_a_node_without_applying_twice(
         await pool.open()
     try:
         box = settings.secret_box()
-        taken = await asyncio.gather(*(apply_node(p, node, system_clock, box) for p in pools))
+        taken = await asyncio.gather(*(Applier(p, node, system_clock, box).round() for p in pools))
         while db.execute("SELECT count(*) FROM apply_queue").fetchone() != (0,):
-            taken.append(await apply_node(pools[0], node, system_clock, box))
+            taken.append(await Applier(pools[0], node, system_clock, box).round())
     finally:
         for pool in pools:
             await pool.close()

@@ -101,4 +101,13 @@ def run_and_interrupt(tmp_path: Path) -> None:
     assert str(lab_dir) not in Path("/proc/mounts").read_text()
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True,
                           check=False)  # fmt: skip
-    assert left.stdout == "", left.stdout
+    leftover = [
+        subprocess.run(
+            ["ps", "-o", "pid,ppid,stat,args", "-p", pid],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        for pid in left.stdout.split()
+    ]
+    assert left.stdout == "", leftover

@@ -45,7 +45,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from provisioner.asterisk import execute, files, plan
 from provisioner.asterisk.ami import Ami, AsteriskUnavailable, OperationFailed
-from provisioner.asterisk.execute import DIALPLAN, MODULES, PJSIP, Rendered, Tenant
+from provisioner.asterisk.execute import ALL_KINDS, DIALPLAN, MODULES, PJSIP, Rendered, Tenant
 from provisioner.asterisk.parse import NotOurs, dialplan_texts, kind_of, parse_dialplan
 from provisioner.asterisk.record import Outcome, record_retry, record_round
 from provisioner.clock import Clock
@@ -205,17 +205,27 @@ class Applier:
         return frozenset(changed)
 
     def _write(
-        self, t: Tenant, wanted: dict[str, str], kinds: frozenset[str], now: datetime
+        self,
+        t: Tenant,
+        wanted: dict[str, str],
+        kinds: frozenset[str] = ALL_KINDS,
+        notes: tuple[str, ...] = (),
     ) -> Written:
-        """Set the part's hand edits aside, then write it."""
-        edits = execute.set_aside_hand_edits(self.node, t, wanted, now, kinds)
+        """Write the PBX's files of these kinds; `notes` travel along in the result."""
         try:
             changed = execute.write_pbx(self.node, t, wanted, kinds)
         except OSError as exc:  # a full or read-only disk: this PBX waits, others go on
             broken = f"cannot write its files: {exc}"
             log.error("PBX %s: %s", t.slug, broken)
-            return Written(notes=edits.notes, broken=broken)
-        return Written(changed, edits.notes)
+            return Written(notes=notes, broken=broken)
+        return Written(changed, notes)
+
+    def _write_part(
+        self, t: Tenant, wanted: dict[str, str], kinds: frozenset[str], now: datetime
+    ) -> Written:
+        """One part of an incremental round: its hand edits set aside, then written."""
+        edits = execute.set_aside_hand_edits(self.node, t, wanted, now, kinds)
+        return self._write(t, wanted, kinds, edits.notes)
 
     async def _record(self, outcomes: list[Outcome]) -> None:
         for o in outcomes:
@@ -255,7 +265,7 @@ class Applier:
         # coalesced reload; the read-back of the dialplan comes last.
         now = self.clock()
         dialplan = {
-            t: self._write(t, r.files, DIALPLAN, now)
+            t: self._write_part(t, r.files, DIALPLAN, now)
             for t, r in rendered.items()
             if r.files is not None and r.broken is None
         }
@@ -287,13 +297,13 @@ class Applier:
         except NotOurs as exc:
             raise FallBack(str(exc)) from None
         if not operations:
-            return {t: self._write(t, wanted, PJSIP, now) for t, wanted in ready.items()}
+            return {t: self._write_part(t, wanted, PJSIP, now) for t, wanted in ready.items()}
         async with Ami(self.node) as ami:
             try:
                 await execute.run_dialplan(ami, operations)
             except OperationFailed as exc:
                 raise FallBack(str(exc)) from None
-            written = {t: self._write(t, wanted, PJSIP, now) for t, wanted in ready.items()}
+            written = {t: self._write_part(t, wanted, PJSIP, now) for t, wanted in ready.items()}
             problems = await execute.verify_dialplan(ami, operations, before, after, shared)
         if problems:
             raise FallBack("not live as written: " + "; ".join(problems[:5]))
@@ -321,7 +331,7 @@ class Applier:
             for t, r in with_jobs.items()
         }
         written = {
-            t: self._write_all(t, r.files)  # (hand edits were set aside above)
+            t: self._write(t, r.files)  # (hand edits were set aside above)
             for t, r in rendered.items()
             if r.files is not None and r.broken is None
         }
@@ -369,14 +379,6 @@ class Applier:
             for t in tenants
         ]
 
-    def _write_all(self, t: Tenant, wanted: dict[str, str]) -> Written:
-        try:
-            return Written(execute.write_pbx(self.node, t, wanted))
-        except OSError as exc:  # a full or read-only disk: this PBX waits, others go on
-            broken = f"cannot write its files: {exc}"
-            log.error("PBX %s: %s", t.slug, broken)
-            return Written(broken=broken)
-
     # --- Departures --------------------------------------------------------------------
 
     async def _leave(self) -> int:
@@ -421,21 +423,3 @@ class Applier:
             stale = await ami.endpoints_like(f"{gone.pbx.slug}-")
         if problems or stale:
             raise OperationFailed(f"still live: {problems[:3]}, endpoints {sorted(stale)[:3]}")
-
-
-async def apply_node(
-    pool: AsyncConnectionPool,
-    node: Node,
-    clock: Clock,
-    secrets: SecretBox,
-    *,
-    retry_seconds: int = 5,
-    full: bool = False,
-    incremental: bool = True,
-    wait: bool = False,
-) -> int:
-    """One round on the node by an applier of its own (the console, the drift repair)."""
-    applier = Applier(
-        pool, node, clock, secrets, retry_seconds=retry_seconds, incremental=incremental
-    )
-    return await applier.round(full=full, wait=wait)

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from provisioner.asterisk import files
 from provisioner.asterisk.ami import Ami
-from provisioner.asterisk.apply import apply_node
+from provisioner.asterisk.apply import Applier
 from provisioner.asterisk.parse import dialplan_in, endpoints_in
 from provisioner.clock import system_clock
 from provisioner.db import apply_queue, apply_state, rounds
@@ -159,4 +159,4 @@ async def repair_node(
                 await apply_queue.request(
                     conn, pbx.pbx.id, "drift repair", system_clock(), full_reload=True
                 )
-    await apply_node(pool, node, system_clock, secrets, full=True, wait=True)
+    await Applier(pool, node, system_clock, secrets).round(full=True, wait=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from psycopg_pool import AsyncConnectionPool
 
 from provisioner.asterisk import check
-from provisioner.asterisk.apply import apply_node
+from provisioner.asterisk.apply import Applier
 from provisioner.asterisk.check import PbxDrift
 from provisioner.asterisk.pjsip import PjsipReloader
 from provisioner.clock import system_clock
@@ -28,11 +28,12 @@ async def apply_now(
     objects reloaded at once if the round left them pending; what came of it, in a
     line that starts with the apply state ("applied", "failed", ...) or says why the
     change is still queued."""
-    taken = await apply_node(
+    applier = Applier(
         pool, node, system_clock, settings.secret_box(),
-        retry_seconds=settings.asterisk.retry_seconds, full=full,
+        retry_seconds=settings.asterisk.retry_seconds,
         incremental=settings.asterisk.incremental,
     )  # fmt: skip
+    taken = await applier.round(full=full)
     await PjsipReloader(pool, node, system_clock, min_interval=0, settle=0).step()
     async with pool.connection() as conn:
         state = await apply_state.get(conn, pbx.id)
