@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import secrets
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
@@ -18,12 +20,15 @@ from provisioner.app import create_app, database_url
 from provisioner.asterisk import check
 from provisioner.asterisk.ami import AsteriskUnavailable
 from provisioner.clock import system_clock
+from provisioner.db import router as db_router
 from provisioner.db.accounts import Pbx
 from provisioner.db.migrate import migrate
 from provisioner.db.pool import DatabaseUnfit, open_pool
+from provisioner.domain import rules
 from provisioner.domain.credentials import SecretBox
 from provisioner.mail.compose import Composer
 from provisioner.render.view import Carrier
+from provisioner.router.rpc import RouterRefused, RouterUnavailable
 from provisioner.service import blocks, console, demo
 from provisioner.service import config as config_service
 from provisioner.service import pbx as pbx_service
@@ -219,6 +224,13 @@ async def _check(settings: Settings, node_name: str | None, repair: bool) -> tup
                 detail = "; ".join(d.files + d.live) or "-"
                 lines.append(f"{node.name:<12} {d.customer:<14} {d.status:<10} {detail}")
             clean = clean and check.node_clean(pbxes, node_problems)
+        if settings.router and node_name is None:
+            try:
+                found = await console.check_router(pool, settings.router, repair=repair)
+            except (RouterUnavailable, RouterRefused) as exc:
+                found = [f"unavailable: {exc}"]
+            lines += [f"{'(router)':<12} {'-':<14} {'drift':<10} {line}" for line in found]
+            clean = clean and not found
     header = f"{'node':<12} {'customer':<14} {'status':<10} problems"
     return "\n".join([header, *lines]), clean
 
@@ -252,6 +264,26 @@ def cmd_rotate_secrets(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _router_reader(settings: Settings, role: str) -> str:
+    password = secrets.token_urlsafe(24)
+    url = await database_url(settings)
+    async with _pool(settings) as pool, pool.connection() as conn, conn.transaction():
+        await db_router.make_reader(conn, role, password)
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info.update(user=role, password=password)
+    return psycopg.conninfo.make_conninfo("", **info)
+
+
+def cmd_router_reader(args: argparse.Namespace) -> int:
+    """Kamailio's database login; the password is shown here once and stored nowhere."""
+    settings = _settings(args)
+    _logging(settings)
+    if not rules.NAME.fullmatch(args.role):
+        raise SystemExit(f"provisioner: bad role name {args.role!r}")
+    print(asyncio.run(_router_reader(settings, args.role)))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="provisioner",
@@ -274,9 +306,16 @@ def parser() -> argparse.ArgumentParser:
         (
             "check",
             cmd_check,
-            "compare database, files and live Asterisk per PBX (drift); --repair fixes",
+            "compare database, files and live Asterisk per PBX, and the SIP router's table"
+            " (drift); --repair fixes",
         ),
         ("new-secrets-key", cmd_new_secrets_key, "print a new key for secrets.keys"),
+        (
+            "router-reader",
+            cmd_router_reader,
+            "make (or give a new password to) the database role the SIP router reads its"
+            " table with; prints its connection string once",
+        ),
         (
             "rotate-secrets",
             cmd_rotate_secrets,
@@ -296,6 +335,7 @@ def parser() -> argparse.ArgumentParser:
         "--full", action="store_true",
         help="reload both modules and check the whole node, not only what changed",
     )  # fmt: skip
+    found["router-reader"].add_argument("role", help="role name (e.g. kamailio)")
     found["check"].add_argument("--node", help="only this node (default: every node)")
     found["check"].add_argument(
         "--repair", action="store_true", help="write drifted PBXs again and reload both modules"

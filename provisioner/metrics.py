@@ -37,3 +37,12 @@ PJSIP_WAIT = Histogram(
     "From a revision's dialplan going live to its PJSIP objects going live (coalesced reload)",
     buckets=(0.5, 1, 2, 3, 4, 5, 7.5, 10, 20, 60),
 )
+ROUTER_SWITCHES = Counter(
+    "provisioner_router_switches_total",
+    "Blocks switched on the SIP router (set, deleted and read back)",
+)
+ROUTER_SECONDS = Histogram(
+    "provisioner_router_switch_seconds",
+    "Time to switch one block on the SIP router (its numbers set and read back)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

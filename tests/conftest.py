@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -336,7 +337,7 @@ def api(service: TestClient[Any, Any]) -> Api:
 # A test is marked by what it uses: one that asks, directly or through other fixtures,
 # for the lab or for Docker's engine is `lab` or `docker`, whatever file it is in.
 # `make test-fast` leaves those out, and `browser` and `slow` (fixed-duration) ones too.
-MARKED_BY_FIXTURE = {"lab": "lab", "docker_engine": "docker"}
+MARKED_BY_FIXTURE = {"lab": "lab", "second_lab": "lab", "docker_engine": "docker"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -371,10 +372,11 @@ class Lab:
         return done.stdout
 
 
-@pytest.fixture(scope="session")
-def lab() -> Iterator[Lab]:
-    """Bring a lab up for the session; a lab that cannot start FAILS the tests, with why."""
-    folder = Path(tempfile.mkdtemp(prefix="prov-lab-", dir="/var/tmp"))
+@contextlib.contextmanager
+def running_lab(prefix: str) -> Iterator[Lab]:
+    """A lab Asterisk on free ports, stopped and removed after; a lab that cannot start
+    FAILS the tests, with why."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     up = [str(LAB), "--dir", str(folder), "up"]
     up += ["--ami-port", str(free_port()), "--sip-port", str(free_port())]
     try:
@@ -399,6 +401,21 @@ def lab() -> Iterator[Lab]:
             [str(LAB), "--dir", str(folder), "down"], capture_output=True, timeout=60, check=False
         )
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """The session's lab Asterisk (node `default` in the tests)."""
+    with running_lab("prov-lab-") as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def second_lab(lab: Lab) -> Iterator[Lab]:
+    """A second Asterisk node beside `lab`, for moves and the router (started after it:
+    the first lab builds the shared root filesystem)."""
+    with running_lab("prov-lab2-") as started:
+        yield started
 
 
 @pytest.fixture
@@ -430,6 +447,15 @@ def clean_lab(lab: Lab) -> Iterator[Lab]:
     clean_output(lab)
     yield lab
     clean_output(lab)
+
+
+@pytest.fixture
+def clean_second_lab(second_lab: Lab) -> Iterator[Lab]:
+    from lab_helpers import clean_output
+
+    clean_output(second_lab)
+    yield second_lab
+    clean_output(second_lab)
 
 
 # --- Docker's engine -------------------------------------------------------------------

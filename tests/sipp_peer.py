@@ -128,6 +128,7 @@ def start_scenario(
     scenario: str,
     *,
     remote_port: int,
+    remote_ip: str = "127.0.0.1",
     service: str = "service",
     username: str | None = None,
     password: str | None = None,
@@ -137,12 +138,13 @@ def start_scenario(
     timeout: float = 20.0,
     extra: list[str] | None = None,
 ) -> Running:
-    """Start tests/sipp/<scenario>.xml once against Asterisk on 127.0.0.1:<remote_port>."""
+    """Start tests/sipp/<scenario>.xml once against Asterisk (or the router) on
+    <remote_ip>:<remote_port>."""
     if shutil.which(SIPP) is None:
         raise AssertionError(f"{SIPP} is missing: install Debian's sip-tester (make test does)")
     work = Path(tempfile.mkdtemp(prefix="prov-sipp-"))
     args = [
-        SIPP, f"127.0.0.1:{remote_port}",
+        SIPP, f"{remote_ip}:{remote_port}",
         "-sf", str(SCENARIOS / f"{scenario}.xml"),
         "-i", local_ip, "-p", str(local_port),
         "-m", "1", "-s", service,

@@ -6,19 +6,13 @@ the files say falls back to a full reload and ends applied."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import re
-import shutil
-import subprocess
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LAB, Api, FakeClock, Inbox, Lab, free_port
+from conftest import Api, FakeClock, Inbox, Lab
 from helpers import BLOCK, OTHER, TARGET, assign_and_confirm, request_assignment
 from lab_helpers import branch_scene, cologne_pbx, lab_node, lab_service, wait_applied
 from panoramisk import Manager
@@ -272,61 +266,41 @@ async def test_the_worker_finds_drift_on_its_timer_and_repairs_it(
         assert delta(after, start, PBX_CONFIG) >= 1
 
 
-@contextlib.contextmanager
-def another_lab() -> Iterator[Lab]:
-    """A second Asterisk node, side by side with the session's lab."""
-    folder = Path(tempfile.mkdtemp(prefix="prov-lab2-", dir="/var/tmp"))
-    up = subprocess.run(
-        [str(LAB), "--dir", str(folder), "up", "--ami-port", str(free_port()),
-         "--sip-port", str(free_port())],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert up.returncode == 0, up.stdout + up.stderr
-    state = json.loads((folder / "lab.json").read_text())
-    try:
-        yield Lab(folder, state["ami_port"], state["sip_port"], state["ami_user"],
-                  state["ami_secret"], Path(state["output_dir"]), state["file_group"])  # fmt: skip
-    finally:
-        subprocess.run([str(LAB), "--dir", str(folder), "down"], capture_output=True,
-                       timeout=60, check=False)  # fmt: skip
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 async def test_a_pbx_moves_to_another_node_live_there_before_it_leaves(
-    settings: Settings, clean_lab: Lab, ami: Manager
+    settings: Settings, clean_lab: Lab, clean_second_lab: Lab, ami: Manager
 ) -> None:
-    with another_lab() as second:
-        old, new = lab_node(clean_lab), replace(lab_node(second), name="node-b")
-        async with lab_service(settings, clean_lab, nodes=(old, new)) as (api, _):
-            await branch_scene(api)
-            await cologne_pbx(api)
-            await wait_applied(api, TARGET)
-            await wait_applied(api, OTHER)
-            c_before = {line for line in (await live(ami))[0] if line[0].startswith("k300400")}
+    second = clean_second_lab
+    old, new = lab_node(clean_lab), replace(lab_node(second), name="node-b")
+    async with lab_service(settings, clean_lab, nodes=(old, new)) as (api, _):
+        await branch_scene(api)
+        await cologne_pbx(api)
+        await wait_applied(api, TARGET)
+        await wait_applied(api, OTHER)
+        c_before = {line for line in (await live(ami))[0] if line[0].startswith("k300400")}
 
-            moved = await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx", {"node": "node-b"})
-            assert moved["node"] == "node-b" and moved["moving_from"] == "default"
-            await api.problem(409, "pbx_moving", "PUT", f"/v1/accounts/{TARGET}/pbx",
-                              {"node": "default"})  # fmt: skip
-            state = await wait_applied(api, TARGET)
-            assert state["node"] == "node-b"
+        moved = await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx", {"node": "node-b"})
+        assert moved["node"] == "node-b" and moved["moving_from"] == "default"
+        await api.problem(409, "pbx_moving", "PUT", f"/v1/accounts/{TARGET}/pbx",
+                          {"node": "default"})  # fmt: skip
+        state = await wait_applied(api, TARGET)
+        assert state["node"] == "node-b"
 
-            async def left() -> bool:
-                pbx = await api.ok("GET", f"/v1/accounts/{TARGET}/pbx")
-                return pbx["moving_from"] is None
+        async def left() -> bool:
+            pbx = await api.ok("GET", f"/v1/accounts/{TARGET}/pbx")
+            return pbx["moving_from"] is None
 
-            deadline = asyncio.get_running_loop().time() + 20
-            while not await left():
-                assert asyncio.get_running_loop().time() < deadline, "never left node default"
-                await asyncio.sleep(0.2)
+        deadline = asyncio.get_running_loop().time() + 20
+        while not await left():
+            assert asyncio.get_running_loop().time() < deadline, "never left node default"
+            await asyncio.sleep(0.2)
 
-            # The new node has it, files and live; the old one has nothing of it left.
-            assert (second.output_dir / "pjsip/tenant-k100200.conf").exists()
-            assert "k100200-100" in second.cli("pjsip show endpoints")
-            assert "k100200-in-ber-main" in second.cli("dialplan show +49301234567@carrier-in")
-            assert not list(clean_lab.output_dir.rglob("tenant-k100200.conf"))
-            lines, endpoints = await live(ami)
-            assert not any(e.startswith("k100200-") for e in endpoints)
-            assert not any("k100200" in " ".join(line) for line in lines)
-            # C, on the old node, untouched.
-            assert {line for line in lines if line[0].startswith("k300400")} == c_before
+        # The new node has it, files and live; the old one has nothing of it left.
+        assert (second.output_dir / "pjsip/tenant-k100200.conf").exists()
+        assert "k100200-100" in second.cli("pjsip show endpoints")
+        assert "k100200-in-ber-main" in second.cli("dialplan show +49301234567@carrier-in")
+        assert not list(clean_lab.output_dir.rglob("tenant-k100200.conf"))
+        lines, endpoints = await live(ami)
+        assert not any(e.startswith("k100200-") for e in endpoints)
+        assert not any("k100200" in " ".join(line) for line in lines)
+        # C, on the old node, untouched.
+        assert {line for line in lines if line[0].startswith("k300400")} == c_before

@@ -13,6 +13,8 @@ from provisioner.asterisk import check
 from provisioner.asterisk.ami import AsteriskUnavailable
 from provisioner.domain import rules
 from provisioner.domain.errors import AsteriskDown, Forbidden, InvalidInput, NotFound
+from provisioner.router import check as router_check
+from provisioner.router.rpc import RouterRefused, RouterUnavailable
 from provisioner.service import accounts, assignments, blocks, config, events, pbx
 
 
@@ -236,4 +238,11 @@ async def check_node(request: web.Request) -> web.Response:
         )
     except AsteriskUnavailable as exc:
         raise AsteriskDown(str(exc)) from None
+    if settings.router:
+        # The router's entries that should point at this node, or do.
+        try:
+            drift = await router_check.check_router(request.app[keys.POOL], settings.router)
+            problems = [*problems, *drift.problems(node.sip_uri)]
+        except (RouterUnavailable, RouterRefused) as exc:
+            problems = [*problems, f"router: unavailable: {exc}"]
     return _json(serialize.node_check(node.name, pbxes, problems))

@@ -140,6 +140,8 @@ def config(c: ConfigStatus) -> dict[str, Any]:
         "live": {
             "dialplan": c.state.dialplan_revision if c.state else None,
             "pjsip": c.state.pjsip_revision if c.state else None,
+            "router": c.state.router if c.state else None,
+            "router_error": c.state.router_error if c.state else None,
         },
     }
 

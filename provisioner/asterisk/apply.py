@@ -50,6 +50,7 @@ from provisioner.asterisk.parse import NotOurs, dialplan_texts, kind_of, parse_d
 from provisioner.asterisk.record import Outcome, record_retry, record_round
 from provisioner.clock import Clock
 from provisioner.db import apply_queue, departures, node_lock, rounds
+from provisioner.db import router as db_router
 from provisioner.db.apply_queue import Job
 from provisioner.domain.credentials import SecretBox
 from provisioner.metrics import APPLY_SECONDS, ROUNDS
@@ -237,6 +238,8 @@ class Applier:
             await record_round(conn, outcomes, self.clock(), self.retry_seconds)
             if any(o.pjsip_due and o.broken is None for o in outcomes):
                 await rounds.notify_pjsip_due(conn)
+            # Numbers now live here may be switched on the SIP router (router/sync.py).
+            await conn.execute(f"NOTIFY {db_router.CHANNEL}")
 
     # --- The incremental round ----------------------------------------------------------
 
@@ -382,7 +385,8 @@ class Applier:
     # --- Departures --------------------------------------------------------------------
 
     async def _leave(self) -> int:
-        """Remove from this node the PBXs that moved away and are live on their new node:
+        """Remove from this node the PBXs that moved away and are live on their new node
+        (and, with a SIP router, no longer receive calls here):
         their files, their contexts and [carrier-in] entries (AMI operations), their
         endpoints (a reload of res_pjsip: a move is rare, it is not coalesced). Returns
         how many left; one that cannot yet is tried again on the next pass (every 2 s
@@ -390,6 +394,10 @@ class Applier:
         changes)."""
         async with self.pool.connection() as conn:
             found = await departures.leaving(conn, self.node.name)
+            # Make before break: not while the SIP router still sends numbers here.
+            found = [
+                g for g in found if not await db_router.routed_to(conn, g.pbx.id, self.node.name)
+            ]
         done = 0
         for gone in found:
             try:

@@ -21,6 +21,8 @@ class ApplyState:
     error: str | None
     dialplan_revision: int | None
     pjsip_revision: int | None
+    router: str | None = None  # with a SIP router: routed or pending
+    router_error: str | None = None
 
 
 async def get(conn: Conn, pbx_id: int) -> ApplyState | None:

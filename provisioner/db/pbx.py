@@ -173,6 +173,18 @@ _USAGE = (
 )
 
 
+# Blocks a PBX keeps serving after they moved to another node (or to nobody), until the
+# SIP router sends their numbers elsewhere (db/router.held_here, the same rule): make
+# before break. Without a router, router_blocks is empty and nothing is held.
+_HELD = (
+    " FROM router_blocks r JOIN blocks b ON b.id = r.block_id"
+    " JOIN pbxes p ON p.id = r.pbx_id AND p.node = r.node AND p.removed_at IS NULL"
+    " WHERE NOT EXISTS (SELECT 1 FROM router_wanted w"
+    "                   WHERE w.block_id = r.block_id AND w.node = r.node)"
+    "   AND r.pbx_id = %s"
+)
+
+
 async def pbx_using(conn: Conn, block_id: str) -> int | None:
     """The id of the PBX that uses the block now, if any."""
     cur = await conn.execute("SELECT p.id" + _USAGE + " AND b.id = %s", (block_id,))
@@ -183,11 +195,14 @@ async def pbx_using(conn: Conn, block_id: str) -> int | None:
 async def used_blocks(conn: Conn, pbx_id: int) -> list[UsedBlock]:
     """The blocks this PBX uses now, with their trunk and default target."""
     columns = ", ".join(f"b.{c.strip()}" for c in COLUMNS.split(","))
-    cur = await conn.execute(
+    select = (
         f"SELECT {columns}, b.trunk_username, b.trunk_sealed, b.trunk_password,"
         " (SELECT t.target FROM default_targets t WHERE t.pbx_id = p.id AND t.block_id = b.id),"
-        " b.trunk_register" + _USAGE + " AND p.id = %s ORDER BY b.id",
-        (pbx_id,),
+        " b.trunk_register"
+    )
+    cur = await conn.execute(
+        select + _USAGE + " AND p.id = %s UNION " + select + _HELD + " ORDER BY 1",
+        (pbx_id, pbx_id),
     )
     return [UsedBlock(BlockRow(*row[:10]), *row[10:15]) for row in await cur.fetchall()]
 

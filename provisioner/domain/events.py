@@ -31,7 +31,18 @@ class ApplyOutcome:
     error: str | None
 
 
-Payload = AssignmentChange | ApplyOutcome
+@dataclass(frozen=True, kw_only=True)
+class RouterOutcome:
+    """The SIP router sends these blocks' numbers to the PBX's node now (routed), or
+    cannot yet (pending, with the reason; retried)."""
+
+    customer: str
+    node: str
+    blocks: list[str]
+    error: str | None
+
+
+Payload = AssignmentChange | ApplyOutcome | RouterOutcome
 
 # Every event type, with the payload it carries.
 TYPES: dict[str, type[Payload]] = {
@@ -43,6 +54,8 @@ TYPES: dict[str, type[Payload]] = {
     "assignment.expired": AssignmentChange,
     "apply.applied": ApplyOutcome,
     "apply.failed": ApplyOutcome,
+    "router.routed": RouterOutcome,
+    "router.pending": RouterOutcome,
 }
 
 

@@ -114,10 +114,11 @@ class Carrier:
 
     host: str
     port: int
+    router: str | None = None  # the SIP router in front of the node, if any
 
     @classmethod
     def of(cls, node: Node) -> Carrier:
-        return cls(node.carrier_host, node.carrier_port)
+        return cls(node.carrier_host, node.carrier_port, node.router_host or None)
 
 
 def _listed(items: list[str]) -> str:

@@ -13,8 +13,10 @@ from provisioner.clock import system_clock
 from provisioner.db import apply_queue, apply_state
 from provisioner.db.accounts import Pbx
 from provisioner.domain.credentials import SecretBox
+from provisioner.router import check as router_check
 from provisioner.service.unit import Unit
 from provisioner.settings import Node, Settings
+from provisioner.settings import Router as RouterSettings
 
 
 async def queue_apply(u: Unit, pbx: Pbx) -> None:
@@ -59,3 +61,14 @@ async def check_node(
         await check.repair_node(pool, node, secrets, drifted)
         pbxes, node_problems = await check.check_node(pool, node, secrets)
     return pbxes, node_problems
+
+
+async def check_router(
+    pool: AsyncConnectionPool, settings: RouterSettings, *, repair: bool
+) -> list[str]:
+    """The router's table against ours; with `repair`, put back and checked again."""
+    drift = await router_check.check_router(pool, settings)
+    if repair and not drift.ok:
+        await router_check.repair_router(settings, drift)
+        drift = await router_check.check_router(pool, settings)
+    return drift.problems()

@@ -104,6 +104,13 @@ class Node:
     output_dir: Path = required("Folder the node's config includes.")
     carrier_host: str = required("Address of the carrier SBC.")
     carrier_port: int = setting(5060, "SIP port of the carrier SBC.")
+    sip_host: str = setting("127.0.0.1", "Address the router relays this node's calls to.")
+    sip_port: int = setting(5060, "SIP port the router relays this node's calls to.")
+    router_host: str = setting(
+        "",
+        "Address of the SIP router in front of the node: inbound calls are accepted from it "
+        "as from the carrier. Empty: no router.",
+    )
     # Group that may read the generated files (Asterisk's); they are never world-readable.
     file_group: int | None = setting(
         None, "Group (name or number) of Asterisk; empty: the group of output_dir.", _group
@@ -112,8 +119,17 @@ class Node:
     def __post_init__(self) -> None:
         if not rules.NAME.fullmatch(self.name):
             raise SettingsError(f"bad node name {self.name!r}")
-        if not _HOST.fullmatch(self.carrier_host) or not _HOST.fullmatch(self.ami_host):
+        hosts = (self.carrier_host, self.ami_host, self.sip_host)
+        if not all(_HOST.fullmatch(h) for h in hosts) or not _HOST.fullmatch(
+            self.router_host or "-"
+        ):
             raise SettingsError(f"{self.name}: bad host")
+
+    @property
+    def sip_uri(self) -> str:
+        """Where the router sends this node's calls (IPv6 in brackets)."""
+        host = f"[{self.sip_host}]" if ":" in self.sip_host else self.sip_host
+        return f"sip:{host}:{self.sip_port}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,6 +269,30 @@ class Asterisk:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Router:
+    """The SIP router (Kamailio) in front of the nodes, optional."""
+
+    rpc_url: str = setting(
+        "",
+        "Kamailio's JSON-RPC over HTTP (jsonrpcs + xhttp), e.g. `http://127.0.0.1:5071/RPC`. "
+        "Empty: no router; the carrier reaches each node as configured by hand.",
+    )
+    timeout_ms: int = setting(2000, "Give up on one RPC to the router after this long.")
+    retry_seconds: int = setting(
+        1, "First delay before pushing again after the router failed (doubles up to 1 min)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.rpc_url and not self.rpc_url.startswith(("http://", "https://")):
+            raise SettingsError("router.rpc_url must start with http:// or https://")
+        if self.timeout_ms < 1 or self.retry_seconds < 1:
+            raise SettingsError("router.timeout_ms and router.retry_seconds must be positive")
+
+    def __bool__(self) -> bool:
+        return bool(self.rpc_url)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Secrets:
     keys: tuple[Secret, ...] = setting(
         (),
@@ -292,6 +332,7 @@ class Settings:
     numbering: Numbering = section(Numbering)
     log: Log = section(Log)
     asterisk: Asterisk = section(Asterisk)
+    router: Router = section(Router)
     secrets: Secrets = section(Secrets)
     webhooks: tuple[Webhook, ...] = setting(
         (),

@@ -1,5 +1,6 @@
 """The workers of an instance, started after the app (or alone, `provisioner worker`):
-one applier per Asterisk node, the mail sender, and housekeeping. Each carries out
+one applier per Asterisk node, the SIP router's sync (with a router), the mail sender,
+and housekeeping. Each carries out
 what the API's transactions wrote to tables, after they committed."""
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from provisioner.asterisk.pjsip import PjsipReloader
 from provisioner.clock import Clock
 from provisioner.db import apply_queue, idempotency, outbox, rounds
 from provisioner.db import events as db_events
+from provisioner.db import router as db_router
 from provisioner.domain.credentials import SecretBox
 from provisioner.mail import sender
 from provisioner.mail.compose import Composer
+from provisioner.router.sync import RouterSync
 from provisioner.service import assignments
 from provisioner.service.unit import Actor, Policy, Unit
 from provisioner.settings import Node, Settings, Webhook
@@ -60,12 +63,18 @@ def start_workers(
         return await housekeeping(pool, clock, policy, composer)
 
     mail = loop.run("mail", send_mails, idle_seconds=5, url=url, channel=outbox.CHANNEL)
+    routing = []
+    if settings.router:
+        sync = RouterSync(pool, settings.router, settings.asterisk.nodes, clock)
+        step = loop.run("router", sync.step, idle_seconds=1, url=url, channel=db_router.CHANNEL)
+        routing.append(asyncio.create_task(step, name="router"))
     chores = loop.run("housekeeping", chores_step, idle_seconds=60)
     return [
         *(t for n in settings.asterisk.nodes for t in node_workers(settings, pool, url, clock, n)),
         asyncio.create_task(mail, name="mail-sender"),
         asyncio.create_task(chores, name="housekeeping"),
         *(webhook_worker(pool, url, clock, i, hook) for i, hook in enumerate(settings.webhooks)),
+        *routing,
     ]  # fmt: skip
 
 

@@ -1,0 +1,164 @@
+"""The router's table: where each block's numbers belong (the view `router_wanted`), what
+the router has been told (`router_blocks`), and the per-PBX router state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg import sql
+
+from provisioner.db import Conn
+
+CHANNEL = "router_due"
+# One router sync at a time across instances: two would push the same blocks in any order.
+_LOCK = (1702260340, 2)
+LENGTH_FACTOR_SQL = "1000000000000000"  # domain/numbers.LENGTH_FACTOR
+
+# The E.164 numbers of a block, in order, from its spans (domain/numbers.Span.key_range).
+_NUMBERS = (
+    "ARRAY(SELECT '+' || lpad((k %% " + LENGTH_FACTOR_SQL + ")::text,"
+    " (k / " + LENGTH_FACTOR_SQL + ")::int, '0')"
+    " FROM block_spans s, generate_series(lower(s.span), upper(s.span) - 1) k"
+    " WHERE s.block_id = {block} ORDER BY k)"
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A block whose router entry differs from where its numbers belong now."""
+
+    block_id: str
+    pbx_id: int | None  # None: nobody uses the block now; its entries go
+    node: str | None
+    numbers: tuple[str, ...]  # the block's numbers now (empty if gone)
+    old_pbx_id: int | None  # None: the router has no entry yet
+    old_node: str | None
+    old_numbers: tuple[str, ...]
+
+
+async def lock(conn: Conn) -> None:
+    """Inside a transaction: wait for any other router sync to end."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _LOCK)
+
+
+async def set_nodes(conn: Conn, nodes: dict[str, str], now: datetime) -> None:
+    """The nodes' SIP addresses as the settings say (name -> sip URI); others go."""
+    await conn.execute("DELETE FROM router_nodes WHERE NOT (name = ANY(%s))", (list(nodes),))
+    for name, uri in nodes.items():
+        await conn.execute(
+            "INSERT INTO router_nodes (name, sip_uri, updated_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET sip_uri = EXCLUDED.sip_uri,"
+            " updated_at = EXCLUDED.updated_at WHERE router_nodes.sip_uri <> EXCLUDED.sip_uri",
+            (name, uri, now),
+        )
+
+
+async def node_uris(conn: Conn) -> dict[str, str]:
+    cur = await conn.execute("SELECT name, sip_uri FROM router_nodes")
+    return {row[0]: row[1] for row in await cur.fetchall()}
+
+
+async def due(conn: Conn, limit: int) -> list[Change]:
+    """Blocks to switch now: moved to a PBX whose config is live on its node (no apply
+    job left, its dialplan at its latest revision: make before break), or used by
+    nobody any more (their entries can go at once)."""
+    cur = await conn.execute(
+        "SELECT coalesce(w.block_id, r.block_id), w.pbx_id, w.node,"
+        f" CASE WHEN w.block_id IS NULL THEN '{{}}'::text[] ELSE {_NUMBERS.format(block='w.block_id')} END,"  # noqa: E501
+        " r.pbx_id, r.node, coalesce(r.numbers, '{}')"
+        " FROM router_wanted w FULL JOIN router_blocks r ON r.block_id = w.block_id"
+        " WHERE (w.node IS DISTINCT FROM r.node OR w.pbx_id IS DISTINCT FROM r.pbx_id)"
+        "   AND (w.pbx_id IS NULL OR ("
+        "     NOT EXISTS (SELECT 1 FROM apply_queue q WHERE q.pbx_id = w.pbx_id)"
+        "     AND EXISTS (SELECT 1 FROM apply_state st WHERE st.pbx_id = w.pbx_id"
+        "                 AND st.dialplan_revision = st.revision)))"
+        " ORDER BY 1 LIMIT %s",
+        (limit,),
+    )
+    return [
+        Change(row[0], row[1], row[2], tuple(row[3]), row[4], row[5], tuple(row[6]))
+        for row in await cur.fetchall()
+    ]
+
+
+async def routed(conn: Conn, change: Change, now: datetime) -> None:
+    """The router has the change (read back)."""
+    if change.pbx_id is None or not change.numbers:
+        await conn.execute("DELETE FROM router_blocks WHERE block_id = %s", (change.block_id,))
+        return
+    await conn.execute(
+        "INSERT INTO router_blocks (block_id, node, pbx_id, numbers, updated_at)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (block_id) DO UPDATE SET"
+        " node = EXCLUDED.node, pbx_id = EXCLUDED.pbx_id, numbers = EXCLUDED.numbers,"
+        " updated_at = EXCLUDED.updated_at",
+        (change.block_id, change.node, change.pbx_id, list(change.numbers), now),
+    )
+
+
+async def set_pbx_state(
+    conn: Conn, pbx_ids: set[int], state: str, error: str | None, now: datetime
+) -> list[int]:
+    """Set the PBXs' router state; returns those whose state or reason changed."""
+    cur = await conn.execute(
+        "UPDATE apply_state SET router = %s, router_error = %s, updated_at = %s"
+        " WHERE pbx_id = ANY(%s)"
+        " AND (router IS DISTINCT FROM %s OR router_error IS DISTINCT FROM %s)"
+        " RETURNING pbx_id",
+        (state, error, now, list(pbx_ids), state, error),
+    )
+    return sorted(row[0] for row in await cur.fetchall())
+
+
+async def pbx_home(conn: Conn, pbx_id: int) -> tuple[str, str] | None:
+    """(customer, node) of a PBX."""
+    cur = await conn.execute("SELECT customer, node FROM pbxes WHERE id = %s", (pbx_id,))
+    row = await cur.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+async def pending_pbxes(conn: Conn) -> set[int]:
+    """PBXs whose numbers the router does not yet send to their node."""
+    cur = await conn.execute(
+        "SELECT w.pbx_id FROM router_wanted w LEFT JOIN router_blocks r"
+        " ON r.block_id = w.block_id"
+        " WHERE r.node IS DISTINCT FROM w.node OR r.pbx_id IS DISTINCT FROM w.pbx_id"
+    )
+    return {row[0] for row in await cur.fetchall()}
+
+
+async def routed_to(conn: Conn, pbx_id: int, node: str) -> int:
+    """How many blocks the router still sends to this PBX on this node."""
+    cur = await conn.execute(
+        "SELECT count(*) FROM router_blocks WHERE pbx_id = %s AND node = %s", (pbx_id, node)
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def table(conn: Conn) -> dict[str, str]:
+    """Every number the router should have, with its node's SIP URI (Kamailio's view)."""
+    cur = await conn.execute("SELECT key_name, key_value FROM router_numbers")
+    return {row[0]: row[1] for row in await cur.fetchall()}
+
+
+async def blocks_of_numbers(conn: Conn, numbers: list[str]) -> dict[str, str]:
+    """number -> block id, for numbers in router_blocks."""
+    cur = await conn.execute(
+        "SELECT n, r.block_id FROM router_blocks r, unnest(r.numbers) n WHERE n = ANY(%s)",
+        (numbers,),
+    )
+    return {row[0]: row[1] for row in await cur.fetchall()}
+
+
+async def make_reader(conn: Conn, role: str, password: str) -> None:
+    """A login role that may read router_numbers and nothing else (Kamailio's); an
+    existing one gets the new password."""
+    cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+    verb = "ALTER" if await cur.fetchone() else "CREATE"
+    await conn.execute(
+        sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)
+        )
+    )
+    await conn.execute(sql.SQL("GRANT SELECT ON router_numbers TO {}").format(sql.Identifier(role)))

@@ -1,0 +1,88 @@
+"""Kamailio's JSON-RPC over HTTP (modules jsonrpcs + xhttp): the commands of the htable
+module on the `numbers` table, which maps an E.164 number to its node's SIP URI.
+
+One HTTP connection is kept (keep-alive) and commands go one at a time: Kamailio's
+jsonrpcs takes no batches, and a change of one block is about a hundred small calls.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import aiohttp
+
+TABLE = "numbers"
+
+
+class RouterUnavailable(Exception):
+    """The router cannot be reached or does not answer; the change waits for a retry."""
+
+
+class RouterRefused(Exception):
+    """The router answered with an error."""
+
+
+class Router:
+    def __init__(self, url: str, *, timeout_ms: int = 2000) -> None:
+        self.url = url
+        self._timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000)
+        self._ids = itertools.count(1)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Router:
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout, connector=aiohttp.TCPConnector(limit=1)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, method: str, *params: Any) -> Any:
+        assert self._session is not None, "use the router client in `async with`"
+        body = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": next(self._ids)}
+        try:
+            async with self._session.post(self.url, json=body, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise RouterUnavailable(f"{method}: HTTP {resp.status}")
+                # Kamailio answers with text/plain or application/json depending on version.
+                answer = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise RouterUnavailable(f"{method}: {type(exc).__name__}: {exc}") from None
+        if not isinstance(answer, dict):
+            raise RouterRefused(f"{method}: not a JSON-RPC answer")
+        if "error" in answer:
+            error = answer["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise RouterRefused(f"{method}: {message}")
+        return answer.get("result")
+
+    async def set(self, number: str, uri: str) -> None:
+        await self.call("htable.sets", TABLE, number, uri)
+
+    async def delete(self, number: str) -> None:
+        await self.call("htable.delete", TABLE, number)
+
+    async def get(self, number: str) -> str | None:
+        """The entry's value; None if the table has no such key."""
+        try:
+            result = await self.call("htable.get", TABLE, number)
+        except RouterRefused as exc:
+            if "not found" in str(exc).lower():
+                return None
+            raise
+        item = result.get("item") if isinstance(result, dict) else None
+        value = item.get("value") if isinstance(item, dict) else None
+        return str(value) if value is not None else None
+
+    async def dump(self) -> dict[str, str]:
+        """The whole table (the check; heavy at a million entries: seconds)."""
+        result = await self.call("htable.dump", TABLE)
+        table: dict[str, str] = {}
+        for entry in result or []:
+            for slot in entry.get("slot", []):
+                table[str(slot["name"])] = str(slot["value"])
+        return table

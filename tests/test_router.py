@@ -1,0 +1,258 @@
+"""Two Asterisk nodes behind the SIP router (Kamailio), against the real things: the
+lab's two Asterisks, Kamailio from Debian loading its table from PostgreSQL, sipp as the
+carrier and as phones.
+
+A (K200300, Munich block) has its PBX on node `default`, B (K100200, Berlin block) on
+node `node-b`. The carrier only ever talks to the router."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Api, Inbox, Lab, free_port
+from helpers import BLOCK, OWNER, OWNER_MAIL, TARGET, TARGET_MAIL, path_of, request_assignment
+from lab_helpers import CARRIER_HOST, lab_service, wait_applied
+from panoramisk import Manager
+from router_helpers import ROUTER_IP, STRANGER_IP, RouterLab, platform, rpc, running_router
+from sipp_peer import SipResult, run_scenario, start_scenario
+
+from provisioner.service import console
+from provisioner.settings import Settings
+
+MUNICH = "+49891234567"  # A's block muc-main, no extension of its own: the default target
+BERLIN = "+49301234560"  # B's block ber-main
+
+
+@dataclass(frozen=True)
+class Phone:
+    username: str
+    password: str
+    port: int
+
+
+@dataclass
+class Platform:
+    api: Api
+    settings: Settings
+    router: RouterLab
+    labs: dict[str, Lab]  # node name -> its lab
+    phones: dict[str, Phone]  # "A" and "B": each PBX's phone 100
+
+    def register(self, who: str, node: str) -> None:
+        phone = self.phones[who]
+        result = run_scenario(
+            "register", remote_port=self.labs[node].sip_port, service=phone.username,
+            username=phone.username, password=phone.password, local_port=phone.port,
+            variables={"expires": "300"},
+        )  # fmt: skip
+        assert result.ok, result.evidence()
+
+    async def call_rings(self, dial: str, who: str, node: str) -> None:
+        """The carrier calls `dial` through the router; `who`'s phone, registered on
+        `node`, answers it (and nobody else gets it)."""
+        self.register(who, node)
+        phone = self.phones[who]
+        answering = start_scenario("uas_answer", remote_port=self.labs[node].sip_port,
+                                   local_port=phone.port, timeout=15)  # fmt: skip
+        call = await asyncio.to_thread(self.carrier_calls, dial)
+        answered = await asyncio.to_thread(answering.wait, 15)
+        evidence = call.evidence() + "\n--- phone ---\n" + answered.evidence()
+        assert call.ok, evidence
+        assert answered.ok, evidence
+        invite = next(m for m in answered.messages if m.method == "INVITE")
+        assert "+4940999999" in invite.headers["from"], evidence
+
+    def carrier_calls(
+        self, dial: str, local_ip: str = CARRIER_HOST, timeout: float = 10
+    ) -> SipResult:
+        return run_scenario(
+            "carrier_call", remote_ip=ROUTER_IP, remote_port=self.router.sip_port,
+            local_ip=local_ip, variables={"dial": dial}, timeout=timeout,
+        )  # fmt: skip
+
+    async def routed(self, customer: str, timeout: float = 20) -> dict[str, Any]:
+        """Until the PBX is applied and the router sends its numbers to its node."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state: dict[str, Any] = await wait_applied(self.api, customer, timeout)
+            if state["live"]["router"] == "routed":
+                return state
+            assert time.monotonic() < deadline, f"{customer} not routed: {state}"
+            await asyncio.sleep(0.05)
+
+
+def final_status(result: SipResult) -> int | None:
+    statuses = [s for s in result.received_statuses() if s >= 200]
+    return statuses[0] if statuses else None
+
+
+async def put_phone(api: Api, customer: str, block: str) -> Phone:
+    made = await api.ok("PUT", f"/v1/accounts/{customer}/pbx/extensions/100",
+                        {"name": f"Phone of {customer}", "site_block": block})  # fmt: skip
+    return Phone(made["sip_username"], made["sip_password"], free_port())
+
+
+@pytest.fixture
+async def two_nodes(
+    settings: Settings, clean_lab: Lab, clean_second_lab: Lab, tmp_path: Path
+) -> AsyncIterator[Platform]:
+    async with running_router(tmp_path, settings.database.url.value) as router:
+        both = platform(settings, router, clean_lab, clean_second_lab)
+        async with lab_service(both, clean_lab, nodes=both.asterisk.nodes) as (api, _):
+            for customer, name, mail, node, block, number in (
+                (OWNER, "Isar Logistik GmbH", OWNER_MAIL, "default", BLOCK, "+4989123456"),
+                (TARGET, "Spree Logistik GmbH", TARGET_MAIL, "node-b", "ber-main", "+4930123456"),
+            ):
+                await api.ok("PUT", f"/v1/accounts/{customer}",
+                             {"name": name, "email": mail, "language": "en"})  # fmt: skip
+                await api.ok("PUT", f"/v1/accounts/{customer}/pbx", {"node": node})
+                body = {"number": number, "range": "0-99", "mode": "pbx"}
+                await api.ok("PUT", f"/v1/accounts/{customer}/blocks/{block}", body)
+            phones = {
+                "A": await put_phone(api, OWNER, BLOCK),
+                "B": await put_phone(api, TARGET, "ber-main"),
+            }
+            for customer, block, number in (
+                (OWNER, BLOCK, "+4989123456"),
+                (TARGET, "ber-main", "+4930123456"),
+            ):
+                body = {"number": number, "range": "0-99", "mode": "pbx", "default_target": "100"}
+                await api.ok("PUT", f"/v1/accounts/{customer}/blocks/{block}", body)
+            scene = Platform(api, both, router, {"default": clean_lab, "node-b": clean_second_lab},
+                             phones)  # fmt: skip
+            await scene.routed(OWNER)
+            await scene.routed(TARGET)
+            yield scene
+
+
+async def assign_to_b(scene: Platform, inbox: Inbox) -> None:
+    _, owner_link, target_link = await request_assignment(scene.api, inbox)
+    # B names where the block's numbers ring in its PBX, while the assignment waits.
+    await scene.api.ok(
+        "PUT", f"/v1/accounts/{TARGET}/pbx/blocks/{BLOCK}", {"default_target": "100"}
+    )
+    assert (await scene.api.client.post(path_of(owner_link))).status == 200
+    assert (await scene.api.client.post(path_of(target_link))).status == 200
+
+
+async def test_numbers_follow_their_pbx_across_nodes(two_nodes: Platform, inbox: Inbox) -> None:
+    scene = two_nodes
+    # A's number rings A's phone on node default; B's rings B's on node-b.
+    await scene.call_rings(MUNICH, "A", "default")
+    await scene.call_rings(BERLIN, "B", "node-b")
+
+    # A's block assigned to B's PBX: its numbers now ring on node-b, billed to A.
+    await assign_to_b(scene, inbox)
+    await scene.routed(TARGET)
+    await wait_applied(scene.api, OWNER)
+    second = Manager(host="127.0.0.1", port=scene.labs["node-b"].ami_port,
+                     username=scene.labs["node-b"].ami_user,
+                     secret=scene.labs["node-b"].ami_secret, ping_delay=0)  # fmt: skip
+    cdrs: list[dict[str, str]] = []
+    second.register_event("Cdr", lambda _m, event: cdrs.append(dict(event)))
+    await asyncio.wait_for(second.connect(), 10)
+    try:
+        await scene.call_rings(MUNICH, "B", "node-b")
+        for _ in range(100):
+            if any(answered_by_b(c) for c in cdrs):
+                break
+            await asyncio.sleep(0.1)
+        record = next((c for c in cdrs if answered_by_b(c)), {"cdrs": str(cdrs)})
+        assert record.get("AccountCode") == OWNER, record  # billed to A, on node-b
+    finally:
+        second.close()
+    # Node default no longer has the block; the router table says node-b.
+    assert MUNICH not in scene.labs["default"].cli(f"dialplan show {MUNICH}@carrier-in")
+    entry = rpc(scene.router, "htable.get", "numbers", MUNICH)["result"]["item"]["value"]
+    assert entry == node_uri(scene, "node-b")
+
+    # The reset brings them back to A on node default.
+    assert (await scene.api.call("DELETE", f"/v1/blocks/{BLOCK}/assignment")).status == 200
+    await scene.routed(OWNER)
+    await wait_applied(scene.api, TARGET)
+    await scene.call_rings(MUNICH, "A", "default")
+
+    # B's PBX moves to node default: its own numbers follow it.
+    await scene.api.ok("PUT", f"/v1/accounts/{TARGET}/pbx", {"node": "default"})
+    await scene.routed(TARGET)
+    await scene.call_rings(BERLIN, "B", "default")
+
+
+async def test_the_router_refuses_unknown_numbers_and_strangers(two_nodes: Platform) -> None:
+    scene = two_nodes
+    before = {name: processed(lab) for name, lab in scene.labs.items()}
+    unknown = await asyncio.to_thread(scene.carrier_calls, "+4940555000")
+    assert final_status(unknown) == 404, unknown.evidence()
+    reply = next(m for m in unknown.messages if m.status == 404)
+    assert "provisioner router" in reply.headers.get("server", ""), unknown.evidence()
+    stranger = await asyncio.to_thread(scene.carrier_calls, MUNICH, STRANGER_IP)
+    assert final_status(stranger) == 403, stranger.evidence()
+    # Neither reached a node: no call was set up there.
+    assert {name: processed(lab) for name, lab in scene.labs.items()} == before
+
+
+async def test_a_router_down_mid_change_routes_right_after_restart(
+    two_nodes: Platform, inbox: Inbox
+) -> None:
+    scene = two_nodes
+    scene.router.down()
+    await assign_to_b(scene, inbox)
+    # B's config goes live; the router change waits, with the reason; A keeps serving.
+    deadline = time.monotonic() + 20
+    while True:
+        state = await scene.api.ok("GET", f"/v1/accounts/{TARGET}/pbx/config")
+        if state["live"]["router"] == "pending":
+            break
+        assert time.monotonic() < deadline, state
+        await asyncio.sleep(0.1)
+    assert state["live"]["router_error"], state
+    assert MUNICH in scene.labs["default"].cli(f"dialplan show {MUNICH}@carrier-in")
+
+    scene.router.up()
+    restarted = time.monotonic()
+    await scene.routed(TARGET, timeout=10)
+    assert time.monotonic() - restarted < 10
+    await wait_applied(scene.api, OWNER)
+    await scene.call_rings(MUNICH, "B", "node-b")
+
+
+async def test_a_hand_edited_router_entry_is_found_and_repaired(two_nodes: Platform) -> None:
+    scene = two_nodes
+    assert (await scene.api.ok("GET", "/v1/nodes/default/check"))["ok"]
+    rpc(scene.router, "htable.sets", "numbers", MUNICH, "sip:127.0.0.9:5060")
+    found = await scene.api.ok("GET", "/v1/nodes/default/check")
+    assert not found["ok"]
+    assert any(MUNICH in p and "127.0.0.9" in p for p in found["problems"]), found
+    assert scene.settings.router
+    from provisioner.db.pool import open_pool
+
+    pool = await open_pool(scene.settings.database.url.value, max_size=2)
+    try:
+        left = await console.check_router(pool, scene.settings.router, repair=True)
+    finally:
+        await pool.close()
+    assert left == []
+    assert (await scene.api.ok("GET", "/v1/nodes/default/check"))["ok"]
+    await scene.call_rings(MUNICH, "A", "default")
+
+
+def node_uri(scene: Platform, name: str) -> str:
+    node = scene.settings.node(name)
+    assert node is not None
+    return node.sip_uri
+
+
+def processed(lab: Lab) -> int:
+    """Asterisk's count of calls processed since it started."""
+    line = next(x for x in lab.cli("core show calls").splitlines() if "processed" in x)
+    return int(line.split()[0])
+
+
+def answered_by_b(cdr: dict[str, str]) -> bool:
+    return cdr.get("DestinationChannel", "").startswith("PJSIP/k100200-100")
