@@ -273,10 +273,8 @@ async def build(client: Client, size: Size) -> dict[str, str]:
             account = {"name": f"Kunde {i}", "email": f"it@k{i}.example", "language": "de"}
             await client.ok("PUT", f"/v1/accounts/{c}", account)
             await client.ok("PUT", f"/v1/accounts/{c}/pbx")
-            await client.ok("PUT", f"/v1/accounts/{c}/blocks/site-{i}", {
-                "number": f"+49301{i:04d}", "range": "0-99", "mode": "pbx",
-                "default_target": str(FIRST_EXT),
-            })  # fmt: skip
+            block = {"number": f"+49301{i:04d}", "range": "0-99", "mode": "pbx"}
+            await client.ok("PUT", f"/v1/accounts/{c}/blocks/site-{i}", block)
         for ext in range(FIRST_EXT, FIRST_EXT + size.phones):
             async with gate:
                 phone = await client.ok(
@@ -285,6 +283,9 @@ async def build(client: Client, size: Size) -> dict[str, str]:
                 )  # fmt: skip
             if ext == FIRST_EXT and i < TARGETS:
                 passwords[c] = phone["sip_password"]
+        async with gate:  # the default target must be one of the PBX's extensions
+            block["default_target"] = str(FIRST_EXT)
+            await client.ok("PUT", f"/v1/accounts/{c}/blocks/site-{i}", block)
 
     await asyncio.gather(*(pbx(i) for i in range(size.pbxes)))
     owner = {"name": "Hanse Eigner", "email": "it@hanse.example", "language": "de"}
@@ -301,20 +302,27 @@ class Mover:
         self.caller, self.carrier, self.ami, self.phones = caller, carrier, ami, phones
         self.next_block = 0
 
-    async def new_block(self) -> tuple[str, str]:
+    async def new_block(self, default_target: str | None = None) -> tuple[str, str]:
+        """A block of the owner's; `default_target` for the owner's own PBX, if it has one."""
         j = self.next_block
         self.next_block += 1
         block = f"m{j:04d}"
-        await self.client.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{block}", {
+        body: dict[str, Any] = {
             "number": f"+49402{j:04d}", "range": "0-9", "mode": "pbx",
-            "default_target": str(FIRST_EXT),
             "trunk": {"username": f"hanse-{j}", "password": f"Trunk-{j}-secret"},
-        })  # fmt: skip
+        }  # fmt: skip
+        if default_target is not None:
+            body["default_target"] = default_target
+        await self.client.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{block}", body)
         return block, f"+49402{j:04d}5"
 
     async def links(self, block: str, target: str) -> tuple[str, str]:
+        """The assignment's confirm links; the target's PBX names where the block's
+        numbers ring (its phone FIRST_EXT) while the assignment waits."""
         assignment = await self.client.ok("POST", f"/v1/blocks/{block}/assignment",
                                           {"target_customer": target})  # fmt: skip
+        await self.client.ok("PUT", f"/v1/accounts/{target}/pbx/blocks/{block}",
+                             {"default_target": str(FIRST_EXT)})  # fmt: skip
         found = []
         for side in ("owner", "target"):
             mail = await until(lambda side=side: self._mail(assignment["id"], side), 30,
@@ -595,7 +603,25 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=100)
     parser.add_argument("--rss-moves", type=int, default=100)
     parser.add_argument("--out", default=str(ROOT / "bench"))
+    parser.add_argument(
+        "--part", choices=("all", "moves", "router"), default="all",
+        help="moves: one node at each size; router: two nodes behind the SIP router",
+    )  # fmt: skip
+    router_bench.arguments(parser)
     args = parser.parse_args()
+    out = Path(args.out)
+    readme = ROOT / "README.md" if out == ROOT / "bench" else None
+    if args.part in ("all", "router"):
+        print("== two nodes behind the SIP router", flush=True)
+        began = datetime.now(UTC)
+        found = asyncio.run(router_bench.run(args))
+        router_bench.report({
+            "date": began.isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+            **found,
+        }, out, readme)  # fmt: skip
+    if args.part == "router":
+        return 0
     sizes = []
     for text in args.sizes.split(","):
         pbxes, phones = text.split("x")
@@ -615,10 +641,12 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "sizes": [asdict(s) for s in sizes],
     }
-    out = Path(args.out)
-    report(results, out, ROOT / "README.md" if out == ROOT / "bench" else None)
+    report(results, out, readme)
     return 0
 
 
 if __name__ == "__main__":
+    # Here, not at the top: bench.router imports this module (its helpers) by name.
+    from bench import router as router_bench
+
     raise SystemExit(main())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -40,11 +39,12 @@ class _Endpoint(asyncio.DatagramProtocol):
 
 @dataclass
 class Caller:
-    """INVITEs from the carrier (host, port) to Asterisk at 127.0.0.1:asterisk_port."""
+    """INVITEs from the carrier (host, port) to Asterisk at asterisk_host:asterisk_port."""
 
     host: str
     port: int
     asterisk_port: int
+    asterisk_host: str = "127.0.0.1"  # or the SIP router in front of the nodes
     _endpoint: _Endpoint | None = None
 
     async def start(self) -> None:
@@ -59,7 +59,7 @@ class Caller:
 
     def _send(self, text: str) -> None:
         assert self._endpoint and self._endpoint.transport
-        self._endpoint.transport.sendto(text.encode(), ("127.0.0.1", self.asterisk_port))
+        self._endpoint.transport.sendto(text.encode(), (self.asterisk_host, self.asterisk_port))
 
     async def until_rings(self, number: str, within: float, pause: float = 0.01) -> float:
         """Call until a call rings (180/183); returns the time.time() it did."""
@@ -73,10 +73,16 @@ class Caller:
             await asyncio.sleep(pause)
         raise TimeoutError(f"{number} did not ring within {within} s")
 
+    async def setup_time(self, number: str, within: float = 10) -> float | None:
+        """One call: seconds from its INVITE until it rings (None: it did not)."""
+        sent = time.time()
+        rang = await self._attempt(number, within)
+        return None if rang is None else rang - sent
+
     async def _attempt(self, number: str, within: float) -> float | None:
         assert self._endpoint
         call_id, tag, branch = secrets.token_hex(8), secrets.token_hex(4), secrets.token_hex(8)
-        target = f"sip:{number}@127.0.0.1:{self.asterisk_port}"
+        target = f"sip:{number}@{self.asterisk_host}:{self.asterisk_port}"
         via = f"SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{branch};rport"
         sdp = (
             f"v=0\r\no=- 1 1 IN IP4 {self.host}\r\ns=-\r\nc=IN IP4 {self.host}\r\nt=0 0\r\n"
@@ -138,6 +144,7 @@ class CarrierUas:
     host: str
     port: int
     invites: list[tuple[float, str]] = field(default_factory=list)
+    call_ids: list[str] = field(default_factory=list)  # of each INVITE in `invites`
     _endpoint: _Endpoint | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -162,8 +169,10 @@ class CarrierUas:
             if not first.startswith("INVITE "):
                 continue
             self.invites.append((time.time(), first.split()[1]))
+            self.call_ids.append(headers.get("call-id", ""))
             tag = secrets.token_hex(4)
-            vias = re.findall(r"^Via:.*$", text.split("\r\n\r\n", 1)[0], re.M | re.I)
+            head = text.split("\r\n\r\n", 1)[0].split("\r\n")
+            vias = [line for line in head if line.lower().startswith(("via:", "v:"))]
             reply = (
                 "SIP/2.0 486 Busy Here\r\n" + "\r\n".join(vias) + "\r\n"
                 f"From: {headers.get('from', '')}\r\nTo: {headers.get('to', '')};tag={tag}\r\n"
