@@ -8,18 +8,29 @@ node `node-b`. The carrier only ever talks to the router."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from conftest import Api, Inbox, Lab, free_port
+from conftest import LAB, Api, Inbox, Lab, free_port
 from helpers import BLOCK, OWNER, OWNER_MAIL, TARGET, TARGET_MAIL, path_of, request_assignment
 from lab_helpers import CARRIER_HOST, lab_service, wait_applied
 from panoramisk import Manager
-from router_helpers import ROUTER_IP, STRANGER_IP, RouterLab, platform, rpc, running_router
+from router_helpers import (
+    ROUTER_IP,
+    STRANGER_IP,
+    RouterLab,
+    platform,
+    reader_url,
+    rpc,
+    running_router,
+)
 from sipp_peer import SipResult, run_scenario, start_scenario
 
 from provisioner.service import console
@@ -256,3 +267,94 @@ def processed(lab: Lab) -> int:
 
 def answered_by_b(cdr: dict[str, str]) -> bool:
     return cdr.get("DestinationChannel", "").startswith("PJSIP/k100200-100")
+
+
+async def test_the_feed_says_when_the_router_switched(two_nodes: Platform, inbox: Inbox) -> None:
+    scene = two_nodes
+    await assign_to_b(scene, inbox)
+    await scene.routed(TARGET)
+    feed = await scene.api.ok("GET", "/v1/events?after=0&limit=500")
+    routed = [e for e in feed["events"] if e["type"] == "router.routed"]
+    assert any(
+        e["data"]["customer"] == TARGET and BLOCK in e["data"]["blocks"]
+        and e["data"]["node"] == "node-b" for e in routed
+    ), routed  # fmt: skip
+
+
+async def test_a_transfer_inside_the_pbx_after_a_call_through_the_router(
+    two_nodes: Platform,
+) -> None:
+    """The carrier's call reaches B's phone 100 on node-b through the router; 100
+    transfers it (REFER) to B's phone 101, which gets the carrier's call: the REFER and
+    the new leg stay on node-b, the carrier's leg on its dialog through the router."""
+    scene = two_nodes
+    made = await scene.api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/101",
+                              {"name": "Ben Berlin", "site_block": "ber-main"})  # fmt: skip
+    ben = Phone(made["sip_username"], made["sip_password"], free_port())
+    await scene.routed(TARGET)
+    node = scene.labs["node-b"]
+    scene.register("B", "node-b")
+    registered = run_scenario(
+        "register", remote_port=node.sip_port, service=ben.username, username=ben.username,
+        password=ben.password, local_port=ben.port, variables={"expires": "300"},
+    )  # fmt: skip
+    assert registered.ok, registered.evidence()
+    anna = scene.phones["B"]
+    referring = start_scenario(
+        "uas_refer", remote_port=node.sip_port, service=anna.username,
+        local_port=anna.port, variables={"refer_to": "101"}, timeout=20,
+    )  # fmt: skip
+    answering = start_scenario("uas_answer", remote_port=node.sip_port, local_port=ben.port,
+                               timeout=20)  # fmt: skip
+    call = await asyncio.to_thread(scene.carrier_calls, BERLIN, CARRIER_HOST, 20)
+    referred = await asyncio.to_thread(referring.wait, 20)
+    answered = await asyncio.to_thread(answering.wait, 20)
+    evidence = "\n---\n".join(r.evidence() for r in (call, referred, answered))
+    assert call.ok, evidence
+    assert referred.ok and 202 in referred.received_statuses(), evidence
+    assert answered.ok, evidence
+    invite = next(m for m in answered.messages if m.method == "INVITE")
+    assert "+4940999999" in invite.headers["from"], evidence  # the carrier's caller
+
+
+async def test_the_routers_role_reads_its_view_and_nothing_else(db_url: str) -> None:
+    url = await reader_url(db_url)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("SELECT * FROM router_numbers")
+        for table in ("router_blocks", "blocks", "accounts", "apply_state"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await conn.execute(f"SELECT 1 FROM {table}")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("DELETE FROM router_blocks")
+
+
+def test_the_lab_starts_two_nodes_and_the_router_and_stops_them_all(
+    second_lab: Lab, db_url: str, tmp_path: Path
+) -> None:
+    """`lab up --nodes 2 --router` and `lab down --nodes 2`: every process gone after."""
+    del second_lab  # started after the session's lab: the root filesystem is built
+    url = asyncio.run(reader_url(db_url))
+    folder = tmp_path / "platform"
+    ports = [str(free_port()) for _ in range(4)]
+    up = subprocess.run(
+        [str(LAB), "--dir", str(folder), "up", "--nodes", "2", "--router",
+         "--ami-port", ports[0], "--sip-port", ports[1], "--router-port", ports[2],
+         "--rpc-port", ports[3], "--db-url", url],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        states = [json.loads((folder / f"node-{i}" / "lab.json").read_text()) for i in (1, 2)]
+        router = json.loads((folder / "router" / "router.json").read_text())
+        assert states[1]["sip_port"] == states[0]["sip_port"] + 1
+        pids = [s["pid"] for s in states] + [router["pid"]]
+        assert all(Path(f"/proc/{pid}").exists() for pid in pids)
+        answer = rpc(RouterLab(folder, int(ports[2]), int(ports[3]), url), "core.version")
+        assert "kamailio" in json.dumps(answer).lower()
+    finally:
+        down = subprocess.run(
+            [str(LAB), "--dir", str(folder), "down", "--nodes", "2"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)

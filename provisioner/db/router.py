@@ -162,3 +162,10 @@ async def make_reader(conn: Conn, role: str, password: str) -> None:
         )
     )
     await conn.execute(sql.SQL("GRANT SELECT ON router_numbers TO {}").format(sql.Identifier(role)))
+
+
+async def forget(conn: Conn) -> int:
+    """Without a router, nothing is held for it: a table left from when one was
+    configured must not keep blocks on their old nodes (db/pbx.py `_HELD`)."""
+    cur = await conn.execute("DELETE FROM router_blocks")
+    return cur.rowcount

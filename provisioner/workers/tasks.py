@@ -63,11 +63,12 @@ def start_workers(
         return await housekeeping(pool, clock, policy, composer)
 
     mail = loop.run("mail", send_mails, idle_seconds=5, url=url, channel=outbox.CHANNEL)
-    routing = []
     if settings.router:
         sync = RouterSync(pool, settings.router, settings.asterisk.nodes, clock)
         step = loop.run("router", sync.step, idle_seconds=1, url=url, channel=db_router.CHANNEL)
-        routing.append(asyncio.create_task(step, name="router"))
+    else:
+        step = _without_router(pool)
+    routing = [asyncio.create_task(step, name="router")]
     chores = loop.run("housekeeping", chores_step, idle_seconds=60)
     return [
         *(t for n in settings.asterisk.nodes for t in node_workers(settings, pool, url, clock, n)),
@@ -76,6 +77,20 @@ def start_workers(
         *(webhook_worker(pool, url, clock, i, hook) for i, hook in enumerate(settings.webhooks)),
         *routing,
     ]  # fmt: skip
+
+
+async def _without_router(pool: AsyncConnectionPool) -> None:
+    """No router configured: forget what an earlier one was told, once (retried while
+    the database is away), so no block stays held on its old node for it."""
+    while True:
+        try:
+            async with pool.connection() as conn:
+                if await db_router.forget(conn):
+                    log.warning("no router configured: its table of blocks is cleared")
+            return
+        except Exception as exc:
+            log.warning("could not clear the router's table yet: %s", exc)
+            await asyncio.sleep(5)
 
 
 def webhook_worker(
