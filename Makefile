@@ -54,8 +54,10 @@ mutation: setup
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,mutation]'
 	scripts/mutation
 
-# The benchmark of the incremental apply against full reloads (bench/): needs the lab that
-# `make test` builds; takes about half an hour; writes bench/results.{json,md} and the PNG.
+# The benchmark (bench/): two nodes behind the SIP router (bench/router.py), then the
+# incremental apply against full reloads by node size. Needs the lab that `make test`
+# builds; about 45 minutes; writes bench/results.{json,md}, bench/router-results.json,
+# the PNG and the README's tables. BENCH_ARGS="--part router" (or moves) runs one part.
 bench: setup
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)

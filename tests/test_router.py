@@ -358,3 +358,21 @@ def test_the_lab_starts_two_nodes_and_the_router_and_stops_them_all(
         )  # fmt: skip
     assert down.returncode == 0, down.stdout + down.stderr
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+async def test_a_block_nobody_uses_leaves_the_router_then_its_node(two_nodes: Platform) -> None:
+    """A switches its block back to standard mode: no PBX uses it, so its numbers go from
+    the router first (a call gets 404 there), then from node default."""
+    scene = two_nodes
+    await scene.api.ok("POST", f"/v1/blocks/{BLOCK}/mode", {"mode": "standard"})
+    deadline = time.monotonic() + 20
+    while "error" not in rpc(scene.router, "htable.get", "numbers", MUNICH):
+        assert time.monotonic() < deadline, "the router still routes the block"
+        await asyncio.sleep(0.05)
+    await wait_applied(scene.api, OWNER)
+    while "k200300-in-muc-main" in scene.labs["default"].cli(f"dialplan show {MUNICH}@carrier-in"):
+        assert time.monotonic() < deadline, "node default still routes the block"
+        await asyncio.sleep(0.1)
+    call = await asyncio.to_thread(scene.carrier_calls, MUNICH)
+    assert final_status(call) == 404, call.evidence()
+    assert (await scene.api.ok("GET", "/v1/nodes/default/check"))["ok"]

@@ -9,11 +9,12 @@ from datetime import datetime
 from psycopg import sql
 
 from provisioner.db import Conn
+from provisioner.domain.numbers import LENGTH_FACTOR
 
 CHANNEL = "router_due"
 # One router sync at a time across instances: two would push the same blocks in any order.
 _LOCK = (1702260340, 2)
-LENGTH_FACTOR_SQL = "1000000000000000"  # domain/numbers.LENGTH_FACTOR
+LENGTH_FACTOR_SQL = str(LENGTH_FACTOR)
 
 # The E.164 numbers of a block, in order, from its spans (domain/numbers.Span.key_range).
 _NUMBERS = (
@@ -139,15 +140,6 @@ async def routed_to(conn: Conn, pbx_id: int, node: str) -> int:
 async def table(conn: Conn) -> dict[str, str]:
     """Every number the router should have, with its node's SIP URI (Kamailio's view)."""
     cur = await conn.execute("SELECT key_name, key_value FROM router_numbers")
-    return {row[0]: row[1] for row in await cur.fetchall()}
-
-
-async def blocks_of_numbers(conn: Conn, numbers: list[str]) -> dict[str, str]:
-    """number -> block id, for numbers in router_blocks."""
-    cur = await conn.execute(
-        "SELECT n, r.block_id FROM router_blocks r, unnest(r.numbers) n WHERE n = ANY(%s)",
-        (numbers,),
-    )
     return {row[0]: row[1] for row in await cur.fetchall()}
 
 

@@ -22,6 +22,17 @@ class RouterUnavailable(Exception):
 class RouterRefused(Exception):
     """The router answered with an error."""
 
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _missing(exc: RouterRefused) -> bool:
+    """htable's answer for a key it does not have: `htable.get` says 500 "Key name
+    doesn't exist in htable.", `htable.delete` 404 "Key not found in htable."."""
+    text = str(exc).lower()
+    return "doesn't exist" in text or "not found" in text
+
 
 class Router:
     def __init__(self, url: str, *, timeout_ms: int = 2000) -> None:
@@ -56,22 +67,28 @@ class Router:
             raise RouterRefused(f"{method}: not a JSON-RPC answer")
         if "error" in answer:
             error = answer["error"]
-            message = error.get("message") if isinstance(error, dict) else error
-            raise RouterRefused(f"{method}: {message}")
+            if isinstance(error, dict):
+                raise RouterRefused(f"{method}: {error.get('message')}", error.get("code"))
+            raise RouterRefused(f"{method}: {error}")
         return answer.get("result")
 
     async def set(self, number: str, uri: str) -> None:
         await self.call("htable.sets", TABLE, number, uri)
 
     async def delete(self, number: str) -> None:
-        await self.call("htable.delete", TABLE, number)
+        """Remove the entry; one already gone is fine (a retry after a partial push)."""
+        try:
+            await self.call("htable.delete", TABLE, number)
+        except RouterRefused as exc:
+            if not _missing(exc):
+                raise
 
     async def get(self, number: str) -> str | None:
         """The entry's value; None if the table has no such key."""
         try:
             result = await self.call("htable.get", TABLE, number)
         except RouterRefused as exc:
-            if "not found" in str(exc).lower():
+            if _missing(exc):
                 return None
             raise
         item = result.get("item") if isinstance(result, dict) else None

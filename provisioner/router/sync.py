@@ -39,7 +39,7 @@ from provisioner.settings import Router as RouterSettings
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 10.0  # seconds; a restarted router is right from its own load meanwhile
+MAX_BACKOFF = 5.0  # seconds; a restarted router is right from its own load meanwhile
 BATCH = 200  # blocks per pass
 
 

@@ -279,7 +279,7 @@ class Router:
     )
     timeout_ms: int = setting(2000, "Give up on one RPC to the router after this long.")
     retry_seconds: int = setting(
-        1, "First delay before pushing again after the router failed (doubles up to 1 min)."
+        1, "First delay before pushing again after the router failed (doubles up to 5 s)."
     )
 
     def __post_init__(self) -> None:
