@@ -1,8 +1,9 @@
 """Kamailio's JSON-RPC over HTTP (modules jsonrpcs + xhttp): the commands of the htable
 module on the `numbers` table, which maps an E.164 number to its node's SIP URI.
 
-One HTTP connection is kept (keep-alive) and commands go one at a time: Kamailio's
-jsonrpcs takes no batches, and a change of one block is about a hundred small calls.
+Kamailio's jsonrpcs takes no batches, and a change of one block is a hundred small
+calls per phase: the client keeps a few HTTP connections open (keep-alive, CONNECTIONS,
+as many as the router's TCP workers) and callers may run calls side by side.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 
 TABLE = "numbers"
+CONNECTIONS = 2  # the router's TCP workers (tcp_children) serve them; 2 cores here
 
 
 class RouterUnavailable(Exception):
@@ -43,7 +45,7 @@ class Router:
 
     async def __aenter__(self) -> Router:
         self._session = aiohttp.ClientSession(
-            timeout=self._timeout, connector=aiohttp.TCPConnector(limit=1)
+            timeout=self._timeout, connector=aiohttp.TCPConnector(limit=CONNECTIONS)
         )
         return self
 

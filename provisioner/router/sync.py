@@ -21,6 +21,7 @@ NOTIFY when a round records PBXs live, and polls every second besides.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import datetime
@@ -132,23 +133,22 @@ class RouterSync:
 
 
 async def push(r: Router, change: Change, uris: dict[str, str]) -> None:
-    """Set the block's numbers (new ones first), delete the numbers it lost, read all back."""
+    """Set the block's numbers, then delete the numbers it lost, then read all back; each
+    phase's calls go out together over the client's few connections."""
     uri = None
     if change.node is not None:
         uri = uris.get(change.node)
         if uri is None:
             raise RouterRefused(f"node {change.node} has no SIP address (asterisk.nodes)")
-        for number in change.numbers:
-            await r.set(number, uri)
-    gone = [n for n in change.old_numbers if n not in set(change.numbers)]
-    for number in gone:
-        await r.delete(number)
-    for number in change.numbers:
-        if (found := await r.get(number)) != uri:
-            raise NotRouted(f"{number}: router has {found}, not {uri}")
-    for number in gone:
-        if (found := await r.get(number)) is not None:
-            raise NotRouted(f"{number}: router still has {found}")
+        await asyncio.gather(*(r.set(number, uri) for number in change.numbers))
+    kept = set(change.numbers)
+    gone = [n for n in change.old_numbers if n not in kept]
+    await asyncio.gather(*(r.delete(number) for number in gone))
+    found = await asyncio.gather(*(r.get(number) for number in [*change.numbers, *gone]))
+    wanted = [uri] * len(change.numbers) + [None] * len(gone)
+    for number, has, should in zip([*change.numbers, *gone], found, wanted, strict=True):
+        if has != should:
+            raise NotRouted(f"{number}: router has {has}, not {should}")
 
 
 async def _event(
