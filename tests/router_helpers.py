@@ -105,9 +105,13 @@ def node_named(settings: Settings, name: str) -> Node:
 
 def rpc(router: RouterLab, method: str, *params: Any) -> Any:
     """One JSON-RPC call to the router, as an operator would make it (curl)."""
+    import urllib.error
     import urllib.request
 
     body = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1})
     request = urllib.request.Request(router.rpc_url, data=body.encode(), method="POST")  # noqa: S310
-    with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
-        return json.loads(answer.read())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as error:  # a JSON-RPC error has the HTTP status of its code
+        return json.loads(error.read())

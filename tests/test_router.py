@@ -348,7 +348,7 @@ def test_the_lab_starts_two_nodes_and_the_router_and_stops_them_all(
         router = json.loads((folder / "router" / "router.json").read_text())
         assert states[1]["sip_port"] == states[0]["sip_port"] + 1
         pids = [s["pid"] for s in states] + [router["pid"]]
-        assert all(Path(f"/proc/{pid}").exists() for pid in pids)
+        assert all(running(pid) for pid in pids)
         answer = rpc(RouterLab(folder, int(ports[2]), int(ports[3]), url), "core.version")
         assert "kamailio" in json.dumps(answer).lower()
     finally:
@@ -357,7 +357,7 @@ def test_the_lab_starts_two_nodes_and_the_router_and_stops_them_all(
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
     assert down.returncode == 0, down.stdout + down.stderr
-    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not any(running(pid) for pid in pids)
 
 
 async def test_a_block_nobody_uses_leaves_the_router_then_its_node(two_nodes: Platform) -> None:
@@ -376,3 +376,13 @@ async def test_a_block_nobody_uses_leaves_the_router_then_its_node(two_nodes: Pl
     call = await asyncio.to_thread(scene.carrier_calls, MUNICH)
     assert final_status(call) == 404, call.evidence()
     assert (await scene.api.ok("GET", "/v1/nodes/default/check"))["ok"]
+
+
+def running(pid: int) -> bool:
+    """The process exists and is no zombie (the lab's processes outlive their parent,
+    the `lab up` that started them, so nobody here reaps them)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"

@@ -9,6 +9,7 @@ as many as the router's TCP workers) and callers may run calls side by side.
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import aiohttp
@@ -59,12 +60,15 @@ class Router:
         body = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": next(self._ids)}
         try:
             async with self._session.post(self.url, json=body, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise RouterUnavailable(f"{method}: HTTP {resp.status}")
-                # Kamailio answers with text/plain or application/json depending on version.
-                answer = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                # A JSON-RPC error comes with the HTTP status of its code (htable.get of a
+                # missing key: 500 with a JSON body); anything but JSON is no answer.
+                status, text = resp.status, await resp.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise RouterUnavailable(f"{method}: {type(exc).__name__}: {exc}") from None
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            raise RouterUnavailable(f"{method}: HTTP {status}, not a JSON-RPC answer") from None
         if not isinstance(answer, dict):
             raise RouterRefused(f"{method}: not a JSON-RPC answer")
         if "error" in answer:

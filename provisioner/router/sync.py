@@ -111,9 +111,12 @@ class RouterSync:
                     conn, change.old_pbx_id, f"router sends block {change.block_id} elsewhere",
                     now,
                 )  # fmt: skip
+        # Each PBX whose blocks were switched hears it (the portal learns that its
+        # numbers reach the node now); its state says whether any block still waits.
         still = await db_router.pending_pbxes(conn)
-        routed = {c.pbx_id for c in done if c.pbx_id is not None} - still
-        for pbx_id in await db_router.set_pbx_state(conn, routed, "routed", None, now):
+        routed = {c.pbx_id for c in done if c.pbx_id is not None}
+        await db_router.set_pbx_state(conn, routed - still, "routed", None, now)
+        for pbx_id in sorted(routed):
             blocks = tuple(c.block_id for c in done if c.pbx_id == pbx_id)
             await _event(conn, "router.routed", pbx_id, blocks, None, now)
 
