@@ -50,6 +50,19 @@ class RouterLab:
         if done.returncode != 0:
             pytest.fail(f"the lab's router did not start:\n{done.stdout}{done.stderr}")
 
+    def kill(self) -> None:
+        """kill -9 of every Kamailio process (its own process group), no clean stop."""
+        import os
+        import signal
+        import time
+
+        state = json.loads((self.folder / "router" / "router.json").read_text())
+        os.killpg(int(state["pid"]), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.command("router-down").stdout.strip() != "lab: router not running":
+            assert time.monotonic() < deadline, "the killed router is still there"
+            time.sleep(0.05)
+
     def down(self) -> None:
         done = self.command("router-down")
         assert done.returncode == 0, done.stdout + done.stderr

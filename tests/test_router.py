@@ -208,11 +208,13 @@ async def test_the_router_refuses_unknown_numbers_and_strangers(two_nodes: Platf
     assert {name: processed(lab) for name, lab in scene.labs.items()} == before
 
 
-async def test_a_router_down_mid_change_routes_right_after_restart(
+async def test_a_router_killed_mid_change_routes_right_after_restart(
     two_nodes: Platform, inbox: Inbox
 ) -> None:
+    """The router is killed (-9) before a block's switch: the change waits, and goes
+    through once the router is back."""
     scene = two_nodes
-    scene.router.down()
+    scene.router.kill()
     await assign_to_b(scene, inbox)
     # B's config goes live; the router change waits, with the reason; A keeps serving.
     deadline = time.monotonic() + 20
