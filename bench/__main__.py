@@ -134,9 +134,18 @@ class Service:
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, incremental: bool) -> None:
+    def start(self, *, incremental: bool = True) -> None:
+        path = self.work / "config.yaml"
+        path.write_text(yaml.safe_dump(self.config(incremental=incremental)))
+        log = (self.work / "service.log").open("ab")
+        self.process = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "provisioner"), "serve", "--config", str(path)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def config(self, *, incremental: bool) -> dict[str, Any]:
         s = self.lab.state
-        config = {
+        return {
             "listen": {"host": "127.0.0.1", "port": self.port},
             "public_base_url": f"http://127.0.0.1:{self.port}",
             "data_dir": str(self.work / "data"),
@@ -162,13 +171,6 @@ class Service:
                 ],
             },
         }
-        path = self.work / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        log = (self.work / "service.log").open("ab")
-        self.process = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "provisioner"), "serve", "--config", str(path)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
 
     def stop(self) -> None:
         if self.process is not None:

@@ -37,7 +37,6 @@ from typing import Any
 
 import aiohttp
 import psycopg
-import yaml
 from sipp_peer import Running, run_scenario, start_scenario
 
 from bench.__main__ import (
@@ -45,12 +44,10 @@ from bench.__main__ import (
     FIRST_EXT,
     LAB,
     OWNER,
-    PORTAL_KEY_SHA,
-    ROOT,
-    SECRETS_KEY,
     Client,
     Lab,
     Mover,
+    Service,
     customer,
     free_port,
     pct,
@@ -111,16 +108,15 @@ class RouterProc:
         return found
 
 
-class RouterService:
+class RouterService(Service):
     """`provisioner serve` with two nodes and the router."""
 
     def __init__(self, work: Path, labs: list[Lab], db_url: str, router: RouterProc) -> None:
-        self.work, self.labs, self.db_url, self.router = work, labs, db_url, router
-        self.port = free_port()
-        self.carrier_port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(work, labs[0], db_url, free_port())
+        self.labs, self.router = labs, router
 
-    def start(self) -> None:
+    def config(self, *, incremental: bool) -> dict[str, Any]:
+        config = super().config(incremental=incremental)
         nodes = []
         for name, lab in zip(("default", "node-b"), self.labs, strict=True):
             s = lab.state
@@ -131,38 +127,9 @@ class RouterService:
                 "carrier_port": self.carrier_port, "file_group": s["file_group"],
                 "sip_port": s["sip_port"], "router_host": ROUTER_IP,
             })  # fmt: skip
-        config = {
-            "listen": {"host": "127.0.0.1", "port": self.port},
-            "public_base_url": f"http://127.0.0.1:{self.port}",
-            "data_dir": str(self.work / "data"),
-            "database": {"url": self.db_url, "pool_size": 10},
-            "api_keys": [{"name": "portal", "role": "portal", "key_sha256": PORTAL_KEY_SHA}],
-            "secrets": {"keys": [SECRETS_KEY]},
-            "log": {"level": "WARNING"},
-            "asterisk": {"drift_check_seconds": 0, "nodes": nodes},
-            "router": {"rpc_url": self.router.rpc_url},
-        }
-        path = self.work / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        log = (self.work / "service.log").open("ab")
-        self.process = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "provisioner"), "serve", "--config", str(path)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=60)
-            self.process = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def mail_dir(self) -> Path:
-        return self.work / "data" / "mail"
+        config["asterisk"]["nodes"] = nodes
+        config["router"] = {"rpc_url": self.router.rpc_url}
+        return config
 
 
 async def reader(db_url: str) -> str:

@@ -184,3 +184,14 @@ def udp_bound(ip: str, port: int) -> bool:
 def run_scenario(scenario: str, *, timeout: float = 20.0, **options: Any) -> SipResult:
     """Run a scenario to its end; the options are those of start_scenario."""
     return start_scenario(scenario, timeout=timeout, **options).wait(timeout + 10)
+
+
+def assert_blind_transfer(call: SipResult, referred: SipResult, answered: SipResult) -> None:
+    """The carrier's call was answered, REFERred (202 Accepted) and reached the phone it
+    was transferred to, still from the carrier's caller."""
+    evidence = "\n---\n".join(r.evidence() for r in (call, referred, answered))
+    assert call.ok, evidence
+    assert referred.ok and 202 in referred.received_statuses(), evidence
+    assert answered.ok, evidence
+    invite = next(m for m in answered.messages if m.method == "INVITE")
+    assert "+4940999999" in invite.headers["from"], evidence  # the carrier's caller

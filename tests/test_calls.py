@@ -30,7 +30,7 @@ from lab_helpers import (
     wait_applied,
 )
 from panoramisk import Manager
-from sipp_peer import SipResult, run_scenario, start_scenario
+from sipp_peer import SipResult, assert_blind_transfer, run_scenario, start_scenario
 
 from provisioner.settings import Settings
 
@@ -407,12 +407,7 @@ async def test_blind_transfer_to_the_other_site(scene: Scene) -> None:
     call = await asyncio.to_thread(scene.carrier_calls, "+49301234560")
     referred = await asyncio.to_thread(referring.wait, 20)
     answered = await asyncio.to_thread(answering.wait, 20)
-    evidence = "\n---\n".join(r.evidence() for r in (call, referred, answered))
-    assert call.ok, evidence
-    assert referred.ok and 202 in referred.received_statuses(), evidence
-    assert answered.ok, evidence
-    invite = next(m for m in answered.messages if m.method == "INVITE")
-    assert "+4940999999" in invite.headers["from"], evidence  # the carrier's caller
+    assert_blind_transfer(call, referred, answered)
 
 
 async def bridged_with(ami: Manager, prefix: str) -> set[str]:

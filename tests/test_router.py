@@ -31,7 +31,7 @@ from router_helpers import (
     rpc,
     running_router,
 )
-from sipp_peer import SipResult, run_scenario, start_scenario
+from sipp_peer import SipResult, assert_blind_transfer, run_scenario, start_scenario
 
 from provisioner.service import console
 from provisioner.settings import Settings
@@ -311,12 +311,7 @@ async def test_a_transfer_inside_the_pbx_after_a_call_through_the_router(
     call = await asyncio.to_thread(scene.carrier_calls, BERLIN, CARRIER_HOST, 20)
     referred = await asyncio.to_thread(referring.wait, 20)
     answered = await asyncio.to_thread(answering.wait, 20)
-    evidence = "\n---\n".join(r.evidence() for r in (call, referred, answered))
-    assert call.ok, evidence
-    assert referred.ok and 202 in referred.received_statuses(), evidence
-    assert answered.ok, evidence
-    invite = next(m for m in answered.messages if m.method == "INVITE")
-    assert "+4940999999" in invite.headers["from"], evidence  # the carrier's caller
+    assert_blind_transfer(call, referred, answered)
 
 
 async def test_the_routers_role_reads_its_view_and_nothing_else(db_url: str) -> None:
