@@ -129,22 +129,30 @@ async def cologne_pbx(api: Api) -> dict[str, Any]:
     return emil
 
 
-def console_env(node: Node, db_url: str) -> dict[str, str]:
-    """The environment of a `provisioner` console command on the lab's node."""
+def console_env(
+    nodes: Node | tuple[Node, ...], db_url: str, *, router_url: str = ""
+) -> dict[str, str]:
+    """The environment of a `provisioner` console command on the lab's node(s), and the
+    router if there is one."""
     import json
 
     from conftest import SECRETS_KEY
 
-    entry = {
-        "name": node.name, "ami_port": node.ami_port, "ami_username": node.ami_username,
-        "ami_secret": node.ami_secret.value, "output_dir": str(node.output_dir),
-        "carrier_host": node.carrier_host, "carrier_port": node.carrier_port,
-        "file_group": node.file_group,
-    }  # fmt: skip
+    def entry(n: Node) -> dict[str, object]:
+        return {
+            "name": n.name, "ami_port": n.ami_port, "ami_username": n.ami_username,
+            "ami_secret": n.ami_secret.value, "output_dir": str(n.output_dir),
+            "carrier_host": n.carrier_host, "carrier_port": n.carrier_port,
+            "file_group": n.file_group, "sip_host": n.sip_host, "sip_port": n.sip_port,
+            "router_host": n.router_host,
+        }  # fmt: skip
+
+    entries = [entry(n) for n in (nodes if isinstance(nodes, tuple) else (nodes,))]
     return {
         "PROVISIONER_DATABASE_URL": db_url,
-        "PROVISIONER_ASTERISK_NODES": json.dumps([entry]),
+        "PROVISIONER_ASTERISK_NODES": json.dumps(entries),
         "PROVISIONER_SECRETS_KEYS": json.dumps([SECRETS_KEY]),
+        "PROVISIONER_ROUTER_RPC_URL": router_url,
         "PATH": "/usr/bin:/bin",
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import psycopg
 import pytest
 from conftest import LAB, Api, Inbox, Lab, free_port
 from helpers import BLOCK, OWNER, OWNER_MAIL, TARGET, TARGET_MAIL, path_of, request_assignment
-from lab_helpers import CARRIER_HOST, lab_service, wait_applied
+from lab_helpers import CARRIER_HOST, console_env, lab_service, wait_applied
 from panoramisk import Manager
 from router_helpers import (
     ROUTER_IP,
@@ -33,7 +34,6 @@ from router_helpers import (
 )
 from sipp_peer import SipResult, assert_blind_transfer, run_scenario, start_scenario
 
-from provisioner.service import console
 from provisioner.settings import Settings
 
 MUNICH = "+49891234567"  # A's block muc-main, no extension of its own: the default target
@@ -242,15 +242,25 @@ async def test_a_hand_edited_router_entry_is_found_and_repaired(two_nodes: Platf
     found = await scene.api.ok("GET", "/v1/nodes/default/check")
     assert not found["ok"]
     assert any(MUNICH in p and "127.0.0.9" in p for p in found["problems"]), found
-    assert scene.settings.router
-    from provisioner.db.pool import open_pool
+    # The engineer's console: `provisioner check` finds it, `--repair` puts it back.
+    env = console_env(
+        scene.settings.asterisk.nodes, scene.settings.database.url.value,
+        router_url=scene.router.rpc_url,
+    )  # fmt: skip
 
-    pool = await open_pool(scene.settings.database.url.value, max_size=2)
-    try:
-        left = await console.check_router(pool, scene.settings.router, repair=True)
-    finally:
-        await pool.close()
-    assert left == []
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "provisioner", "check", *args],
+            capture_output=True, text=True, env=env, timeout=120, check=False,
+        )  # fmt: skip
+
+    found_by_console = await asyncio.to_thread(check)
+    assert found_by_console.returncode == 1, found_by_console.stdout + found_by_console.stderr
+    assert "(router)" in found_by_console.stdout and MUNICH in found_by_console.stdout
+    repaired = await asyncio.to_thread(check, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    entry = rpc(scene.router, "htable.get", "numbers", MUNICH)["result"]["item"]["value"]
+    assert entry == node_uri(scene, "default")
     assert (await scene.api.ok("GET", "/v1/nodes/default/check"))["ok"]
     await scene.call_rings(MUNICH, "A", "default")
 
