@@ -225,6 +225,9 @@ async def test_a_router_killed_mid_change_routes_right_after_restart(
         assert time.monotonic() < deadline, state
         await asyncio.sleep(0.1)
     assert state["live"]["router_error"], state
+    feed = await scene.api.ok("GET", "/v1/events?after=0&limit=500")
+    pending = [e["data"] for e in feed["events"] if e["type"] == "router.pending"]
+    assert any(d["customer"] == TARGET and BLOCK in d["blocks"] and d["error"] for d in pending)
     assert "k200300-in-muc-main" in scene.labs["default"].cli(f"dialplan show {MUNICH}@carrier-in")
 
     scene.router.up()

@@ -162,24 +162,23 @@ async def upsert_ring_group(
     return row, not existed
 
 
-# Which PBX uses a block, the one rule every API answer, config and apply follows: the
-# target PBX of an active assignment; otherwise, for a `pbx` block, its owner's own PBX.
+# Which PBX uses a block, the one rule every API answer, config, apply and the router
+# follow: the target PBX of an active assignment; otherwise, for a `pbx` block, its
+# owner's own PBX. Declared once, as the view block_usage (migration 0012); callers
+# add " AND ...".
 _USAGE = (
-    " FROM blocks b"
-    " LEFT JOIN assignments a ON a.block_id = b.id AND a.state = 'active'"
-    " JOIN pbxes p ON (p.id = a.target_pbx_id OR (a.id IS NULL AND p.customer = b.owner))"
-    "   AND p.removed_at IS NULL"
-    " WHERE b.mode = 'pbx'"
+    " FROM block_usage u JOIN blocks b ON b.id = u.block_id JOIN pbxes p ON p.id = u.pbx_id"
+    " WHERE true"
 )
 
 
 # Blocks a PBX keeps serving after they moved to another node (or to nobody), until the
-# SIP router sends their numbers elsewhere (db/router.held_here, the same rule): make
-# before break. Without a router, router_blocks is empty and nothing is held.
+# SIP router sends their numbers elsewhere (router/sync.py switches them): make before
+# break. Without a router, router_blocks is empty and nothing is held.
 _HELD = (
     " FROM router_blocks r JOIN blocks b ON b.id = r.block_id"
     " JOIN pbxes p ON p.id = r.pbx_id AND p.node = r.node AND p.removed_at IS NULL"
-    " WHERE NOT EXISTS (SELECT 1 FROM router_wanted w"
+    " WHERE NOT EXISTS (SELECT 1 FROM block_usage w"
     "                   WHERE w.block_id = r.block_id AND w.node = r.node)"
     "   AND r.pbx_id = %s"
 )

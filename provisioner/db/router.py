@@ -1,4 +1,4 @@
-"""The router's table: where each block's numbers belong (the view `router_wanted`), what
+"""The router's table: where each block's numbers belong (the view `block_usage`), what
 the router has been told (`router_blocks`), and the per-PBX router state."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ async def due(conn: Conn, limit: int) -> list[Change]:
         "SELECT coalesce(w.block_id, r.block_id), w.pbx_id, w.node,"
         f" CASE WHEN w.block_id IS NULL THEN '{{}}'::text[] ELSE {_NUMBERS.format(block='w.block_id')} END,"  # noqa: E501
         " r.pbx_id, r.node, coalesce(r.numbers, '{}')"
-        " FROM router_wanted w FULL JOIN router_blocks r ON r.block_id = w.block_id"
+        " FROM block_usage w FULL JOIN router_blocks r ON r.block_id = w.block_id"
         " WHERE (w.node IS DISTINCT FROM r.node OR w.pbx_id IS DISTINCT FROM r.pbx_id)"
         "   AND (w.pbx_id IS NULL OR ("
         "     NOT EXISTS (SELECT 1 FROM apply_queue q WHERE q.pbx_id = w.pbx_id)"
@@ -121,7 +121,7 @@ async def pbx_home(conn: Conn, pbx_id: int) -> tuple[str, str] | None:
 async def pending_pbxes(conn: Conn) -> set[int]:
     """PBXs whose numbers the router does not yet send to their node."""
     cur = await conn.execute(
-        "SELECT w.pbx_id FROM router_wanted w LEFT JOIN router_blocks r"
+        "SELECT w.pbx_id FROM block_usage w LEFT JOIN router_blocks r"
         " ON r.block_id = w.block_id"
         " WHERE r.node IS DISTINCT FROM w.node OR r.pbx_id IS DISTINCT FROM w.pbx_id"
     )

@@ -1,7 +1,7 @@
 """The workers of an instance, started after the app (or alone, `provisioner worker`):
 one applier per Asterisk node, the SIP router's sync (with a router), the mail sender,
-and housekeeping. Each carries out
-what the API's transactions wrote to tables, after they committed."""
+and housekeeping. Each carries out what the API's transactions wrote to tables, after
+they committed."""
 
 from __future__ import annotations
 

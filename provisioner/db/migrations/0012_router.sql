@@ -1,9 +1,10 @@
 -- The SIP router (Kamailio) in front of the nodes: the carrier sends every call to it,
 -- and it relays each called number to the node of the PBX that uses the number.
 --
--- router_wanted says where each block's numbers belong now: the node of the PBX that
--- uses the block (the same rule as the PBX's own config, db/pbx.py _USAGE). It is the
--- only declaration of that; nothing stores it twice.
+-- block_usage says which PBX uses each block now, and on which node its numbers belong:
+-- an active assignment's target, else the owner's own PBX, for blocks in PBX mode. It is
+-- the only declaration of that rule: a PBX's config (db/pbx.py) and the router's table
+-- (db/router.py) both read it.
 --
 -- router_blocks is what the router has been told and has read back, per block: a block
 -- is switched there only after its numbers are live on the new node, and the old node
@@ -15,7 +16,7 @@
 -- (key_name, key_type, value_type, key_value, expires): a restarted router routes as it
 -- did before it stopped, without waiting for us. The role Kamailio logs in with may read
 -- this view and nothing else (`provisioner router-reader`).
-CREATE VIEW router_wanted AS
+CREATE VIEW block_usage AS
 SELECT b.id AS block_id, p.id AS pbx_id, p.node
 FROM blocks b
 LEFT JOIN assignments a ON a.block_id = b.id AND a.state = 'active'
