@@ -20,6 +20,7 @@ from provisioner.app import create_app, database_url
 from provisioner.asterisk import check
 from provisioner.asterisk.ami import AsteriskUnavailable
 from provisioner.clock import system_clock
+from provisioner.db import pjsip_rows
 from provisioner.db import router as db_router
 from provisioner.db.accounts import Pbx
 from provisioner.db.migrate import migrate
@@ -264,11 +265,16 @@ def cmd_rotate_secrets(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _router_reader(settings: Settings, role: str) -> str:
+async def _router_reader(settings: Settings, role: str, node: str | None = None) -> str:
+    """A reader role (the router's, or with `node` a realtime node's Asterisk); its
+    connection string, with the new password in it."""
     password = secrets.token_urlsafe(24)
     url = await database_url(settings)
     async with _pool(settings) as pool, pool.connection() as conn, conn.transaction():
-        await db_router.make_reader(conn, role, password)
+        if node is None:
+            await db_router.make_reader(conn, role, password)
+        else:
+            await pjsip_rows.make_reader(conn, role, password, node)
     info = psycopg.conninfo.conninfo_to_dict(url)
     info.update(user=role, password=password)
     return psycopg.conninfo.make_conninfo("", **info)
@@ -281,6 +287,22 @@ def cmd_router_reader(args: argparse.Namespace) -> int:
     if not rules.NAME.fullmatch(args.role):
         raise SystemExit(f"provisioner: bad role name {args.role!r}")
     print(asyncio.run(_router_reader(settings, args.role)))
+    return 0
+
+
+def cmd_pjsip_reader(args: argparse.Namespace) -> int:
+    """A realtime node's database login (its Asterisk's res_pgsql.conf); the password is
+    shown here once and stored nowhere."""
+    settings = _settings(args)
+    _logging(settings)
+    if not rules.NAME.fullmatch(args.role):
+        raise SystemExit(f"provisioner: bad role name {args.role!r}")
+    nodes = {n.name: n for n in settings.asterisk.nodes}
+    if args.node not in nodes:
+        raise SystemExit(f"provisioner: no node {args.node!r} in asterisk.nodes")
+    if not nodes[args.node].realtime:
+        print(f"provisioner: note: node {args.node} has pjsip: files", file=sys.stderr)
+    print(asyncio.run(_router_reader(settings, args.role, args.node)))
     return 0
 
 
@@ -317,6 +339,12 @@ def parser() -> argparse.ArgumentParser:
             " table with; prints its connection string once",
         ),
         (
+            "pjsip-reader",
+            cmd_pjsip_reader,
+            "make (or give a new password to) the database role a realtime node's Asterisk"
+            " reads its PJSIP objects with; prints its connection string once",
+        ),
+        (
             "rotate-secrets",
             cmd_rotate_secrets,
             "seal every trunk password with the first key of secrets.keys",
@@ -336,6 +364,8 @@ def parser() -> argparse.ArgumentParser:
         help="reload both modules and check the whole node, not only what changed",
     )  # fmt: skip
     found["router-reader"].add_argument("role", help="role name (e.g. kamailio)")
+    found["pjsip-reader"].add_argument("node", help="the realtime node (asterisk.nodes name)")
+    found["pjsip-reader"].add_argument("role", help="role name (e.g. asterisk_node1)")
     found["check"].add_argument("--node", help="only this node (default: every node)")
     found["check"].add_argument(
         "--repair", action="store_true", help="write drifted PBXs again and reload both modules"

@@ -31,7 +31,7 @@ from aiosmtpd.controller import Controller
 from panoramisk import Manager
 
 from provisioner.app import create_app
-from provisioner.db import embedded
+from provisioner.db import embedded, pjsip_rows
 from provisioner.db.migrate import migrate
 from provisioner.settings import ApiKey, Database, Listen, Secret, Secrets, Settings, Smtp
 from provisioner.settings.load import load as load_settings
@@ -337,7 +337,12 @@ def api(service: TestClient[Any, Any]) -> Api:
 # A test is marked by what it uses: one that asks, directly or through other fixtures,
 # for the lab or for Docker's engine is `lab` or `docker`, whatever file it is in.
 # `make test-fast` leaves those out, and `browser` and `slow` (fixed-duration) ones too.
-MARKED_BY_FIXTURE = {"lab": "lab", "second_lab": "lab", "docker_engine": "docker"}
+MARKED_BY_FIXTURE = {
+    "lab": "lab",
+    "second_lab": "lab",
+    "realtime_lab": "lab",
+    "docker_engine": "docker",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -362,6 +367,7 @@ class Lab:
     ami_secret: str
     output_dir: Path
     file_group: int
+    pjsip: str = "files"  # realtime: its tenants' PJSIP objects come from PostgreSQL
 
     def cli(self, command: str) -> str:
         done = subprocess.run(
@@ -373,12 +379,14 @@ class Lab:
 
 
 @contextlib.contextmanager
-def running_lab(prefix: str) -> Iterator[Lab]:
+def running_lab(prefix: str, pjsip_db: str = "") -> Iterator[Lab]:
     """A lab Asterisk on free ports, stopped and removed after; a lab that cannot start
-    FAILS the tests, with why."""
+    FAILS the tests, with why. `pjsip_db`: a realtime node reading through that URL."""
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     up = [str(LAB), "--dir", str(folder), "up"]
     up += ["--ami-port", str(free_port()), "--sip-port", str(free_port())]
+    if pjsip_db:
+        up += ["--pjsip-db", pjsip_db]
     try:
         done = subprocess.run(up, capture_output=True, text=True, timeout=900, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -395,6 +403,7 @@ def running_lab(prefix: str) -> Iterator[Lab]:
             ami_secret=state["ami_secret"],
             output_dir=Path(state["output_dir"]),
             file_group=state["file_group"],
+            pjsip=state.get("pjsip", "files"),
         )
     finally:
         subprocess.run(
@@ -418,9 +427,51 @@ def second_lab(lab: Lab) -> Iterator[Lab]:
         yield started
 
 
+# The login a realtime lab's Asterisk reads its rows with (provisioner pjsip-reader);
+# each test's database gets its grants, and the lab is pointed at that database.
+REALTIME_ROLE, REALTIME_PASSWORD = "prov_lab_realtime", "lab-realtime-only"
+
+
+@pytest.fixture(scope="session")
+def realtime_lab(lab: Lab, pg_url: str) -> Iterator[Lab]:
+    """A lab node with `pjsip: realtime`: endpoints, AORs and auths from PostgreSQL."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        if not conn.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s", (REALTIME_ROLE,)
+        ).fetchone():
+            conn.execute(f"CREATE ROLE {REALTIME_ROLE} LOGIN PASSWORD '{REALTIME_PASSWORD}'")
+    info = psycopg.conninfo.conninfo_to_dict(pg_url)
+    info.update(user=REALTIME_ROLE, password=REALTIME_PASSWORD)
+    with running_lab("prov-labrt-", psycopg.conninfo.make_conninfo("", **info)) as started:
+        yield started
+
+
 @pytest.fixture
-async def ami(lab: Lab) -> AsyncIterator[Manager]:
-    """An AMI connection (panoramisk) to the lab."""
+async def clean_realtime_lab(realtime_lab: Lab, db_url: str) -> AsyncIterator[Lab]:
+    """The realtime lab reading this test's database (its reader role granted there),
+    with an empty provisioner folder and empty caches, before and after the test."""
+    from lab_helpers import clean_output, point_at_database
+
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        await pjsip_rows.make_reader(conn, REALTIME_ROLE, REALTIME_PASSWORD, "default")
+        await conn.commit()
+    point_at_database(realtime_lab, db_url)
+    clean_output(realtime_lab)
+    yield realtime_lab
+    clean_output(realtime_lab)
+
+
+@pytest.fixture(params=["files", "realtime"])
+def mode_lab(request: pytest.FixtureRequest) -> Lab:
+    """The lab in each PJSIP mode: a test that takes it runs against both."""
+    name = "clean_lab" if request.param == "files" else "clean_realtime_lab"
+    found: Lab = request.getfixturevalue(name)
+    return found
+
+
+@contextlib.asynccontextmanager
+async def ami_of(lab: Lab) -> AsyncIterator[Manager]:
+    """An AMI connection (panoramisk) to a lab."""
     manager = Manager(
         loop=asyncio.get_running_loop(),
         host="127.0.0.1",
@@ -437,6 +488,13 @@ async def ami(lab: Lab) -> AsyncIterator[Manager]:
         yield manager
     finally:
         manager.close()
+
+
+@pytest.fixture
+async def ami(lab: Lab) -> AsyncIterator[Manager]:
+    """An AMI connection (panoramisk) to the lab."""
+    async with ami_of(lab) as manager:
+        yield manager
 
 
 @pytest.fixture

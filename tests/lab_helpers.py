@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import psycopg
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import LAB, Api, Lab, free_port
 from helpers import BLOCK, OTHER, OWNER, TARGET, scene
@@ -27,7 +29,7 @@ def lab_node(lab: Lab) -> Node:
         name="default", ami_host="127.0.0.1", ami_port=lab.ami_port,
         ami_username=lab.ami_user, ami_secret=Secret(lab.ami_secret),
         output_dir=lab.output_dir, carrier_host=CARRIER_HOST, carrier_port=free_port(),
-        file_group=lab.file_group,
+        file_group=lab.file_group, pjsip=lab.pjsip,
     )  # fmt: skip
 
 
@@ -38,6 +40,21 @@ def clean_output(lab: Lab) -> None:
                 path.unlink()
     lab.cli("module reload res_pjsip.so")
     lab.cli("dialplan reload")
+    if lab.pjsip == "realtime":
+        for kind in ("endpoint", "aor", "auth"):
+            lab.cli(f"sorcery memory cache expire res_pjsip/{kind}")
+
+
+def point_at_database(lab: Lab, url: str) -> None:
+    """A realtime lab reads its rows from this database from now on (each test has its
+    own): res_pgsql.conf's dbname, and res_config_pgsql reloaded (it reconnects)."""
+    dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    conf = lab.folder / "etc" / "res_pgsql.conf"
+    text = re.sub(r"(?m)^dbname = .*$", f"dbname = {dbname}", conf.read_text())
+    conf.write_text(text)
+    lab.cli("module reload res_config_pgsql.so")
+    status = lab.cli("realtime show pgsql status")
+    assert f"Connected to {dbname}@" in status, status
 
 
 async def wait_applied(api: Api, customer: str, timeout: float = 20) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from conftest import Api, FakeClock, Inbox, Lab, free_port
+from conftest import Api, FakeClock, Inbox, Lab, ami_of, free_port
 from helpers import BLOCK, OTHER, OWNER, TARGET, path_of, request_assignment
 from lab_helpers import (
     CARRIER_HOST,
@@ -54,6 +54,7 @@ class Scene:
     phones: dict[str, Phone]
     other: Phone  # C's phone 100
     cdrs: list[dict[str, str]]
+    ami: Manager
 
     def register(self, phone: Phone) -> None:
         result = run_scenario(
@@ -95,12 +96,15 @@ async def put_phone(api: Api, customer: str, ext: str, body: dict[str, Any]) -> 
 
 @pytest.fixture
 async def scene(
-    settings: Settings, clock: FakeClock, clean_lab: Lab, inbox: Inbox, ami: Manager
+    settings: Settings, clock: FakeClock, mode_lab: Lab, inbox: Inbox
 ) -> AsyncIterator[Scene]:
+    """The scene on the lab in each PJSIP mode: files, and realtime (the tenants'
+    endpoints, AORs and auths from PostgreSQL); every call test runs on both."""
     del clock  # the assignment flow may use it; the applier runs on real time
     cdrs: list[dict[str, str]] = []
-    ami.register_event("Cdr", lambda _manager, event: cdrs.append(dict(event)))
-    async with lab_service(settings, clean_lab) as (api, node):
+    clean_lab = mode_lab
+    async with ami_of(clean_lab) as ami, lab_service(settings, clean_lab) as (api, node):
+        ami.register_event("Cdr", lambda _manager, event: cdrs.append(dict(event)))
         anna = await branch_scene(api)
         _, owner_link, target_link = await request_assignment(api, inbox)
         assert (await api.client.post(path_of(owner_link))).status == 200
@@ -145,7 +149,7 @@ async def scene(
         other = Phone("100", emil["sip_username"], emil["sip_password"], free_port())
         await wait_applied(api, TARGET)
         await wait_applied(api, "K300400")
-        yield Scene(api, clean_lab, node.carrier_port, phones, other, cdrs)
+        yield Scene(api, clean_lab, node.carrier_port, phones, other, cdrs, ami)
 
 
 def invite_ok(result: SipResult) -> bool:
@@ -418,7 +422,8 @@ async def bridged_with(ami: Manager, prefix: str) -> set[str]:
     return {m.Channel for m in channels if m.BridgeId in bridges}
 
 
-async def test_attended_transfer_to_the_other_site(scene: Scene, ami: Manager) -> None:
+async def test_attended_transfer_to_the_other_site(scene: Scene) -> None:
+    ami = scene.ami
     """100 (Berlin) calls out over B's trunk, consults 201 (Munich), and transfers the
     far end to 201 with REFER/Replaces: the carrier ends up talking to 201."""
     transferer, target = scene.phones["100"], scene.phones["201"]

@@ -208,3 +208,29 @@ class Ami:
             if len(words) > 1 and words[0] == "Endpoint:" and not words[1].startswith("<"):
                 found.add(words[1].split("/", 1)[0])  # name/CID
         return found
+
+    # --- Realtime nodes: sorcery's memory cache -----------------------------------------
+
+    async def expire_cached(self, kind: str, name: str) -> None:
+        """Drop one PJSIP object from sorcery's memory cache (res_pjsip/<kind>): the
+        next lookup reads it from the database. One that is not cached is fine."""
+        action = {"Action": "SorceryMemoryCacheExpireObject", "Cache": f"res_pjsip/{kind}",
+                  "Object": name}  # fmt: skip
+        reply = (await self._send(action))[0]
+        message = str(reply.get("Message"))
+        if reply.get("Response") != "Success" and "could not be expired" not in message:
+            raise OperationFailed(f"expire {kind} {name} from the cache: {message}")
+
+    async def expire_all_cached(self, kind: str) -> None:
+        reply = (await self._send({"Action": "SorceryMemoryCacheExpire",
+                                   "Cache": f"res_pjsip/{kind}"}))[0]  # fmt: skip
+        if reply.get("Response") != "Success":
+            raise OperationFailed(f"expire the {kind} cache: {reply.get('Message')}")
+
+    async def endpoint_shown(self, name: str) -> str | None:
+        """`pjsip show endpoint NAME` (None: there is no such endpoint). The CLI, not
+        PJSIPShowEndpoint, whose answer carries the auth objects' passwords."""
+        output = await self.command(
+            f"pjsip show endpoint {name}", expect=("Endpoint:", "Unable to find object")
+        )
+        return None if "Unable to find object" in output else output

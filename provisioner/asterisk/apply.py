@@ -43,19 +43,20 @@ from datetime import datetime, timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
-from provisioner.asterisk import execute, files, plan
+from provisioner.asterisk import execute, files, plan, realtime
 from provisioner.asterisk.ami import Ami, AsteriskUnavailable, OperationFailed
 from provisioner.asterisk.execute import ALL_KINDS, DIALPLAN, MODULES, PJSIP, Rendered, Tenant
 from provisioner.asterisk.parse import NotOurs, dialplan_texts, kind_of, parse_dialplan
 from provisioner.asterisk.record import Outcome, record_retry, record_round
 from provisioner.clock import Clock
-from provisioner.db import apply_queue, departures, node_lock, rounds
+from provisioner.db import apply_queue, departures, node_lock, pjsip_rows, rounds
 from provisioner.db import router as db_router
 from provisioner.db.apply_queue import Job
+from provisioner.db.pjsip_rows import Key
 from provisioner.domain.credentials import SecretBox
 from provisioner.metrics import APPLY_SECONDS, ROUNDS
 from provisioner.render.load import load_view
-from provisioner.render.render import node_files, pbx_files
+from provisioner.render.render import node_files, pbx_files, redacted
 from provisioner.render.view import Carrier
 from provisioner.settings import Node
 
@@ -260,9 +261,13 @@ class Applier:
             if f.pbx.node == self.node.name  # moved away meanwhile: the next round is full
         ]
         rendered = {t: await self._render(t) for t in tenants}
-        if "dialplan" in self._write_node_files():
+        own = self._write_node_files()
+        if "dialplan" in own:
             # [carrier-in]'s own fallbacks changed (the node's config): reload it whole.
             raise FallBack("the node's dialplan file changed")
+        if "pjsip" in own and self.node.realtime:
+            # The carrier's endpoint is in the node's file: only a reload brings it.
+            raise FallBack("the node's pjsip file changed")
         # Each part's file is written before that part goes live: the dialplan file, its
         # AMI operations (now a moved number routes), then the pjsip file for the
         # coalesced reload; the read-back of the dialplan comes last.
@@ -299,7 +304,7 @@ class Applier:
             operations = plan.dialplan_operations(before, after, shared)
         except NotOurs as exc:
             raise FallBack(str(exc)) from None
-        if not operations:
+        if not operations and not self.node.realtime:
             return {t: self._write_part(t, wanted, PJSIP, now) for t, wanted in ready.items()}
         async with Ami(self.node) as ami:
             try:
@@ -308,11 +313,62 @@ class Applier:
                 raise FallBack(str(exc)) from None
             written = {t: self._write_part(t, wanted, PJSIP, now) for t, wanted in ready.items()}
             problems = await execute.verify_dialplan(ami, operations, before, after, shared)
+            if self.node.realtime:
+                live = {t: ready[t] for t, w in written.items() if w.broken is None}
+                try:
+                    problems += await self._publish(ami, live)
+                except OperationFailed as exc:
+                    raise FallBack(str(exc)) from None
         if problems:
             raise FallBack("not live as written: " + "; ".join(problems[:5]))
         return written
 
+    # --- Realtime nodes ---------------------------------------------------------------
+
+    async def _store_rows(self, config: dict[Tenant, dict[str, str]]) -> set[Key]:
+        """Each PBX's rows made the objects of its pjsip files (one transaction per
+        PBX); the keys that changed."""
+        changed: set[Key] = set()
+        async with self.pool.connection() as conn:
+            for t, files_ in config.items():
+                async with conn.transaction():
+                    changed |= await pjsip_rows.replace(
+                        conn, self.node.name, t.pbx_id, realtime.objects(files_), self.clock()
+                    )
+        return changed
+
+    async def _publish(self, ami: Ami, config: dict[Tenant, dict[str, str]]) -> list[str]:
+        """A realtime node's PJSIP part of a round: the rows, then each changed object
+        expired from Asterisk's cache and its endpoint read back; a changed outbound
+        registration reloads that module alone. What is not live (empty: all is)."""
+        changed = await self._store_rows(config)
+        wanted = {k: f for files_ in config.values() for k, f in realtime.objects(files_).items()}
+        problems = await realtime.make_live(ami, changed, wanted)
+        if any(
+            realtime.registrations(redacted(files_)) != realtime.registrations(t.good or {})
+            for t, files_ in config.items()
+        ):
+            await execute.reload_module(ami, realtime.REGISTRATIONS)
+        return problems
+
+    async def _publish_all(self, ami: Ami, config: dict[Tenant, dict[str, str]]) -> None:
+        """A full round on a realtime node: the rows of every PBX written, then the
+        whole cache emptied (what a reload would have re-read)."""
+        await self._store_rows(config)
+        for kind in realtime.COLUMNS:
+            await ami.expire_all_cached(kind)
+
     # --- The full round ---------------------------------------------------------------
+
+    async def _reload(self, ami: Ami, kinds: set[str], *, own_pjsip: bool) -> None:
+        """A full round's reloads. On a realtime node res_pjsip is reloaded only for the
+        node's own pjsip file (`own_pjsip`: it changed, or the round must reload all):
+        the tenants' objects are rows (their cache was emptied), and their registrations
+        are reloaded alone."""
+        if self.node.realtime and "pjsip" in kinds and not own_pjsip:
+            kinds = kinds - {"pjsip"}
+            await execute.reload_module(ami, realtime.REGISTRATIONS)
+        await execute.reload(ami, kinds)
 
     async def _full(self, jobs: list[Job], *, reload_all: bool) -> list[Outcome]:
         node, by_pbx = self.node, {job.pbx_id: job for job in jobs}
@@ -321,7 +377,8 @@ class Applier:
         tenants = [Tenant(f.pbx, by_pbx.get(f.pbx.id), f.written, f.good) for f in found]
         # Only PBXs with a job are rendered; the others must stay as last written.
         with_jobs = {t: await self._render(t) if t.job else Rendered() for t in tenants}
-        changed = set(self._write_node_files())
+        own = self._write_node_files()
+        changed = set(own)
         now = self.clock()
         edits = {
             t: execute.set_aside_hand_edits(node, t, r.files, now) for t, r in with_jobs.items()
@@ -342,6 +399,8 @@ class Applier:
             changed |= w.changed
         if reload_all:
             changed |= set(MODULES)
+        # (A fallback's incremental round may have written the node's file already.)
+        own_pjsip = "pjsip" in own or reload_all
 
         def broken(t: Tenant) -> str | None:
             return rendered[t].broken or written.get(t, Written()).broken
@@ -350,7 +409,9 @@ class Applier:
         notes: dict[Tenant, list[str]] = {t: list(edits[t].notes) for t in tenants}
         attempted: dict[Tenant, dict[str, str]] = {}
         async with Ami(node) as ami:
-            await execute.reload(ami, changed)
+            if node.realtime:
+                await self._publish_all(ami, {t: f for t, f in wanted.items() if f is not None})
+            await self._reload(ami, changed, own_pjsip=own_pjsip)
             expect = {t: execute.expected(t, files_) for t, files_ in wanted.items()}
             failing = await execute.verify_node(ami, expect)
             if failing:
@@ -364,7 +425,10 @@ class Applier:
                     notes[t] += files.unreadable(node.output_dir, sorted(tried))
                     attempted[t] = tried
                     wanted[t] = execute.restore(node, t, tried)
-                await execute.reload(ami, set(MODULES))
+                if node.realtime:
+                    rolled = {t: wanted[t] or {} for t in attempted}
+                    await self._publish_all(ami, rolled)
+                await self._reload(ami, set(MODULES), own_pjsip=own_pjsip)
                 expect = {t: execute.expected(t, files_) for t, files_ in wanted.items()}
                 still = await execute.verify_node(ami, expect)
                 for t, mismatch in still.items():
@@ -426,7 +490,14 @@ class Applier:
         async with Ami(self.node) as ami:
             await execute.run_dialplan(ami, operations)
             problems = await execute.verify_dialplan(ami, operations, before, {}, shared)
-            if any(kind_of(path) == "pjsip" for path in gone.files):
+            if self.node.realtime:
+                async with self.pool.connection() as conn, conn.transaction():
+                    rows = await pjsip_rows.replace(conn, self.node.name, gone.pbx.id, {},
+                                                    self.clock())  # fmt: skip
+                problems += await realtime.make_live(ami, rows, {})
+                if realtime.registrations(gone.files):
+                    await execute.reload_module(ami, realtime.REGISTRATIONS)
+            elif any(kind_of(path) == "pjsip" for path in gone.files):
                 await execute.reload(ami, {"pjsip"})
             stale = await ami.endpoints_like(f"{gone.pbx.slug}-")
         if problems or stale:

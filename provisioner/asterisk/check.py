@@ -3,8 +3,10 @@
 An apply round checks only what it changed. This check looks at a whole node: what
 each PBX's files should be now (rendered from the database), what is on disk, and what
 Asterisk has live (endpoints, contexts and their extensions, the PBX's numbers in
-[carrier-in]). Engineers run it (`provisioner check`, or GET /v1/nodes/{node}/check);
-with repair, every drifted PBX is written again and both modules are reloaded.
+[carrier-in]); on a realtime node also the rows Asterisk reads its objects from.
+Engineers run it (`provisioner check`, or GET /v1/nodes/{node}/check); with repair,
+every drifted PBX is written again and both modules are reloaded (on a realtime node:
+its rows written again and the cache emptied).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from dataclasses import dataclass, field
 
 from psycopg_pool import AsyncConnectionPool
 
-from provisioner.asterisk import files
+from provisioner.asterisk import files, realtime
 from provisioner.asterisk.ami import Ami
 from provisioner.asterisk.apply import Applier
 from provisioner.asterisk.parse import dialplan_in, endpoints_in
 from provisioner.clock import system_clock
-from provisioner.db import apply_queue, apply_state, rounds
+from provisioner.db import apply_queue, apply_state, pjsip_rows, rounds
+from provisioner.db.pjsip_rows import Fields, Key
 from provisioner.domain.credentials import SecretBox
 from provisioner.render.load import load_view
 from provisioner.render.render import node_files, pbx_files
@@ -81,17 +84,28 @@ async def check_node(
             except Exception as exc:
                 drift.files.append(f"cannot render: {exc}")
                 wanted = {}
-            found.append((drift, wanted, pbx.pbx.removed_at is not None))
+            found.append((drift, wanted, pbx.pbx.removed_at is not None, pbx.pbx.id))
+        rows = await pjsip_rows.of_node(conn, node.name) if node.realtime else {}
+        readers = await pjsip_rows.readers(conn, node.name) if node.realtime else 0
     async with Ami(node) as ami:
         live = Live(await ami.endpoints(), await ami.contexts())
     node_problems = _compare_node(node, live)
-    written = [*node_files(carrier), *(path for _, wanted, _ in found for path in wanted)]
+    if node.realtime:
+        if not readers:
+            node_problems.append("no database role reads this node's rows (pjsip-reader)")
+        ours = {pbx_id for *_, pbx_id in found}
+        strays = sorted(pbx_id for pbx_id in rows if pbx_id not in ours)
+        if strays:
+            node_problems.append(f"PJSIP rows of PBXs not on this node: ids {strays[:10]}")
+    written = [*node_files(carrier), *(path for _, wanted, *_ in found for path in wanted)]
     node_problems += files.unreadable(node.output_dir, written)
-    for drift, wanted, removed in found:
+    for drift, wanted, removed, pbx_id in found:
         _compare_files(node, drift, wanted)
         if wanted or removed:  # (nothing rendered: nothing to compare with)
+            if node.realtime:
+                _compare_rows(drift, wanted, rows.get(pbx_id, {}))
             _compare_live(drift, wanted, live)
-    return [drift for drift, _, _ in found], node_problems
+    return [drift for drift, *_ in found], node_problems
 
 
 def _compare_node(node: Node, live: Live) -> list[str]:
@@ -113,6 +127,23 @@ def _compare_files(node: Node, drift: PbxDrift, wanted: dict[str, str]) -> None:
             drift.files.append(f"{path} is missing")
         elif on_disk != text:
             drift.files.append(f"{path} differs from the database")
+
+
+def _compare_rows(drift: PbxDrift, wanted: dict[str, str], rows: dict[Key, Fields]) -> None:
+    """A realtime node: the PBX's rows against the objects of its files (names only:
+    the rows hold its trunks' passwords)."""
+    objects = realtime.objects(wanted)
+    missing = sorted(f"{t} {i}" for t, i in objects.keys() - rows.keys())
+    stale = sorted(f"{t} {i}" for t, i in rows.keys() - objects.keys())
+    differ = sorted(
+        f"{t} {i}" for (t, i), f in objects.items() if (t, i) in rows and rows[(t, i)] != f
+    )
+    if missing:
+        drift.live.append(f"PJSIP rows missing: {', '.join(missing[:10])}")
+    if stale:
+        drift.live.append(f"PJSIP rows not in the files: {', '.join(stale[:10])}")
+    if differ:
+        drift.live.append(f"PJSIP rows differ from the files: {', '.join(differ[:10])}")
 
 
 def _compare_live(drift: PbxDrift, wanted: dict[str, str], live: Live) -> None:

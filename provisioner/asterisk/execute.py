@@ -131,7 +131,10 @@ def pjsip_due(node: Node, t: Tenant, wanted: dict[str, str]) -> bool:
     """Whether the PBX's PJSIP objects need a reload: unless the latest revision's
     objects are live and the new pjsip text (secrets included, which the revisions do
     not show) is that of the last good files. (Not "the disk did not change": a round
-    that crashed after writing leaves new text never reloaded.)"""
+    that crashed after writing leaves new text never reloaded.) Never on a realtime
+    node: its round makes the objects live itself (asterisk/realtime.py)."""
+    if node.realtime:
+        return False
     pjsip = {p for p in set(wanted) | set(t.written) if kind_of(p) == "pjsip"}
     return not t.pjsip_live or any(
         files.read_good(node.output_dir, p) != wanted.get(p) for p in pjsip
@@ -160,13 +163,16 @@ def restore(node: Node, t: Tenant, wanted: dict[str, str]) -> dict[str, str]:
 
 async def reload(ami: Ami, kinds: set[str]) -> None:
     for kind in sorted(kinds):
-        module = MODULES[kind]
-        try:
-            await ami.reload(module)
-        except AsteriskUnavailable:
-            RELOADS.labels(module=module, result="error").inc()
-            raise
-        RELOADS.labels(module=module, result="ok").inc()
+        await reload_module(ami, MODULES[kind])
+
+
+async def reload_module(ami: Ami, module: str) -> None:
+    try:
+        await ami.reload(module)
+    except AsteriskUnavailable:
+        RELOADS.labels(module=module, result="error").inc()
+        raise
+    RELOADS.labels(module=module, result="ok").inc()
 
 
 async def verify_node(ami: Ami, expect: dict[Tenant, dict[str, str]]) -> dict[Tenant, str]:

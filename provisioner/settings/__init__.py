@@ -72,6 +72,7 @@ def _group(value: Any) -> int | None:
 _HOST = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
 _REALM = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ROLES = ("portal", "engineer")
+PJSIP_MODES = ("files", "realtime")
 
 
 # --- Entries of the lists ---------------------------------------------------------------
@@ -115,15 +116,28 @@ class Node:
     file_group: int | None = setting(
         None, "Group (name or number) of Asterisk; empty: the group of output_dir.", _group
     )
+    pjsip: str = setting(
+        "files",
+        "Where the node's Asterisk reads the tenants' PJSIP endpoints, AORs and auths: "
+        "`files` (a change reloads res_pjsip) or `realtime` (rows in this database, read "
+        "through a `provisioner pjsip-reader` role; a change reloads nothing).",
+    )
 
     def __post_init__(self) -> None:
         if not rules.NAME.fullmatch(self.name):
             raise SettingsError(f"bad node name {self.name!r}")
+        if self.pjsip not in PJSIP_MODES:
+            raise SettingsError(f"{self.name}: pjsip must be one of {', '.join(PJSIP_MODES)}")
         hosts = (self.carrier_host, self.ami_host, self.sip_host)
         if not all(_HOST.fullmatch(h) for h in hosts) or not _HOST.fullmatch(
             self.router_host or "-"
         ):
             raise SettingsError(f"{self.name}: bad host")
+
+    @property
+    def realtime(self) -> bool:
+        """The tenants' PJSIP objects come from the database (asterisk/realtime.py)."""
+        return self.pjsip == "realtime"
 
     @property
     def sip_uri(self) -> str:
