@@ -161,7 +161,7 @@ def console_env(
             "ami_secret": n.ami_secret.value, "output_dir": str(n.output_dir),
             "carrier_host": n.carrier_host, "carrier_port": n.carrier_port,
             "file_group": n.file_group, "sip_host": n.sip_host, "sip_port": n.sip_port,
-            "router_host": n.router_host,
+            "router_host": n.router_host, "pjsip": n.pjsip,
         }  # fmt: skip
 
     entries = [entry(n) for n in (nodes if isinstance(nodes, tuple) else (nodes,))]

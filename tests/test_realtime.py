@@ -1,0 +1,257 @@
+"""A realtime node (`pjsip: realtime`) against the real Asterisk: phones and trunks change
+without a reload of res_pjsip, so nobody's call waits for anybody's change; and its
+objects come back from PostgreSQL after Asterisk restarts, and after PostgreSQL does.
+
+(Every call scenario of tests/test_calls.py runs on a realtime node as well.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pgserver
+import psycopg
+import pytest
+from conftest import REALTIME_PASSWORD, REALTIME_ROLE, Api, Lab, ami_of, free_port, running_lab
+from lab_helpers import (
+    lab_command,
+    lab_service,
+    lab_up_again,
+    point_at_database,
+    until_channel,
+)
+from sipp_peer import SipResult, run_scenario, start_scenario
+
+from provisioner.db import embedded, pjsip_rows
+from provisioner.db.migrate import migrate
+from provisioner.settings import Settings
+
+
+@dataclass(frozen=True)
+class Phone:
+    customer: str
+    ext: str
+    username: str
+    password: str
+    port: int
+
+
+async def small_pbx(api: Api, i: int, extensions: tuple[str, ...] = ("100",)) -> list[Phone]:
+    """Account K9000<i> with a PBX, a Berlin block b<i> of ten numbers and these phones."""
+    customer = f"K9000{i:02d}"
+    await api.ok(
+        "PUT",
+        f"/v1/accounts/{customer}",
+        {"name": f"Firma {i}", "email": f"it{i}@firma.example", "language": "de"},
+    )
+    await api.ok("PUT", f"/v1/accounts/{customer}/pbx")
+    await api.ok("PUT", f"/v1/accounts/{customer}/blocks/b{i:02d}",
+                 {"number": f"+4930555{i:02d}", "range": "0-9", "mode": "pbx"})  # fmt: skip
+    return [await put_phone(api, customer, ext, f"Telefon {ext}") for ext in extensions]
+
+
+async def put_phone(api: Api, customer: str, ext: str, name: str) -> Phone:
+    body = {"name": name, "site_block": f"b{customer[-2:]}"}
+    made = await api.ok("PUT", f"/v1/accounts/{customer}/pbx/extensions/{ext}", body)
+    return Phone(customer, ext, made["sip_username"], made["sip_password"], free_port())
+
+
+async def until_applied(api: Api, customer: str, timeout: float = 20) -> dict[str, Any]:
+    """Until the PBX's latest revision is applied (no settling: the next change follows)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state: dict[str, Any] = await api.ok("GET", f"/v1/accounts/{customer}/pbx/config")
+        if state["apply_state"] == "applied" and state["applied_revision"] == state["revision"]:
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{customer} not applied within {timeout} s: {state}")
+        await asyncio.sleep(0.02)
+
+
+def register(lab: Lab, phone: Phone) -> SipResult:
+    return run_scenario(
+        "register", remote_port=lab.sip_port, service=phone.username, username=phone.username,
+        password=phone.password, local_port=phone.port, variables={"expires": "300"},
+    )  # fmt: skip
+
+
+def asterisk_reloads_of_pjsip(lab: Lab) -> int:
+    """Reloads of res_pjsip in Asterisk's own log: each one logs that its `system`
+    object cannot be reloaded (a NOTICE, the lab's log level; a reload of outbound
+    registrations alone does not)."""
+    log = (lab.folder / "log" / "messages.log").read_text(errors="replace")
+    return log.count("Type 'system' is not reloadable")
+
+
+async def pjsip_reloads(api: Api) -> float:
+    text = await (await api.call("GET", "/metrics", key="")).text()
+    found = re.search(
+        r'^provisioner_reloads_total\{module="res_pjsip.so",result="ok"\} (\S+)$', text, re.M
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_a_hundred_changes_reload_nothing_and_a_call_in_progress_goes_on(
+    settings: Settings, clean_realtime_lab: Lab
+) -> None:
+    lab = clean_realtime_lab
+    async with lab_service(settings, lab) as (api, _node):
+        caller, callee = await small_pbx(api, 0, ("100", "101"))
+        others = [(await small_pbx(api, i))[0] for i in range(1, 11)]
+        for customer in ["K900000", *(p.customer for p in others)]:
+            await until_applied(api, customer)
+        assert register(lab, caller).ok and register(lab, callee).ok
+        answering = start_scenario("uas_answer", remote_port=lab.sip_port,
+                                   local_port=callee.port, timeout=120)  # fmt: skip
+        calling = asyncio.create_task(asyncio.to_thread(
+            run_scenario, "call_until_bye", remote_port=lab.sip_port, service=caller.username,
+            username=caller.username, password=caller.password, local_port=caller.port,
+            variables={"dial": "101"}, timeout=120,
+        ))  # fmt: skip
+        try:
+            await until_channel(lab, f"PJSIP/{callee.username}-", "Up")
+            await hundred_changes(api, lab, others)
+            # The call in the other PBX is still up after them.
+            await until_channel(lab, f"PJSIP/{callee.username}-", "Up", timeout=1)
+        finally:  # the call ends as calls end (or, on a failure, the peers stop now)
+            async with ami_of(lab) as ami:
+                channel = f"/^PJSIP/{caller.username}-/"
+                await ami.send_action({"Action": "Hangup", "Channel": channel})
+        call = await calling
+        answered = await asyncio.to_thread(answering.wait)
+        assert call.ok, call.evidence()
+        assert answered.ok, answered.evidence()
+
+
+async def hundred_changes(api: Api, lab: Lab, others: list[Phone]) -> None:
+    """100 changes across 10 PBXs, each applied before the next: a phone's name (its
+    endpoint's caller ID), and every tenth change a new phone. No reload of res_pjsip,
+    by our metrics and by Asterisk's log; each change live."""
+    reloads, logged = await pjsip_reloads(api), asterisk_reloads_of_pjsip(lab)
+    assert logged > 0  # the log does show them: the clean lab's own reload is there
+    started = time.monotonic()
+    for n in range(100):
+        phone = others[n % 10]
+        ext, name = (f"1{n:02d}", f"Neu {n}") if n % 10 == 9 else ("100", f"Name {n}")
+        await api.ok("PUT", f"/v1/accounts/{phone.customer}/pbx/extensions/{ext}",
+                     {"name": name, "site_block": f"b{phone.customer[-2:]}"})  # fmt: skip
+        await until_applied(api, phone.customer)
+    took = time.monotonic() - started
+    assert await pjsip_reloads(api) == reloads
+    assert asterisk_reloads_of_pjsip(lab) == logged
+    # Each change is live: the endpoints show their last names (expired from the cache,
+    # read again from PostgreSQL).
+    for n in range(90, 99):
+        shown = await asyncio.to_thread(lab.cli, f"pjsip show endpoint {others[n % 10].username}")
+        assert f'"Name {n}" <100>' in shown, shown
+    assert took < 60, f"100 changes took {took:.1f} s"
+
+
+async def test_a_phone_added_to_a_realtime_node_registers_within_a_second(
+    settings: Settings, clean_realtime_lab: Lab
+) -> None:
+    lab = clean_realtime_lab
+    async with lab_service(settings, lab) as (api, _node):
+        await small_pbx(api, 0)
+        await until_applied(api, "K900000")
+        for ext in ("102", "103", "104"):
+            phone = await put_phone(api, "K900000", ext, f"Telefon {ext}")
+            put_at, attempts = time.monotonic(), []
+            while time.monotonic() - put_at < 1.0:
+                attempts.append(await asyncio.to_thread(register, lab, phone))
+                if attempts[-1].ok:
+                    break
+            assert attempts[-1].ok, attempts[-1].evidence()
+            assert time.monotonic() - put_at <= 1.0, f"{ext}: {len(attempts)} attempts"
+
+
+async def test_a_restarted_asterisk_has_every_object_back_from_postgresql(
+    settings: Settings, clean_realtime_lab: Lab, db_url: str
+) -> None:
+    lab = clean_realtime_lab
+    async with lab_service(settings, lab) as (api, _node):
+        caller, callee = await small_pbx(api, 0, ("100", "101"))
+        await until_applied(api, "K900000")
+    # The service is gone: whatever works after the restart needs no apply.
+    down = await asyncio.to_thread(lab_command, lab, "down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    await lab_up_again(lab)
+    await asyncio.to_thread(point_at_database, lab, db_url)  # (the lab's own test database)
+    assert register(lab, caller).ok and register(lab, callee).ok
+    answering = start_scenario("uas_answer", remote_port=lab.sip_port, local_port=callee.port)
+    call = await asyncio.to_thread(
+        run_scenario, "call", remote_port=lab.sip_port, service=caller.username,
+        username=caller.username, password=caller.password, local_port=caller.port,
+        variables={"dial": "101"},
+    )  # fmt: skip
+    assert call.ok, call.evidence()
+    assert (await asyncio.to_thread(answering.wait)).ok
+
+
+@pytest.fixture
+async def own_realtime() -> AsyncIterator[tuple[str, Path, Lab]]:
+    """A PostgreSQL of this test's own and a realtime lab reading from it, so that
+    restarting PostgreSQL disturbs no other test."""
+    folder = Path(tempfile.mkdtemp(prefix="prov-pgrt-", dir="/tmp")) / "pg"
+    url, server = await asyncio.to_thread(embedded.start, folder)
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await migrate(conn)
+        await pjsip_rows.make_reader(conn, REALTIME_ROLE, REALTIME_PASSWORD, "default")
+        await conn.commit()
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    reader = psycopg.conninfo.make_conninfo(
+        "", **{**info, "user": REALTIME_ROLE, "password": REALTIME_PASSWORD}
+    )
+    try:
+        with running_lab("prov-labpg-", reader) as lab:
+            yield url, folder, lab
+    finally:
+        await asyncio.to_thread(server.cleanup)
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+@pytest.mark.slow  # restarts PostgreSQL
+async def test_postgresql_restarted_cached_phones_call_on_and_new_ones_work_when_back(
+    settings: Settings, own_realtime: tuple[str, Path, Lab]
+) -> None:
+    from dataclasses import replace
+
+    from provisioner.settings import Database, Secret
+
+    url, folder, lab = own_realtime
+    settings = replace(settings, database=Database(url=Secret(url)))
+    async with lab_service(settings, lab) as (api, _node):
+        caller, callee, late = await small_pbx(api, 0, ("100", "101", "102"))
+        await until_applied(api, "K900000")
+    assert register(lab, caller).ok and register(lab, callee).ok  # now in the cache
+    # The apply's read-back left every object of the PBX in the cache; 102 stands for
+    # an object nobody looked up since Asterisk started.
+    for kind in ("endpoint", "aor", "auth"):
+        lab.cli(f"sorcery memory cache expire res_pjsip/{kind} {late.username}")
+
+    running = pgserver.get_server(folder, cleanup_mode=None)  # type: ignore[attr-defined]
+    await asyncio.to_thread(running.cleanup)  # PostgreSQL stops
+    try:
+        answering = start_scenario("uas_answer", remote_port=lab.sip_port, local_port=callee.port)
+        call = await asyncio.to_thread(
+            run_scenario, "call", remote_port=lab.sip_port, service=caller.username,
+            username=caller.username, password=caller.password, local_port=caller.port,
+            variables={"dial": "101"},
+        )  # fmt: skip
+        assert call.ok, call.evidence()
+        assert (await asyncio.to_thread(answering.wait)).ok
+        assert not register(lab, late).ok  # not in the cache, and the database is away
+    finally:
+        await asyncio.to_thread(embedded.start, folder)  # and is back
+    deadline = time.monotonic() + 15
+    while not (result := register(lab, late)).ok:
+        assert time.monotonic() < deadline, result.evidence()
+        await asyncio.sleep(0.5)
