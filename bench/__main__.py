@@ -101,11 +101,11 @@ class Lab:
         self.folder = folder
         self.ami_port, self.sip_port = free_port(), free_port()
 
-    def up(self) -> dict[str, Any]:
+    def up(self, *extra: str) -> dict[str, Any]:
         shutil.rmtree(self.folder, ignore_errors=True)
         done = subprocess.run(
             [str(LAB), "--dir", str(self.folder), "up", "--ami-port", str(self.ami_port),
-             "--sip-port", str(self.sip_port)],
+             "--sip-port", str(self.sip_port), *extra],
             capture_output=True, text=True, timeout=900, check=False,
         )  # fmt: skip
         if done.returncode != 0:
@@ -129,8 +129,11 @@ class Lab:
 class Service:
     """`provisioner serve` on a config of its own."""
 
-    def __init__(self, work: Path, lab: Lab, db_url: str, carrier_port: int) -> None:
+    def __init__(
+        self, work: Path, lab: Lab, db_url: str, carrier_port: int, pjsip: str = "files"
+    ) -> None:
         self.work, self.lab, self.db_url, self.carrier_port = work, lab, db_url, carrier_port
+        self.pjsip = pjsip
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -167,6 +170,7 @@ class Service:
                         "carrier_host": CARRIER,
                         "carrier_port": self.carrier_port,
                         "file_group": s["file_group"],
+                        "pjsip": self.pjsip,
                     }
                 ],
             },
@@ -263,9 +267,9 @@ async def all_applied(client: Client, customers: list[str], within: float) -> No
     await until(done, within, "the node was not applied", pause=0.5)
 
 
-async def build(client: Client, size: Size) -> dict[str, str]:
+async def build(client: Client, size: Size, keep: dict[str, str] | None = None) -> dict[str, str]:
     """Accounts, PBXs, a block each and the phones; returns the first phone's password
-    per target PBX."""
+    per target PBX (and puts every phone's, by SIP user, in `keep`)."""
     passwords: dict[str, str] = {}
     gate = asyncio.Semaphore(8)
 
@@ -285,6 +289,8 @@ async def build(client: Client, size: Size) -> dict[str, str]:
                 )  # fmt: skip
             if ext == FIRST_EXT and i < TARGETS:
                 passwords[c] = phone["sip_password"]
+            if keep is not None:
+                keep[f"{c.lower()}-{ext}"] = phone["sip_password"]
         async with gate:  # the default target must be one of the PBX's extensions
             block["default_target"] = str(FIRST_EXT)
             await client.ok("PUT", f"/v1/accounts/{c}/blocks/site-{i}", block)
@@ -606,10 +612,12 @@ def main() -> int:
     parser.add_argument("--rss-moves", type=int, default=100)
     parser.add_argument("--out", default=str(ROOT / "bench"))
     parser.add_argument(
-        "--part", choices=("all", "moves", "router"), default="all",
-        help="moves: one node at each size; router: two nodes behind the SIP router",
+        "--part", choices=("all", "moves", "router", "realtime"), default="all",
+        help="moves: one node at each size; router: two nodes behind the SIP router;"
+        " realtime: one node in each PJSIP mode",
     )  # fmt: skip
     router_bench.arguments(parser)
+    realtime_bench.arguments(parser)
     args = parser.parse_args()
     out = Path(args.out)
     readme = ROOT / "README.md" if out == ROOT / "bench" else None
@@ -622,7 +630,16 @@ def main() -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
             **found,
         }, out, readme)  # fmt: skip
-    if args.part == "router":
+    if args.part in ("all", "realtime"):
+        print("== one node in each PJSIP mode", flush=True)
+        began = datetime.now(UTC)
+        found = asyncio.run(realtime_bench.run(args))
+        realtime_bench.report({
+            "date": began.isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+            **found,
+        }, out, readme)  # fmt: skip
+    if args.part in ("router", "realtime"):
         return 0
     sizes = []
     for text in args.sizes.split(","):
@@ -649,6 +666,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     # Here, not at the top: bench.router imports this module (its helpers) by name.
+    from bench import realtime as realtime_bench
     from bench import router as router_bench
 
     raise SystemExit(main())

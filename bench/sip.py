@@ -186,3 +186,137 @@ class CarrierUas:
             if when >= since and needle in uri:
                 return when
         return None
+
+
+@dataclass
+class Prober:
+    """The carrier calls on a schedule, several calls in flight at once: each call notes
+    when it rang (180/183) and is then cancelled; its final answer is ACKed. Answers are
+    told apart by Call-ID, so a call held up (by a reload) delays no other."""
+
+    host: str
+    port: int
+    asterisk_port: int
+    sent: dict[str, float] = field(default_factory=dict)  # call-id: time.time() of INVITE
+    rang: dict[str, float] = field(default_factory=dict)
+    final: dict[str, int] = field(default_factory=dict)
+    _numbers: dict[str, str] = field(default_factory=dict)
+    _endpoint: _Endpoint | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, self._endpoint = await loop.create_datagram_endpoint(
+            _Endpoint, local_addr=(self.host, self.port)
+        )
+        self._task = asyncio.create_task(self._read())
+
+    def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._endpoint and self._endpoint.transport:
+            self._endpoint.transport.close()
+
+    def invite(self, number: str) -> None:
+        call_id = secrets.token_hex(8)
+        self._numbers[call_id] = number
+        sdp = (
+            f"v=0\r\no=- 1 1 IN IP4 {self.host}\r\ns=-\r\nc=IN IP4 {self.host}\r\nt=0 0\r\n"
+            "m=audio 40000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+        )
+        self.sent[call_id] = time.time()
+        self._send(self._request("INVITE", call_id, "", sdp))
+
+    def _request(self, method: str, call_id: str, to_tag: str, body: str = "") -> str:
+        number = self._numbers[call_id]
+        to = f"<sip:{number}@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
+        kind = "Content-Type: application/sdp\r\n" if body else ""
+        return (
+            f"{method} sip:{number}@127.0.0.1:{self.asterisk_port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{call_id};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:carrier@{self.host}>;tag=c{call_id}\r\n"
+            f"To: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\n"
+            f"Contact: <sip:carrier@{self.host}:{self.port}>\r\n{kind}"
+            f"Content-Length: {len(body)}\r\n\r\n{body}"
+        )
+
+    def _send(self, text: str) -> None:
+        assert self._endpoint and self._endpoint.transport
+        self._endpoint.transport.sendto(text.encode(), ("127.0.0.1", self.asterisk_port))
+
+    async def _read(self) -> None:
+        assert self._endpoint
+        while True:
+            text, _ = await self._endpoint.queue.get()
+            first, headers = _headers(text)
+            call_id = headers.get("call-id", "")
+            if not first.startswith("SIP/2.0") or call_id not in self.sent:
+                continue
+            status, method = int(first.split()[1]), headers.get("cseq", "").split()[-1]
+            if method != "INVITE":
+                continue
+            if status in (180, 183) and call_id not in self.rang:
+                self.rang[call_id] = time.time()
+                self._send(self._request("CANCEL", call_id, ""))
+            elif status >= 200 and call_id not in self.final:
+                self.final[call_id] = status
+                if status >= 300:
+                    to_tag = headers.get("to", "").partition("tag=")[2]
+                    self._send(self._request("ACK", call_id, to_tag))
+
+
+@dataclass
+class RingingPhone:
+    """A registered phone that rings for every call (180) until it is cancelled (200 to
+    the CANCEL, 487 to the INVITE). Register it first from the same port (sipp)."""
+
+    port: int
+    invites: int = 0
+    _endpoint: _Endpoint | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, self._endpoint = await loop.create_datagram_endpoint(
+            _Endpoint, local_addr=("127.0.0.1", self.port)
+        )
+        self._task = asyncio.create_task(self._serve())
+
+    def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._endpoint and self._endpoint.transport:
+            self._endpoint.transport.close()
+
+    def _reply(self, text: str, status: str, addr: tuple[str, int], method: str = "") -> None:
+        assert self._endpoint and self._endpoint.transport
+        _, headers = _headers(text)
+        head = text.split("\r\n\r\n", 1)[0].split("\r\n")
+        vias = [line for line in head if line.lower().startswith(("via:", "v:"))]
+        cseq = headers.get("cseq", "")
+        if method:
+            cseq = f"{cseq.split()[0]} {method}"
+        to = headers.get("to", "")
+        if "tag=" not in to:
+            to += f";tag=p{headers.get('call-id', '')[:8]}"
+        reply = (
+            f"SIP/2.0 {status}\r\n" + "\r\n".join(vias) + "\r\n"
+            f"From: {headers.get('from', '')}\r\nTo: {to}\r\n"
+            f"Call-ID: {headers.get('call-id', '')}\r\nCSeq: {cseq}\r\n"
+            f"Contact: <sip:phone@127.0.0.1:{self.port}>\r\nContent-Length: 0\r\n\r\n"
+        )
+        self._endpoint.transport.sendto(reply.encode(), addr)
+
+    async def _serve(self) -> None:
+        assert self._endpoint
+        while True:
+            text, addr = await self._endpoint.queue.get()
+            first = text.split("\r\n", 1)[0]
+            if first.startswith("INVITE "):
+                self.invites += 1
+                self._reply(text, "180 Ringing", addr)
+            elif first.startswith("CANCEL "):
+                self._reply(text, "200 OK", addr)
+                self._reply(text, "487 Request Terminated", addr, method="INVITE")
+            elif first.startswith(("OPTIONS ", "NOTIFY ", "BYE ")):
+                self._reply(text, "200 OK", addr)
