@@ -255,3 +255,76 @@ async def test_postgresql_restarted_cached_phones_call_on_and_new_ones_work_when
     while not (result := register(lab, late)).ok:
         assert time.monotonic() < deadline, result.evidence()
         await asyncio.sleep(0.5)
+
+
+async def test_a_row_changed_by_hand_is_drift_and_the_repair_puts_it_back(
+    settings: Settings, clean_realtime_lab: Lab, db_url: str
+) -> None:
+    from conftest import ENGINEER_KEY
+    from test_check import console
+
+    lab = clean_realtime_lab
+    async with lab_service(settings, lab) as (api, node):
+        phone, _ = await small_pbx(api, 0, ("100", "101"))
+        await until_applied(api, "K900000")
+        check = await api.ok("GET", "/v1/nodes/default/check", key=ENGINEER_KEY)
+        assert check["ok"], check
+        # An engineer edits a row by hand and Asterisk picks it up.
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE pjsip_objects SET fields = fields || '{\"context\": \"elsewhere\"}'"
+                " WHERE type = 'endpoint' AND id = %s", (phone.username,)
+            )  # fmt: skip
+        lab.cli(f"sorcery memory cache expire res_pjsip/endpoint {phone.username}")
+        assert "elsewhere" in lab.cli(f"pjsip show endpoint {phone.username}")
+        check = await api.ok("GET", "/v1/nodes/default/check", key=ENGINEER_KEY)
+        drift = {p["customer"]: p for p in check["pbxes"]}["K900000"]
+        assert drift["status"] == "drift", check
+        assert drift["live"] == [f"PJSIP rows differ from the files: endpoint {phone.username}"]
+        repaired = await asyncio.to_thread(console, node, db_url, "check", "--repair")
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        check = await api.ok("GET", "/v1/nodes/default/check", key=ENGINEER_KEY)
+        assert check["ok"], check
+        shown = lab.cli(f"pjsip show endpoint {phone.username}")
+        assert "elsewhere" not in shown and "k900000-site-b00" in shown, shown
+
+
+async def test_a_removed_pbx_and_a_pbx_that_moves_away_leave_no_row_and_no_object(
+    settings: Settings, clean_realtime_lab: Lab, clean_second_lab: Lab, db_url: str
+) -> None:
+    from dataclasses import replace
+
+    from lab_helpers import lab_node
+
+    lab, files_node = clean_realtime_lab, clean_second_lab
+    nodes = (lab_node(lab), replace(lab_node(files_node), name="node-b"))
+    async with lab_service(settings, lab, nodes=nodes) as (api, _):
+        staying, _ = await small_pbx(api, 0, ("100", "101"))
+        removed = (await small_pbx(api, 1))[0]
+        moving = (await small_pbx(api, 2))[0]
+        for c in ("K900000", "K900001", "K900002"):
+            await until_applied(api, c)
+
+        def rows(slug: str) -> int:
+            with psycopg.connect(db_url) as conn:
+                found = conn.execute("SELECT count(*) FROM pjsip_objects WHERE id LIKE %s",
+                                     (f"{slug}-%",)).fetchone()  # fmt: skip
+            return int(found[0]) if found else 0
+
+        # A phone's endpoint, AOR and auth; the block's trunk (no credentials): endpoint, AOR.
+        assert rows("k900001") == 5 and rows("k900002") == 5
+        assert (await api.call("DELETE", "/v1/accounts/K900001/pbx")).status == 204
+        await api.ok("PUT", "/v1/accounts/K900002/pbx", {"node": "node-b"})
+        await until_applied(api, "K900002")
+
+        deadline = time.monotonic() + 20
+        while rows("k900001") or rows("k900002"):
+            assert time.monotonic() < deadline, "rows left behind"
+            await asyncio.sleep(0.2)
+        for phone in (removed, moving):
+            shown = await asyncio.to_thread(lab_command, lab, "cli",
+                                            f"pjsip show endpoint {phone.username}")  # fmt: skip
+            assert "Unable to find object" in shown.stdout, shown.stdout
+        assert moving.username in files_node.cli(f"pjsip show endpoint {moving.username}")
+        assert staying.username in lab.cli(f"pjsip show endpoint {staying.username}")
+        assert rows("k900000") == 8
