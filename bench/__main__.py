@@ -392,7 +392,11 @@ class Mover:
             measured["outbound"] = await self.until_outbound(trunk, dialed, confirmed)
         return measured
 
-    async def until_outbound(self, trunk: str, dialed: str, since: float) -> float:
+    async def until_outbound(
+        self, trunk: str, dialed: str, since: float, every: float = 0.1
+    ) -> float:
+        """Originate over the trunk every `every` s until the carrier sees the call;
+        seconds from `since` (a time.time())."""
         deadline = time.monotonic() + 120
         pending: list[asyncio.Future[Any]] = []
         try:
@@ -403,7 +407,7 @@ class Mover:
                     "Action": "Originate", "Channel": f"PJSIP/{dialed}@{trunk}",
                     "Application": "Hangup", "Async": "true", "Timeout": "5000",
                 })))  # fmt: skip
-                for _ in range(10):
+                for _ in range(max(1, round(every / 0.01))):
                     seen = self.carrier.seen(dialed, since)
                     if seen is not None:
                         return seen - since
