@@ -328,3 +328,42 @@ async def test_a_removed_pbx_and_a_pbx_that_moves_away_leave_no_row_and_no_objec
         assert moving.username in files_node.cli(f"pjsip show endpoint {moving.username}")
         assert staying.username in lab.cli(f"pjsip show endpoint {staying.username}")
         assert rows("k900000") == 8
+
+
+async def test_a_node_switched_to_realtime_gets_every_pbx_rows_at_start(
+    settings: Settings, clean_realtime_lab: Lab, db_url: str
+) -> None:
+    """A node that ran with `pjsip: files` has no rows: when the service starts with
+    `pjsip: realtime` for it, every PBX of the node is queued and its rows written. And
+    the other way round, a node back on files has its rows dropped."""
+    from dataclasses import replace
+
+    from lab_helpers import lab_node
+
+    lab = clean_realtime_lab
+
+    def rows() -> int:
+        with psycopg.connect(db_url) as conn:
+            found = conn.execute("SELECT count(*) FROM pjsip_objects").fetchone()
+        return int(found[0]) if found else 0
+
+    async with lab_service(settings, lab) as (api, _):
+        phone = (await small_pbx(api, 0))[0]
+        await until_applied(api, "K900000")
+    assert rows() == 5
+    files_node = replace(lab_node(lab), pjsip="files")
+    async with lab_service(settings, lab, nodes=(files_node,)):
+        deadline = time.monotonic() + 10
+        while rows():
+            assert time.monotonic() < deadline, "rows of a files node left"
+            await asyncio.sleep(0.1)
+    lab.cli(f"sorcery memory cache expire res_pjsip/endpoint {phone.username}")
+    assert "Unable to find object" in lab.cli(f"pjsip show endpoint {phone.username}")
+    async with lab_service(settings, lab) as (api, _):
+        deadline = time.monotonic() + 10
+        while rows() < 5:
+            assert time.monotonic() < deadline, "no rows written at start"
+            await asyncio.sleep(0.1)
+        await until_applied(api, "K900000")
+    assert phone.username in lab.cli(f"pjsip show endpoint {phone.username}")
+    assert register(lab, phone).ok

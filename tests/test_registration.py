@@ -18,9 +18,12 @@ MUNICH = ("k200300-muc", "Munich-trunk-1")
 
 
 async def test_a_registering_trunk_registers_refreshes_and_unregisters(
-    settings: Settings, clock: FakeClock, clean_lab: Lab, inbox: Inbox
+    settings: Settings, clock: FakeClock, mode_lab: Lab, inbox: Inbox
 ) -> None:
+    """On both kinds of node: on a realtime one the registration stays in the PBX's file
+    (its auth is a row) and only res_pjsip_outbound_registration is reloaded."""
     del clock
+    clean_lab = mode_lab
     async with lab_service(settings, clean_lab) as (api, node):
         await branch_scene(api)
         await api.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}", {

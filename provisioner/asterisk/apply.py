@@ -6,9 +6,10 @@ One round takes every due job of the node (a burst becomes one round) and:
    Asterisk must match), setting hand-edited files aside (`execute`);
 3. makes Asterisk match them, incrementally by default: the dialplan by AMI operations
    worked out in `plan` (only the contexts that changed; no module reload), checked by
-   reading back just those contexts. PJSIP objects only come from a reload of
-   res_pjsip, so that part is left to the node's coalesced reloader (`pjsip`), off the
-   path of inbound routing;
+   reading back just those contexts. PJSIP objects from files only come from a reload
+   of res_pjsip, so that part is left to the node's coalesced reloader (`pjsip`), off
+   the path of inbound routing; on a realtime node they are rows instead, written and
+   expired from Asterisk's cache in the round itself (`realtime`), never reloaded;
 4. hands one frozen `Outcome` per PBX to the recorder (`record`).
 No step changes what another step made: each returns its own values.
 
@@ -270,7 +271,8 @@ class Applier:
             raise FallBack("the node's pjsip file changed")
         # Each part's file is written before that part goes live: the dialplan file, its
         # AMI operations (now a moved number routes), then the pjsip file for the
-        # coalesced reload; the read-back of the dialplan comes last.
+        # coalesced reload (on a realtime node: its rows, expired from Asterisk's cache
+        # and read back); the read-back of the dialplan comes last.
         now = self.clock()
         dialplan = {
             t: self._write_part(t, r.files, DIALPLAN, now)

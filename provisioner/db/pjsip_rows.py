@@ -89,3 +89,21 @@ async def make_reader(conn: Conn, role: str, password: str, node: str) -> None:
         " ON CONFLICT (role) DO UPDATE SET node = EXCLUDED.node",
         (role, node),
     )
+
+
+async def pbxes_without_rows(conn: Conn, node: str) -> list[int]:
+    """The PBXs on the node that have no row there (the node was just switched to
+    realtime, or they were never applied since)."""
+    cur = await conn.execute(
+        "SELECT p.id FROM pbxes p WHERE p.node = %s AND p.removed_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM pjsip_objects o WHERE o.node = p.node"
+        " AND o.pbx_id = p.id) ORDER BY p.id",
+        (node,),
+    )
+    return [row[0] for row in await cur.fetchall()]
+
+
+async def forget_node(conn: Conn, node: str) -> int:
+    """A files node's rows (left from when it was a realtime node) go."""
+    cur = await conn.execute("DELETE FROM pjsip_objects WHERE node = %s", (node,))
+    return cur.rowcount

@@ -15,7 +15,7 @@ from provisioner.asterisk.apply import Applier
 from provisioner.asterisk.check import check_node, repair_node
 from provisioner.asterisk.pjsip import PjsipReloader
 from provisioner.clock import Clock
-from provisioner.db import apply_queue, idempotency, outbox, rounds
+from provisioner.db import apply_queue, idempotency, outbox, pjsip_rows, rounds
 from provisioner.db import events as db_events
 from provisioner.db import router as db_router
 from provisioner.domain.credentials import SecretBox
@@ -113,7 +113,8 @@ def node_workers(
 ) -> list[asyncio.Task[None]]:
     """The workers of one Asterisk node: its applier (woken by NOTIFY on the apply
     queue), its coalesced PJSIP reloader (woken when a round leaves PJSIP objects
-    pending), and its drift check on a slow timer."""
+    pending), the check of its PJSIP mode at start, and its drift check on a slow
+    timer."""
     secrets = settings.secret_box()
 
     applier = Applier(
@@ -137,6 +138,7 @@ def node_workers(
             name=f"pjsip-{node.name}",
         ),
     ]  # fmt: skip
+    tasks.append(asyncio.create_task(_pjsip_mode(pool, node, clock), name=f"mode-{node.name}"))
     if settings.asterisk.drift_check_seconds > 0:
         tasks.append(
             asyncio.create_task(
@@ -145,6 +147,31 @@ def node_workers(
             )
         )
     return tasks
+
+
+async def _pjsip_mode(pool: AsyncConnectionPool, node: Node, clock: Clock) -> None:
+    """Once at start (retried while the database is away): a realtime node's PBXs that
+    have no rows yet (the node was just switched to realtime) are queued, so their
+    objects are there before anybody needs them; a files node's rows from when it was
+    realtime go."""
+    while True:
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                if not node.realtime:
+                    if await pjsip_rows.forget_node(conn, node.name):
+                        log.warning("node %s has pjsip: files; its realtime rows are dropped",
+                                    node.name)  # fmt: skip
+                    return
+                missing = await pjsip_rows.pbxes_without_rows(conn, node.name)
+                for pbx_id in missing:
+                    await apply_queue.request(conn, pbx_id, "realtime rows", clock())
+            if missing:
+                log.warning("node %s: %d PBXs without realtime rows queued", node.name,
+                            len(missing))  # fmt: skip
+            return
+        except Exception as exc:
+            log.warning("node %s: PJSIP mode not checked yet: %s", node.name, exc)
+            await asyncio.sleep(5)
 
 
 async def _drift_checks(
