@@ -27,6 +27,7 @@ from lab_helpers import (
     lab_up_again,
     point_at_database,
     until_channel,
+    wait_applied,
 )
 from sipp_peer import SipResult, run_scenario, start_scenario
 
@@ -64,12 +65,24 @@ async def put_phone(api: Api, customer: str, ext: str, name: str) -> Phone:
     return Phone(customer, ext, made["sip_username"], made["sip_password"], free_port())
 
 
-async def until_applied(api: Api, customer: str, timeout: float = 20) -> dict[str, Any]:
-    """Until the PBX's latest revision is applied (no settling: the next change follows)."""
+async def revision(api: Api, customer: str) -> int:
+    state = await api.ok("GET", f"/v1/accounts/{customer}/pbx/config")
+    return int(state["revision"] or 0)
+
+
+async def until_applied(
+    api: Api, customer: str, after: int = -1, timeout: float = 20
+) -> dict[str, Any]:
+    """Until the PBX has a revision newer than `after` and it is applied (no settling,
+    so the next change can follow at once: `after` tells this change from the last)."""
     deadline = time.monotonic() + timeout
     while True:
         state: dict[str, Any] = await api.ok("GET", f"/v1/accounts/{customer}/pbx/config")
-        if state["apply_state"] == "applied" and state["applied_revision"] == state["revision"]:
+        if (
+            state["apply_state"] == "applied"
+            and state["applied_revision"] == state["revision"]
+            and (state["revision"] or 0) > after
+        ):
             return state
         if time.monotonic() > deadline:
             raise AssertionError(f"{customer} not applied within {timeout} s: {state}")
@@ -107,7 +120,7 @@ async def test_a_hundred_changes_reload_nothing_and_a_call_in_progress_goes_on(
         caller, callee = await small_pbx(api, 0, ("100", "101"))
         others = [(await small_pbx(api, i))[0] for i in range(1, 11)]
         for customer in ["K900000", *(p.customer for p in others)]:
-            await until_applied(api, customer)
+            await wait_applied(api, customer)
         assert register(lab, caller).ok and register(lab, callee).ok
         answering = start_scenario("uas_answer", remote_port=lab.sip_port,
                                    local_port=callee.port, timeout=120)  # fmt: skip
@@ -141,9 +154,10 @@ async def hundred_changes(api: Api, lab: Lab, others: list[Phone]) -> None:
     for n in range(100):
         phone = others[n % 10]
         ext, name = (f"1{n:02d}", f"Neu {n}") if n % 10 == 9 else ("100", f"Name {n}")
+        before = await revision(api, phone.customer)
         await api.ok("PUT", f"/v1/accounts/{phone.customer}/pbx/extensions/{ext}",
                      {"name": name, "site_block": f"b{phone.customer[-2:]}"})  # fmt: skip
-        await until_applied(api, phone.customer)
+        await until_applied(api, phone.customer, before)
     took = time.monotonic() - started
     assert await pjsip_reloads(api) == reloads
     assert asterisk_reloads_of_pjsip(lab) == logged
@@ -161,7 +175,7 @@ async def test_a_phone_added_to_a_realtime_node_registers_within_a_second(
     lab = clean_realtime_lab
     async with lab_service(settings, lab) as (api, _node):
         await small_pbx(api, 0)
-        await until_applied(api, "K900000")
+        await wait_applied(api, "K900000")
         for ext in ("102", "103", "104"):
             phone = await put_phone(api, "K900000", ext, f"Telefon {ext}")
             put_at, attempts = time.monotonic(), []
@@ -179,7 +193,7 @@ async def test_a_restarted_asterisk_has_every_object_back_from_postgresql(
     lab = clean_realtime_lab
     async with lab_service(settings, lab) as (api, _node):
         caller, callee = await small_pbx(api, 0, ("100", "101"))
-        await until_applied(api, "K900000")
+        await wait_applied(api, "K900000")
     # The service is gone: whatever works after the restart needs no apply.
     down = await asyncio.to_thread(lab_command, lab, "down")
     assert down.returncode == 0, down.stdout + down.stderr
@@ -230,7 +244,7 @@ async def test_postgresql_restarted_cached_phones_call_on_and_new_ones_work_when
     settings = replace(settings, database=Database(url=Secret(url)))
     async with lab_service(settings, lab) as (api, _node):
         caller, callee, late = await small_pbx(api, 0, ("100", "101", "102"))
-        await until_applied(api, "K900000")
+        await wait_applied(api, "K900000")
     assert register(lab, caller).ok and register(lab, callee).ok  # now in the cache
     # The apply's read-back left every object of the PBX in the cache; 102 stands for
     # an object nobody looked up since Asterisk started.
@@ -266,7 +280,7 @@ async def test_a_row_changed_by_hand_is_drift_and_the_repair_puts_it_back(
     lab = clean_realtime_lab
     async with lab_service(settings, lab) as (api, node):
         phone, _ = await small_pbx(api, 0, ("100", "101"))
-        await until_applied(api, "K900000")
+        await wait_applied(api, "K900000")
         check = await api.ok("GET", "/v1/nodes/default/check", key=ENGINEER_KEY)
         assert check["ok"], check
         # An engineer edits a row by hand and Asterisk picks it up.
@@ -303,7 +317,7 @@ async def test_a_removed_pbx_and_a_pbx_that_moves_away_leave_no_row_and_no_objec
         removed = (await small_pbx(api, 1))[0]
         moving = (await small_pbx(api, 2))[0]
         for c in ("K900000", "K900001", "K900002"):
-            await until_applied(api, c)
+            await wait_applied(api, c)
 
         def rows(slug: str) -> int:
             with psycopg.connect(db_url) as conn:
@@ -314,8 +328,9 @@ async def test_a_removed_pbx_and_a_pbx_that_moves_away_leave_no_row_and_no_objec
         # A phone's endpoint, AOR and auth; the block's trunk (no credentials): endpoint, AOR.
         assert rows("k900001") == 5 and rows("k900002") == 5
         assert (await api.call("DELETE", "/v1/accounts/K900001/pbx")).status == 204
+        before = await revision(api, "K900002")
         await api.ok("PUT", "/v1/accounts/K900002/pbx", {"node": "node-b"})
-        await until_applied(api, "K900002")
+        await until_applied(api, "K900002", before)
 
         deadline = time.monotonic() + 20
         while rows("k900001") or rows("k900002"):
@@ -344,12 +359,14 @@ async def test_a_node_switched_to_realtime_gets_every_pbx_rows_at_start(
 
     def rows() -> int:
         with psycopg.connect(db_url) as conn:
-            found = conn.execute("SELECT count(*) FROM pjsip_objects").fetchone()
+            found = conn.execute(
+                "SELECT count(*) FROM pjsip_objects WHERE pbx_id IS NOT NULL"
+            ).fetchone()
         return int(found[0]) if found else 0
 
     async with lab_service(settings, lab) as (api, _):
         phone = (await small_pbx(api, 0))[0]
-        await until_applied(api, "K900000")
+        await wait_applied(api, "K900000")
     assert rows() == 5
     files_node = replace(lab_node(lab), pjsip="files")
     async with lab_service(settings, lab, nodes=(files_node,)):
@@ -364,6 +381,6 @@ async def test_a_node_switched_to_realtime_gets_every_pbx_rows_at_start(
         while rows() < 5:
             assert time.monotonic() < deadline, "no rows written at start"
             await asyncio.sleep(0.1)
-        await until_applied(api, "K900000")
+        await wait_applied(api, "K900000")
     assert phone.username in lab.cli(f"pjsip show endpoint {phone.username}")
     assert register(lab, phone).ok

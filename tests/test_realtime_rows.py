@@ -147,3 +147,11 @@ def test_read_back_compares_what_the_cli_shows_with_the_rows() -> None:
     assert realtime.read_back("k100200-100", wanted, no_auth) == [
         "endpoint k100200-100: auth k100200-100 not found"
     ]
+
+
+def test_the_node_own_objects_are_rows_too_but_its_identify_stays_in_the_file() -> None:
+    from provisioner.render.render import node_files
+
+    objects = realtime.objects(node_files(CARRIER))
+    assert set(objects) == {("endpoint", "carrier"), ("aor", "carrier")}
+    assert objects[("endpoint", "carrier")]["context"] == "carrier-in"

@@ -267,7 +267,7 @@ class Applier:
             # [carrier-in]'s own fallbacks changed (the node's config): reload it whole.
             raise FallBack("the node's dialplan file changed")
         if "pjsip" in own and self.node.realtime:
-            # The carrier's endpoint is in the node's file: only a reload brings it.
+            # The carrier's objects: its endpoint's rows, its identify from the file.
             raise FallBack("the node's pjsip file changed")
         # Each part's file is written before that part goes live: the dialplan file, its
         # AMI operations (now a moved number routes), then the pjsip file for the
@@ -354,8 +354,12 @@ class Applier:
         return problems
 
     async def _publish_all(self, ami: Ami, config: dict[Tenant, dict[str, str]]) -> None:
-        """A full round on a realtime node: the rows of every PBX written, then the
-        whole cache emptied (what a reload would have re-read)."""
+        """A full round on a realtime node: the node's own rows (the carrier's endpoint
+        and AOR, from its file) and those of every PBX written, then the whole cache
+        emptied (what a reload would have re-read)."""
+        own = realtime.objects(node_files(Carrier.of(self.node)))
+        async with self.pool.connection() as conn, conn.transaction():
+            await pjsip_rows.replace(conn, self.node.name, None, own, self.clock())
         await self._store_rows(config)
         for kind in realtime.COLUMNS:
             await ami.expire_all_cached(kind)
@@ -363,13 +367,16 @@ class Applier:
     # --- The full round ---------------------------------------------------------------
 
     async def _reload(self, ami: Ami, kinds: set[str], *, own_pjsip: bool) -> None:
-        """A full round's reloads. On a realtime node res_pjsip is reloaded only for the
-        node's own pjsip file (`own_pjsip`: it changed, or the round must reload all):
-        the tenants' objects are rows (their cache was emptied), and their registrations
-        are reloaded alone."""
-        if self.node.realtime and "pjsip" in kinds and not own_pjsip:
+        """A full round's reloads. A realtime node never reloads res_pjsip: endpoints,
+        AORs and auths are rows (their cache was emptied); what stays in files is
+        reloaded module by module: the tenants' outbound registrations, and the
+        carrier's identify when the node's own file changed (`own_pjsip`, or the round
+        must reload all)."""
+        if self.node.realtime and "pjsip" in kinds:
             kinds = kinds - {"pjsip"}
             await execute.reload_module(ami, realtime.REGISTRATIONS)
+            if own_pjsip:
+                await execute.reload_module(ami, realtime.IDENTIFY)
         await execute.reload(ami, kinds)
 
     async def _full(self, jobs: list[Job], *, reload_all: bool) -> list[Outcome]:

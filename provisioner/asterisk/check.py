@@ -94,9 +94,11 @@ async def check_node(
         if not readers:
             node_problems.append("no database role reads this node's rows (pjsip-reader)")
         ours = {pbx_id for *_, pbx_id in found}
-        strays = sorted(pbx_id for pbx_id in rows if pbx_id not in ours)
+        strays = sorted(pbx_id for pbx_id in rows if pbx_id is not None and pbx_id not in ours)
         if strays:
             node_problems.append(f"PJSIP rows of PBXs not on this node: ids {strays[:10]}")
+        if rows.get(None, {}) != realtime.objects(node_files(carrier)):
+            node_problems.append("the node's own PJSIP rows differ from its file (carrier)")
     written = [*node_files(carrier), *(path for _, wanted, *_ in found for path in wanted)]
     node_problems += files.unreadable(node.output_dir, written)
     for drift, wanted, removed, pbx_id in found:

@@ -10,9 +10,12 @@ from Asterisk's cache (AMI SorceryMemoryCacheExpireObject), each changed endpoin
 back. A reload of res_pjsip costs seconds on a big node and stalls every tenant's
 calls meanwhile; this costs milliseconds and touches nobody else.
 
-Outbound registrations stay in the file: res_pjsip_outbound_registration only learns
-of registrations when it loads (from a file or from realtime alike), so a changed one
-needs a reload of that module either way; that reload reads registration objects only.
+The node's own endpoint and AOR (the carrier's) are rows too (no PBX), so a realtime
+node never reloads res_pjsip. What stays in files is reloaded module by module, each
+reading only its own objects: outbound registrations (res_pjsip_outbound_registration
+only learns of registrations when it loads, from a file or from realtime alike, so a
+changed one needs a reload of that module either way) and the carrier's identify
+(res_pjsip_endpoint_identifier_ip), when the node's own file changes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from provisioner.asterisk.parse import of_kind, sections
 from provisioner.db.pjsip_rows import Fields, Key
 
 REGISTRATIONS = "res_pjsip_outbound_registration.so"
+IDENTIFY = "res_pjsip_endpoint_identifier_ip.so"  # the carrier's identify, from the file
 
 # The columns of the views Asterisk reads (migration 0013), in their order. An option a
 # template writes must be one of them: `objects` refuses any other (a test renders every

@@ -14,37 +14,39 @@ Key = tuple[str, str]  # (type, id)
 Fields = dict[str, str]
 
 
-async def of_pbx(conn: Conn, node: str, pbx_id: int) -> dict[Key, Fields]:
+async def of_pbx(conn: Conn, node: str, pbx_id: int | None) -> dict[Key, Fields]:
+    """A PBX's rows on the node (None: the node's own)."""
     cur = await conn.execute(
-        "SELECT type, id, fields FROM pjsip_objects WHERE node = %s AND pbx_id = %s",
+        "SELECT type, id, fields FROM pjsip_objects"
+        " WHERE node = %s AND pbx_id IS NOT DISTINCT FROM %s",
         (node, pbx_id),
     )
     return {(t, i): dict(f) for t, i, f in await cur.fetchall()}
 
 
-async def of_node(conn: Conn, node: str) -> dict[int, dict[Key, Fields]]:
-    """Every PBX's rows on the node, by PBX id."""
+async def of_node(conn: Conn, node: str) -> dict[int | None, dict[Key, Fields]]:
+    """Every row on the node, by PBX id (None: the node's own)."""
     cur = await conn.execute(
         "SELECT pbx_id, type, id, fields FROM pjsip_objects WHERE node = %s", (node,)
     )
-    found: dict[int, dict[Key, Fields]] = {}
+    found: dict[int | None, dict[Key, Fields]] = {}
     for pbx_id, t, i, f in await cur.fetchall():
         found.setdefault(pbx_id, {})[(t, i)] = dict(f)
     return found
 
 
 async def replace(
-    conn: Conn, node: str, pbx_id: int, wanted: dict[Key, Fields], now: datetime
+    conn: Conn, node: str, pbx_id: int | None, wanted: dict[Key, Fields], now: datetime
 ) -> set[Key]:
-    """Make the PBX's rows on the node `wanted`; the keys that changed (new, changed or
-    gone). Rows that did not change are not touched. Only the node's apply writes them,
-    under its node lock (db/node_lock.py)."""
+    """Make the PBX's rows on the node (None: the node's own) `wanted`; the keys that
+    changed (new, changed or gone). Rows that did not change are not touched. Only the
+    node's apply writes them, under its node lock (db/node_lock.py)."""
     have = await of_pbx(conn, node, pbx_id)
     gone = [key for key in have if key not in wanted]
     changed = [key for key, fields in wanted.items() if have.get(key) != fields]
     if gone:
         await conn.execute(
-            "DELETE FROM pjsip_objects WHERE node = %s AND pbx_id = %s"
+            "DELETE FROM pjsip_objects WHERE node = %s AND pbx_id IS NOT DISTINCT FROM %s"
             " AND (type, id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
             (node, pbx_id, [t for t, _ in gone], [i for _, i in gone]),
         )

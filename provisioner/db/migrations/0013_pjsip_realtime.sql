@@ -5,7 +5,8 @@
 --
 -- pjsip_objects: one row per object, as the PBX's pjsip file declares it (the rows are
 -- read from the rendered file: the template stays the one declaration of what an
--- endpoint is). `fields` maps each option to its value in res_config_pgsql's form: an
+-- endpoint is); pbx_id NULL: the node's own objects (the carrier's endpoint and AOR),
+-- from the node's file. `fields` maps each option to its value in res_config_pgsql's form: an
 -- option given several times (set_var) is one value, its parts joined by ';' and each
 -- part's '^' and ';' written ^5E and ^3B (Asterisk splits and decodes them again).
 --
@@ -18,7 +19,7 @@ CREATE TABLE pjsip_objects (
     node        text NOT NULL,
     type        text NOT NULL CHECK (type IN ('endpoint', 'aor', 'auth')),
     id          text NOT NULL CHECK (id ~ '^[A-Za-z0-9_.-]{1,200}$'),
-    pbx_id      bigint NOT NULL REFERENCES pbxes (id),
+    pbx_id      bigint REFERENCES pbxes (id),
     fields      jsonb NOT NULL,
     updated_at  timestamptz NOT NULL,
     PRIMARY KEY (node, type, id)
