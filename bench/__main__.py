@@ -428,15 +428,22 @@ def _phone_done(phone: Running) -> Any:
 
 
 async def register_phones(lab: Lab, passwords: dict[str, str]) -> dict[str, int]:
+    """REGISTER each target PBX's first phone. A node busy with a res_pjsip reload
+    answers late, and sipp's scenario trips over the answer to its own retransmission:
+    tried up to three times."""
     ports = {}
     for c, password in passwords.items():
         port = free_port()
-        result = await asyncio.to_thread(
-            run_scenario, "register", remote_port=lab.sip_port, local_port=port,
-            service=f"{c.lower()}-{FIRST_EXT}", username=f"{c.lower()}-{FIRST_EXT}",
-            password=password,
-            variables={"expires": "3600"},
-        )  # fmt: skip
+        for _ in range(3):
+            result = await asyncio.to_thread(
+                run_scenario, "register", remote_port=lab.sip_port, local_port=port,
+                service=f"{c.lower()}-{FIRST_EXT}", username=f"{c.lower()}-{FIRST_EXT}",
+                password=password,
+                variables={"expires": "3600"},
+            )  # fmt: skip
+            if result.ok:
+                break
+            await asyncio.sleep(1)
         if not result.ok:
             raise RuntimeError(f"phone of {c} did not register: {result.evidence()}")
         ports[c] = port
