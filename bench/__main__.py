@@ -614,6 +614,10 @@ async def run_size(size: Size, work: Path, args: argparse.Namespace) -> None:
         shutil.rmtree(pg_folder, ignore_errors=True)
 
 
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10x10,30x100,100x100")
@@ -632,24 +636,16 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out)
     readme = ROOT / "README.md" if out == ROOT / "bench" else None
-    if args.part in ("all", "router"):
-        print("== two nodes behind the SIP router", flush=True)
-        began = datetime.now(UTC)
-        found = asyncio.run(router_bench.run(args))
-        router_bench.report({
-            "date": began.isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-            **found,
-        }, out, readme)  # fmt: skip
-    if args.part in ("all", "realtime"):
-        print("== one node in each PJSIP mode", flush=True)
-        began = datetime.now(UTC)
-        found = asyncio.run(realtime_bench.run(args))
-        realtime_bench.report({
-            "date": began.isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-            **found,
-        }, out, readme)  # fmt: skip
+    for part, module, title in (
+        ("router", router_bench, "two nodes behind the SIP router"),
+        ("realtime", realtime_bench, "one node in each PJSIP mode"),
+    ):
+        if args.part in ("all", part):
+            print(f"== {title}", flush=True)
+            began = datetime.now(UTC)
+            found = asyncio.run(module.run(args))
+            module.report({"date": began.isoformat(timespec="seconds"), "machine": machine(),
+                           **found}, out, readme)  # fmt: skip
     if args.part in ("router", "realtime"):
         return 0
     sizes = []
@@ -668,7 +664,7 @@ def main() -> int:
                 shutil.rmtree(work, ignore_errors=True)
     results = {
         "date": began.isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "machine": machine(),
         "sizes": [asdict(s) for s in sizes],
     }
     report(results, out, readme)

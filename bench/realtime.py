@@ -54,6 +54,7 @@ from bench.__main__ import (
     until,
     wait_service,
 )
+from bench.report import into_readme
 from bench.sip import Caller, CarrierUas, Prober, RingingPhone
 
 SCENARIOS = ROOT / "bench" / "sipp"
@@ -391,8 +392,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- The report ---------------------------------------------------------------------------
 
-START, END = "<!-- realtime-bench:start -->", "<!-- realtime-bench:end -->"
-
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
@@ -454,9 +453,6 @@ def report(results: dict[str, Any], folder: Path, readme: Path | None) -> None:
         f"Measured {results['date'][:10]} on {results['machine']}, one node of "
         f"{results['pbxes']} PBXs x {results['phones']} phones in each mode.\n\n{text}\n"
     )
-    if readme is not None and START in readme.read_text():
-        before, rest = readme.read_text().split(START, 1)
-        after = rest.split(END, 1)[1]
-        readme.write_text(f"{before}{START}\n{markdown}{END}{after}")
+    into_readme(readme, "realtime-bench", markdown)
     print()
     print(text)

@@ -94,7 +94,15 @@ def picture(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+def into_readme(readme: Path | None, part: str, markdown: str) -> None:
+    """Put a part's table between its markers in the README (`<!-- {part}:start -->`
+    and `<!-- {part}:end -->`), if it has them."""
+    start, end = f"<!-- {part}:start -->", f"<!-- {part}:end -->"
+    if readme is None or start not in readme.read_text():
+        return
+    before, rest = readme.read_text().split(start, 1)
+    after = rest.split(end, 1)[1]
+    readme.write_text(f"{before}{start}\n{markdown}{end}{after}")
 
 
 def report(results: dict[str, Any], folder: Path, readme: Path | None = None) -> None:
@@ -105,10 +113,7 @@ def report(results: dict[str, Any], folder: Path, readme: Path | None = None) ->
     text = table(results)
     markdown = f"Measured {results['date'][:10]} on {results['machine']}.\n\n{text}\n"
     (folder / "results.md").write_text(markdown)
-    if readme is not None and START in readme.read_text():
-        before, rest = readme.read_text().split(START, 1)
-        after = rest.split(END, 1)[1]
-        readme.write_text(f"{before}{START}\n{markdown}{END}{after}")
+    into_readme(readme, "bench", markdown)
     picture(results, folder / "time-to-ring.png")
     print()
     print(text)

@@ -57,6 +57,7 @@ from bench.__main__ import (
     until,
     wait_service,
 )
+from bench.report import into_readme
 from bench.sip import Caller, CarrierUas, _Endpoint, _headers
 
 ROUTER_IP = "127.0.0.3"
@@ -601,9 +602,6 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router-shm-mb", type=int, default=1024)
 
 
-START, END = "<!-- router-bench:start -->", "<!-- router-bench:end -->"
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
@@ -649,9 +647,6 @@ def report(results: dict[str, Any], folder: Path, readme: Path | None) -> None:
     (folder / "router-results.json").write_text(json.dumps(results, indent=2) + "\n")
     text = table(results)
     markdown = f"Measured {results['date'][:10]} on {results['machine']}.\n\n{text}\n"
-    if readme is not None and START in readme.read_text():
-        before, rest = readme.read_text().split(START, 1)
-        after = rest.split(END, 1)[1]
-        readme.write_text(f"{before}{START}\n{markdown}{END}{after}")
+    into_readme(readme, "router-bench", markdown)
     print()
     print(text)

@@ -96,6 +96,19 @@ def register(lab: Lab, phone: Phone) -> SipResult:
     )  # fmt: skip
 
 
+async def answered_call(lab: Lab, caller: Phone, callee: Phone) -> None:
+    """The caller (registered) dials the callee's extension, which answers."""
+    answering = start_scenario("uas_answer", remote_port=lab.sip_port, local_port=callee.port)
+    call = await asyncio.to_thread(
+        run_scenario, "call", remote_port=lab.sip_port, service=caller.username,
+        username=caller.username, password=caller.password, local_port=caller.port,
+        variables={"dial": callee.ext},
+    )  # fmt: skip
+    assert call.ok, call.evidence()
+    answered = await asyncio.to_thread(answering.wait)
+    assert answered.ok, answered.evidence()
+
+
 def asterisk_reloads_of_pjsip(lab: Lab) -> int:
     """Reloads of res_pjsip in Asterisk's own log: each one logs that its `system`
     object cannot be reloaded (a NOTICE, the lab's log level; a reload of outbound
@@ -200,14 +213,7 @@ async def test_a_restarted_asterisk_has_every_object_back_from_postgresql(
     await lab_up_again(lab)
     await asyncio.to_thread(point_at_database, lab, db_url)  # (the lab's own test database)
     assert register(lab, caller).ok and register(lab, callee).ok
-    answering = start_scenario("uas_answer", remote_port=lab.sip_port, local_port=callee.port)
-    call = await asyncio.to_thread(
-        run_scenario, "call", remote_port=lab.sip_port, service=caller.username,
-        username=caller.username, password=caller.password, local_port=caller.port,
-        variables={"dial": "101"},
-    )  # fmt: skip
-    assert call.ok, call.evidence()
-    assert (await asyncio.to_thread(answering.wait)).ok
+    await answered_call(lab, caller, callee)
 
 
 @pytest.fixture
@@ -254,14 +260,7 @@ async def test_postgresql_restarted_cached_phones_call_on_and_new_ones_work_when
     running = pgserver.get_server(folder, cleanup_mode=None)  # type: ignore[attr-defined]
     await asyncio.to_thread(running.cleanup)  # PostgreSQL stops
     try:
-        answering = start_scenario("uas_answer", remote_port=lab.sip_port, local_port=callee.port)
-        call = await asyncio.to_thread(
-            run_scenario, "call", remote_port=lab.sip_port, service=caller.username,
-            username=caller.username, password=caller.password, local_port=caller.port,
-            variables={"dial": "101"},
-        )  # fmt: skip
-        assert call.ok, call.evidence()
-        assert (await asyncio.to_thread(answering.wait)).ok
+        await answered_call(lab, caller, callee)
         assert not register(lab, late).ok  # not in the cache, and the database is away
     finally:
         await asyncio.to_thread(embedded.start, folder)  # and is back
