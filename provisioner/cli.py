@@ -265,7 +265,7 @@ def cmd_rotate_secrets(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _router_reader(settings: Settings, role: str, node: str | None = None) -> str:
+async def _reader(settings: Settings, role: str, node: str | None = None) -> str:
     """A reader role (the router's, or with `node` a realtime node's Asterisk); its
     connection string, with the new password in it."""
     password = secrets.token_urlsafe(24)
@@ -286,7 +286,7 @@ def cmd_router_reader(args: argparse.Namespace) -> int:
     _logging(settings)
     if not rules.NAME.fullmatch(args.role):
         raise SystemExit(f"provisioner: bad role name {args.role!r}")
-    print(asyncio.run(_router_reader(settings, args.role)))
+    print(asyncio.run(_reader(settings, args.role)))
     return 0
 
 
@@ -302,7 +302,7 @@ def cmd_pjsip_reader(args: argparse.Namespace) -> int:
         raise SystemExit(f"provisioner: no node {args.node!r} in asterisk.nodes")
     if not nodes[args.node].realtime:
         print(f"provisioner: note: node {args.node} has pjsip: files", file=sys.stderr)
-    print(asyncio.run(_router_reader(settings, args.role, args.node)))
+    print(asyncio.run(_reader(settings, args.role, args.node)))
     return 0
 
 
@@ -365,7 +365,7 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     found["router-reader"].add_argument("role", help="role name (e.g. kamailio)")
     found["pjsip-reader"].add_argument("node", help="the realtime node (asterisk.nodes name)")
-    found["pjsip-reader"].add_argument("role", help="role name (e.g. asterisk_node1)")
+    found["pjsip-reader"].add_argument("role", help="role name (e.g. asterisk-node1)")
     found["check"].add_argument("--node", help="only this node (default: every node)")
     found["check"].add_argument(
         "--repair", action="store_true", help="write drifted PBXs again and reload both modules"

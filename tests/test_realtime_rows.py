@@ -155,3 +155,31 @@ def test_the_node_own_objects_are_rows_too_but_its_identify_stays_in_the_file() 
     objects = realtime.objects(node_files(CARRIER))
     assert set(objects) == {("endpoint", "carrier"), ("aor", "carrier")}
     assert objects[("endpoint", "carrier")]["context"] == "carrier-in"
+
+
+def test_the_pjsip_reader_command_prints_a_login_for_that_node_once(
+    db_url: str, tmp_path: Any
+) -> None:
+    import subprocess
+    import sys
+
+    from lab_helpers import console_env
+
+    from provisioner.settings import Node, Secret
+
+    node = Node(name="default", ami_username="x", ami_secret=Secret("y"), output_dir=tmp_path,
+                carrier_host="127.0.0.2", pjsip="realtime")  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "provisioner", "pjsip-reader", "default", "prov-cli-reader"],
+        env=console_env(node, db_url), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    login = done.stdout.strip()
+    with psycopg.connect(login) as reader:
+        assert reader.execute("SELECT count(*) FROM ps_endpoints").fetchone() == (0,)
+        assert reader.execute("SELECT current_user").fetchone() == ("prov-cli-reader",)
+    unknown = subprocess.run(
+        [sys.executable, "-m", "provisioner", "pjsip-reader", "elsewhere", "prov-cli-reader"],
+        env=console_env(node, db_url), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert unknown.returncode != 0 and "no node 'elsewhere'" in unknown.stderr

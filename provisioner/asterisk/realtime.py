@@ -28,8 +28,9 @@ REGISTRATIONS = "res_pjsip_outbound_registration.so"
 IDENTIFY = "res_pjsip_endpoint_identifier_ip.so"  # the carrier's identify, from the file
 
 # The columns of the views Asterisk reads (migration 0013), in their order. An option a
-# template writes must be one of them: `objects` refuses any other (a test renders every
-# template branch against these and against the views themselves).
+# template writes must be one of them: `objects` refuses any other (tests render a PBX
+# with phones, pickup groups, caller-ID variables and a registering trunk, and the
+# node's file, against these; and compare these with the views themselves).
 COLUMNS: dict[str, tuple[str, ...]] = {
     "endpoint": (
         "context", "subscribe_context", "callerid", "accountcode", "auth", "aors",
