@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -429,6 +430,9 @@ async def test_attended_transfer_to_the_other_site(scene: Scene) -> None:
     transferer, target = scene.phones["100"], scene.phones["201"]
     scene.register(target)
     twin = f"127.0.0.1:{free_port()}"
+    # A Call-ID and a port of this run's own: the lab of the other PJSIP mode may still
+    # hold the REFER subscription of its own run (expires 600 s) and NOTIFY its phone.
+    run = secrets.token_hex(4)
     carrier = start_scenario(
         "carrier_answer_auth", remote_port=scene.lab.sip_port, local_ip=CARRIER_HOST,
         local_port=scene.carrier_port,
@@ -441,15 +445,17 @@ async def test_attended_transfer_to_the_other_site(scene: Scene) -> None:
         "attended_main", remote_port=scene.lab.sip_port, service=transferer.username,
         username=transferer.username, password=transferer.password,
         variables={"dial": "1234567", "refer_to": "201"}, timeout=15,
-        extra=["-3pcc", twin, "-cid_str", "attended-main-%u@127.0.0.1"],
+        local_port=free_port(),
+        extra=["-3pcc", twin, "-cid_str", f"attended-main-{run}-%u@127.0.0.1"],
     )  # fmt: skip
     await until_channel(scene.lab, "PJSIP/k100200-trunk-ber-main-", "Up")  # first call up
     consult = start_scenario(
         "attended_consult", remote_port=scene.lab.sip_port, service=transferer.username,
         username=transferer.username, password=transferer.password,
-        variables={"dial": "201", "main_call": "attended-main-1@127.0.0.1"}, timeout=15,
+        variables={"dial": "201", "main_call": f"attended-main-{run}-1@127.0.0.1"},
+        timeout=15, local_port=free_port(),
         # No "@" in this Call-ID: it travels inside the Refer-To URI's Replaces.
-        extra=["-3pcc", twin, "-cid_str", "attended-consult-%u-%p"],
+        extra=["-3pcc", twin, "-cid_str", f"attended-consult-{run}-%u-%p"],
     )  # fmt: skip
     referred = await asyncio.to_thread(main.wait, 20)
     # The transfer is done when the carrier's leg is bridged with 201.
