@@ -58,7 +58,7 @@ from bench.__main__ import (
     wait_service,
 )
 from bench.report import into_readme
-from bench.sip import Caller, CarrierUas, _Endpoint, _headers
+from bench.sip import Caller, CarrierUas, _bind, _close, _Endpoint, _headers
 
 ROUTER_IP = "127.0.0.3"
 MEGA_BLOCKS = 10_000  # x 100 numbers
@@ -334,16 +334,11 @@ class Blaster:
     _endpoint: _Endpoint | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        _, self._endpoint = await loop.create_datagram_endpoint(
-            _Endpoint, local_addr=(CARRIER, self.port)
-        )
+        self._endpoint = await _bind(CARRIER, self.port)
         self._reader = asyncio.create_task(self._read())
 
     def close(self) -> None:
-        self._reader.cancel()
-        if self._endpoint and self._endpoint.transport:
-            self._endpoint.transport.close()
+        _close(self._endpoint, self._reader)
 
     def invite(self, number: str) -> None:
         assert self._endpoint and self._endpoint.transport

@@ -37,6 +37,21 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.queue.put_nowait((data.decode(errors="replace"), addr))
 
 
+async def _bind(host: str, port: int) -> _Endpoint:
+    """A UDP endpoint on host:port whose datagrams queue up."""
+    loop = asyncio.get_running_loop()
+    _, endpoint = await loop.create_datagram_endpoint(_Endpoint, local_addr=(host, port))
+    return endpoint
+
+
+def _close(endpoint: _Endpoint | None, task: asyncio.Task[None] | None = None) -> None:
+    """Stop a peer's reader (if it has one) and its socket."""
+    if task:
+        task.cancel()
+    if endpoint and endpoint.transport:
+        endpoint.transport.close()
+
+
 @dataclass
 class Caller:
     """INVITEs from the carrier (host, port) to Asterisk at asterisk_host:asterisk_port."""
@@ -48,14 +63,10 @@ class Caller:
     _endpoint: _Endpoint | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        _, self._endpoint = await loop.create_datagram_endpoint(
-            _Endpoint, local_addr=(self.host, self.port)
-        )
+        self._endpoint = await _bind(self.host, self.port)
 
     def close(self) -> None:
-        if self._endpoint and self._endpoint.transport:
-            self._endpoint.transport.close()
+        _close(self._endpoint)
 
     def _send(self, text: str) -> None:
         assert self._endpoint and self._endpoint.transport
@@ -149,17 +160,11 @@ class CarrierUas:
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        _, self._endpoint = await loop.create_datagram_endpoint(
-            _Endpoint, local_addr=(self.host, self.port)
-        )
+        self._endpoint = await _bind(self.host, self.port)
         self._task = asyncio.create_task(self._serve())
 
     def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-        if self._endpoint and self._endpoint.transport:
-            self._endpoint.transport.close()
+        _close(self._endpoint, self._task)
 
     async def _serve(self) -> None:
         assert self._endpoint and self._endpoint.transport
@@ -205,17 +210,11 @@ class Prober:
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        _, self._endpoint = await loop.create_datagram_endpoint(
-            _Endpoint, local_addr=(self.host, self.port)
-        )
+        self._endpoint = await _bind(self.host, self.port)
         self._task = asyncio.create_task(self._read())
 
     def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-        if self._endpoint and self._endpoint.transport:
-            self._endpoint.transport.close()
+        _close(self._endpoint, self._task)
 
     def invite(self, number: str) -> None:
         call_id = secrets.token_hex(8)
@@ -276,17 +275,11 @@ class RingingPhone:
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        _, self._endpoint = await loop.create_datagram_endpoint(
-            _Endpoint, local_addr=("127.0.0.1", self.port)
-        )
+        self._endpoint = await _bind("127.0.0.1", self.port)
         self._task = asyncio.create_task(self._serve())
 
     def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-        if self._endpoint and self._endpoint.transport:
-            self._endpoint.transport.close()
+        _close(self._endpoint, self._task)
 
     def _reply(self, text: str, status: str, addr: tuple[str, int], method: str = "") -> None:
         assert self._endpoint and self._endpoint.transport
