@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from provisioner.api import auth, keys, middleware, unit_of_work
+from provisioner.api import auth, keys, middleware, serving, unit_of_work
 from provisioner.api.confirm import PAGES
 from provisioner.api.routes import add_routes
 from provisioner.clock import Clock, system_clock
@@ -26,9 +26,6 @@ from provisioner.workers.tasks import start_workers
 
 log = logging.getLogger(__name__)
 
-# Bodies are a few hundred bytes; 64 KiB leaves room and refuses abuse early.
-MAX_BODY = 64 * 1024
-
 DATABASE_URL = web.AppKey("database_url", str)
 RUN_WORKERS = web.AppKey("run_workers", bool)
 
@@ -36,8 +33,9 @@ RUN_WORKERS = web.AppKey("run_workers", bool)
 def create_app(
     settings: Settings, *, clock: Clock = system_clock, run_workers: bool = True
 ) -> web.Application:
+    serving.quiet_client_errors()
     app = web.Application(
-        client_max_size=MAX_BODY,
+        client_max_size=middleware.MAX_BODY,
         middlewares=[
             middleware.request_id,
             middleware.problems,

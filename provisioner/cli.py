@@ -16,6 +16,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from provisioner import settings as settings_module
+from provisioner.api.serving import server_options
 from provisioner.app import create_app, database_url
 from provisioner.asterisk import check
 from provisioner.asterisk.ami import AsteriskUnavailable
@@ -65,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=settings.listen.host,
             port=settings.listen.port,
             access_log_format='%a "%r" %s %b %Tfs rid=%{X-Request-Id}o',
+            **server_options(settings),
         )
     except DatabaseUnfit as exc:
         raise SystemExit(f"provisioner: cannot run on this database: {exc}") from None

@@ -30,6 +30,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiosmtpd.controller import Controller
 from panoramisk import Manager
 
+from provisioner.api.serving import server_options
 from provisioner.app import create_app
 from provisioner.db import embedded, pjsip_rows
 from provisioner.db.migrate import migrate
@@ -135,7 +136,7 @@ def snapshot(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]]:
         )
     ]
     assert "extensions" in tables and "config_revisions" in tables
-    rows = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables}
+    rows = {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
     # Which mails exist is the request's doing; whether they went out yet is the sender's.
     rows["mail_outbox"] = conn.execute(
         "SELECT id, message_id, recipient, subject, body FROM mail_outbox ORDER BY id"
@@ -319,6 +320,8 @@ class Api:
 async def service(settings: Settings, clock: FakeClock) -> AsyncIterator[TestClient[Any, Any]]:
     app = create_app(settings, clock=clock)
     server = TestServer(app, host="127.0.0.1", port=settings.listen.port)
+    # TestServer takes the server's options at its start, not in its constructor.
+    await server.start_server(**server_options(settings))
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     try:

@@ -118,7 +118,7 @@ CASES: list[tuple[int, str, str, str, Any, dict[str, str]]] = [
     ),
     (
         409,
-        "block_owned_elsewhere",
+        "block_id_taken",
         "PUT",
         f"/v1/accounts/{OTHER}/blocks/{BLOCK}",
         {"number": "+4989123456", "range": "0-99", "mode": "pbx"},

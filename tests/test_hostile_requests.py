@@ -4,23 +4,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import re
 import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 import psycopg
 import pytest
-from aiohttp.test_utils import TestClient
-from conftest import PORTAL_KEY, Api, Inbox, snapshot
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import PORTAL_KEY, Api, FakeClock, Inbox, snapshot
 from helpers import BLOCK, OTHER, OWNER, TARGET, request_assignment, scene
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
 from provisioner.api import middleware
+from provisioner.api.serialize import without_addresses
+from provisioner.api.serving import server_options
 from provisioner.api.system import openapi_document
+from provisioner.app import create_app
+from provisioner.settings import Settings
 
 ACCOUNT = {"name": "Neu GmbH", "email": "neu@example.com", "language": "de"}
 
@@ -359,3 +366,209 @@ async def test_a_forged_log_line_in_the_path_stays_on_its_own_line(
     assert not any(line.startswith("2026-12-03") for line in caplog.text.splitlines())
     assert all("\n" not in r.getMessage() for r in caplog.records)
     assert "/v1/zz\\n2026-12-03" in caplog.text
+
+
+# --- Requests too malformed for a handler: aiohttp answers them itself ----------------
+
+GET = b"GET /v1/accounts/K9 HTTP/1.1\r\nHost: x\r\n"
+MALFORMED = {
+    "nul in a header value": GET + b"X-A: a\x00b\r\n\r\n",
+    "nul in a header name": GET + b"X-\x00A: b\r\n\r\n",
+    "raw superscript in the query": b"GET /v1/events?after=\xc2\xb2 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "raw arabic digit in the path": b"GET /v1/accounts/K\xd9\xa1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "obsolete line fold": GET + b"X-A: a\r\n b\r\n\r\n",
+    "space before the colon": GET + b"X-A : b\r\n\r\n",
+    "bad token in a header name": GET + b"X(A): b\r\n\r\n",
+    "header without a colon": GET + b"XA\r\n\r\n",
+    "request line over 8190 bytes": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "header over 8190 bytes": GET + b"X-A: " + b"a" * 9000 + b"\r\n\r\n",
+    "header name over 8190 bytes": GET + b"X" * 9000 + b": a\r\n\r\n",
+    "two content lengths": b"PUT /v1/accounts/K9 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+    b"Content-Length: 3\r\n\r\n{}",
+    "content length not a number": b"PUT /v1/accounts/K9 HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Length: 2x\r\n\r\n{}",
+    "negative content length": b"PUT /v1/accounts/K9 HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Length: -1\r\n\r\n{}",
+    "chunked and content length": b"PUT /v1/accounts/K9 HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "bad chunk size": b"PUT /v1/accounts/K9 HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    "unknown transfer coding": b"PUT /v1/accounts/K9 HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: gzip\r\n\r\n{}",
+    "bad http version": b"GET /v1/accounts/K9 HTTP/1.x\r\nHost: x\r\n\r\n",
+    "a content coding aiohttp cannot decode": b"PUT /v1/accounts/K9 HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Encoding: br\r\nContent-Length: 2\r\n\r\n{}",
+    "lone LF line ends in a second request": GET + b"\r\n" + b"GET / HTTP/1.1\nX-A: b\n\n",
+    "a bad method after a good request": GET + b"\r\n" + b"G(T / HTTP/1.1\r\nHost: x\r\n\r\n",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("head", list(MALFORMED.values()), ids=list(MALFORMED))
+async def test_a_malformed_request_is_a_400_and_one_info_line(
+    api: Api, caplog: pytest.LogCaptureFixture, head: bytes
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    answer = await raw_request(api.client, head)
+    statuses = re.findall(rb"HTTP/1\.[01] (\d{3})", answer)
+    assert statuses and statuses[-1].startswith(b"4"), answer[:300]
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in records), caplog.text
+    if statuses[-1] == b"400" and b"Bad" not in head[:5]:
+        assert [r.levelname for r in records if "malformed" in r.getMessage()] in (
+            ["INFO"],
+            [],  # a line aiohttp itself logs at DEBUG (a bad first method)
+        ), caplog.text
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_body_that_is_not_what_its_content_encoding_says_is_a_400(
+    api: Api, db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture, coding: str
+) -> None:
+    before = snapshot(db)
+    for key in (True, False):
+        # aiohttp closes a connection whose body broke: each request on its own.
+        headers = {"Content-Type": "application/json", "Content-Encoding": coding,
+                   "Connection": "close"}  # fmt: skip
+        if not key:
+            headers["Authorization"] = ""
+        response = await api.client.put("/v1/accounts/K9", data=b'{"name": "x"}', headers=headers)
+        assert response.status in (400, 415), await response.text()
+        assert response.content_type == "application/problem+json"
+    assert snapshot(db) == before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_json_key_given_twice_is_a_400(api: Api, db: psycopg.Connection[Any]) -> None:
+    before = snapshot(db)
+    problem = await api.problem(
+        400, "malformed_json", "PUT", "/v1/accounts/K9",
+        data='{"name": "A", "email": "a@b.example", "language": "de", "name": "B"}',
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert "'name'" in problem["detail"]
+    assert snapshot(db) == before
+
+
+async def test_an_idempotency_key_on_a_method_no_route_has_is_a_405(api: Api) -> None:
+    await api.ok("PUT", "/v1/accounts/K9", ACCOUNT, headers={"Idempotency-Key": "k-1"})
+    for method, path, status in (
+        ("PATCH", "/v1/accounts/K9", 405),
+        ("POST", "/v1/accounts/K9", 405),
+        ("PUT", "/v1/nowhere", 404),
+    ):
+        response = await api.call(method, path, ACCOUNT, headers={"Idempotency-Key": "k-1"})
+        assert response.status == status, (method, path, await response.text())
+    # The key is still the first request's.
+    replay = await api.call("PUT", "/v1/accounts/K9", ACCOUNT, headers={"Idempotency-Key": "k-1"})
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+
+
+async def test_expect_continue_with_a_body_over_the_limit_is_a_413_at_once(api: Api) -> None:
+    answer = await raw_request(
+        api.client,
+        b"PUT /v1/accounts/K9 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + PORTAL_KEY.encode() + b"\r\n"
+        b"Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"100 Continue" not in answer and b"body_too_large" in answer
+
+
+async def test_expect_continue_within_the_limit_goes_on(api: Api) -> None:
+    body = json.dumps(ACCOUNT).encode()
+    port = api.client.server.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"PUT /v1/accounts/K9 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + PORTAL_KEY.encode() + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nExpect: 100-continue\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    answer = await asyncio.wait_for(reader.read(65536), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
+
+
+async def test_slow_headers_are_cut_off_after_the_header_timeout(
+    settings: Settings, clock: FakeClock
+) -> None:
+    fast = replace(settings, listen=replace(settings.listen, header_timeout_seconds=1))
+    server = TestServer(create_app(fast, clock=clock), host="127.0.0.1")
+    await server.start_server(**server_options(fast))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        started = time.monotonic()
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        for _ in range(40):  # a byte every 0.1 s: 4 s of headers, were it let
+            if reader.at_eof():
+                break
+            writer.write(b"X")
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            await asyncio.sleep(0.1)
+        closed = await asyncio.wait_for(reader.read(), 5)
+        elapsed = time.monotonic() - started
+        writer.close()
+        assert closed == b"" and elapsed < 2.5, (closed, elapsed)
+    finally:
+        await server.close()
+
+
+# Names that show nothing: Hangul fillers, the blank Braille pattern, a variation
+# selector, combining marks alone; and an RFC 2047 encoded word.
+BLANK_NAMES = ["\u3164", "\u2800", "\u115f", "\u1160", "\uffa0", "\ufe0f", "\u0301\u0308",
+               " \u3164 ", "\u2800\u2800"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name", [*BLANK_NAMES, "Evil =?utf-8?q?=0D=0ABcc:_x@y.z?= GmbH"],
+    ids=[*(f"U+{ord(n.strip()[0]):04X}" for n in BLANK_NAMES), "encoded-word"],
+)  # fmt: skip
+async def test_names_that_show_nothing_or_carry_encoded_words_are_refused(
+    api: Api, db: psycopg.Connection[Any], name: str
+) -> None:
+    await scene(api)
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/blocks/ber",
+                 {"number": "+4930123456", "range": "0-99", "mode": "pbx"})  # fmt: skip
+    await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/100",
+                 {"name": "Anna", "site_block": "ber"})  # fmt: skip
+    before = snapshot(db)
+    for method, path, body in (
+        ("PUT", "/v1/accounts/K9", {**ACCOUNT, "name": name}),
+        ("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/101", {"name": name, "site_block": "ber"}),
+        ("PUT", f"/v1/accounts/{TARGET}/pbx/ring-groups/600",
+         {"name": name, "strategy": "hunt", "members": ["100"], "ring_seconds": 20}),
+    ):  # fmt: skip
+        problem = await api.problem(422, "invalid_field", method, path, body)
+        assert problem["field"] == "name"
+    assert snapshot(db) == before
+
+
+async def test_a_block_id_of_another_account_says_nothing_of_it(api: Api) -> None:
+    await scene(api)
+    problem = await api.problem(
+        409, "block_id_taken", "PUT", f"/v1/accounts/{OTHER}/blocks/{BLOCK}",
+        {"number": "+4930555000", "range": "0-9", "mode": "pbx"},
+        headers={"X-Acting-Customer": OTHER},
+    )  # fmt: skip
+    text = json.dumps(problem)
+    assert OWNER not in text and "another account" not in text and "+49" not in text
+
+
+def test_reasons_shown_to_customers_name_no_internal_address() -> None:
+    reason = (
+        "Asterisk at 10.20.0.7:5038 is unavailable: [Errno 111] Connect call failed"
+        " ('127.0.0.1', 5038); router http://10.0.0.2:5071/RPC refused; [fd00::7]:5038;"
+        " ast-node-3.internal:5038"
+    )
+    shown = without_addresses(reason)
+    assert shown is not None
+    for address in ("10.20.0.7", "127.0.0.1", "10.0.0.2", "fd00::7", "ast-node-3", "5038"):
+        assert address not in shown, shown
+    assert shown.startswith("Asterisk at (internal address) is unavailable")

@@ -6,6 +6,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from email.parser import BytesParser
+from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +157,74 @@ async def test_a_worker_stopped_mid_conversation_finishes_it_and_sends_nothing_t
     assert len(inbox.messages) == 1
     assert db.execute("SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL").fetchone() == (0,)
     assert await sender.send_due(pool, transport, SENDER, clock) == 0
+
+
+# A name as an attacker writes it: RFC 2047 encoded words that decode to CR LF, a header
+# and a forged first body line. (The API refuses it now; a name stored before is still
+# in the database, and a mail must be built safely from it whatever it holds.)
+FORGED = (
+    "Evil =?utf-8?q?=0D=0AReply-To:_evil@example.com=0D=0ABcc:_all@example.com"
+    "=0D=0A=0D=0APlease_confirm_here:_http://evil.example/x?= GmbH"
+)
+EXPECTED_HEADERS = {
+    "content-type", "mime-version", "content-transfer-encoding", "from", "to", "date",
+    "message-id", "auto-submitted", "subject",
+}  # fmt: skip
+
+
+def hostile_mail() -> tuple[str, str]:
+    view = MailView(
+        recipient_name="Isar Logistik GmbH", side="owner", block_id="muc-main",
+        block_text="+49 89 123456 0-99", first_number="+49891234560",
+        last_number="+498912345699", number_count=100, owner_name="Isar Logistik GmbH",
+        owner_customer="K200300", target_name=FORGED, target_customer="K100200",
+        expires_at="2026-12-11", confirm_url="http://127.0.0.1:8080/confirm/" + "t" * 43,
+    )  # fmt: skip
+    mail = Composer().compose("confirm_request", "en", view)
+    return mail.subject, mail.body
+
+
+def assert_only_our_headers(raw: bytes) -> None:
+    message = BytesParser(policy=default_policy).parsebytes(raw)
+    names = list(message)  # a message iterates over its header names
+    assert {k.lower() for k in names} == EXPECTED_HEADERS, names
+    assert all(len(message.get_all(k, [])) == 1 for k in names)
+    subject = str(message["Subject"])
+    assert "\r" not in subject and "\n" not in subject and FORGED in subject, subject
+    body = message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert text.startswith("Hello Isar Logistik GmbH,"), text[:200]
+    assert "Please confirm here: http://evil.example" not in text
+
+
+@pytest.mark.parametrize("path", ["smtp", "file"])
+async def test_a_name_with_encoded_words_adds_no_header_and_no_body_line(
+    pool: AsyncConnectionPool, inbox: Inbox, tmp_path: Path, clock: FakeClock, path: str
+) -> None:
+    subject, body = hostile_mail()
+    async with pool.connection() as conn:
+        await outbox.enqueue(conn, message_id="<forged@test>", recipient="it@isar.example",
+                             subject=subject, body=body, now=clock())  # fmt: skip
+    transport = (
+        sender.SmtpTransport(smtp(inbox.port))
+        if path == "smtp"
+        else sender.transport_for(Smtp(sender=SENDER, timeout_seconds=5), tmp_path)
+    )
+    assert await sender.send_due(pool, transport, SENDER, clock) == 1
+    if path == "smtp":
+        [received] = await inbox.wait_for(1)
+        raw = received.as_bytes()
+    else:
+        raw = (tmp_path / "mail" / "forged_test.eml").read_bytes()
+    assert_only_our_headers(raw)
+
+
+def test_a_header_of_ours_that_is_not_one_line_builds_no_mail() -> None:
+    mail = outbox.OutboxMail(
+        id=1, message_id="<x@test>", recipient="a@b.example\r\nBcc: c@d.example",
+        subject="s", body="b", created_at=datetime(2026, 1, 1, tzinfo=UTC), attempts=0,
+        next_attempt_at=datetime(2026, 1, 1, tzinfo=UTC), sent_at=None, last_error=None,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="To"):
+        sender.build_message(mail, SENDER)

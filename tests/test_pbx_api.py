@@ -317,8 +317,14 @@ def test_apply_command_says_so_when_another_instance_holds_the_node(
         )  # fmt: skip
 
     assert provisioner("demo").returncode == 0
-    with psycopg.connect(db_url, autocommit=True) as other_instance:
-        other_instance.execute("SELECT pg_advisory_lock(hashtext('apply:' || 'default'))")
+    with psycopg.connect(db_url) as other_instance:  # its round: the node's lock held
+        other_instance.execute(
+            "INSERT INTO service_locks VALUES ('apply:default') ON CONFLICT DO NOTHING"
+        )
+        other_instance.commit()
+        other_instance.execute(
+            "SELECT 1 FROM service_locks WHERE name = 'apply:default' FOR UPDATE"
+        )
         done = provisioner("apply", "K100200")
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.startswith("not applied yet, the change stays queued"), done.stdout

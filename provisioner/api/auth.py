@@ -15,6 +15,7 @@ from provisioner.domain.errors import Forbidden, ProblemError, Unauthorized
 from provisioner.settings import ApiKey, Settings
 
 API_KEY_NAME = web.RequestKey("api_key_name", str)
+API_KEY_ROLE = web.RequestKey("api_key_role", str)
 
 
 def key_for(settings: Settings, presented: str) -> ApiKey | None:
@@ -48,4 +49,5 @@ async def api_keys(request: web.Request, handler: Handler) -> web.StreamResponse
             code="invalid_acting_customer",
         )
     request[API_KEY_NAME] = key.name
+    request[API_KEY_ROLE] = key.role
     return await handler(request)

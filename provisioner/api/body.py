@@ -85,7 +85,11 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
         if request.content_type != "application/json":
             raise UnsupportedMediaType("send the body as application/json")
         try:
-            data = json.loads(raw)
+            data = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+        except DuplicateKey as exc:
+            raise ProblemError(
+                f"the body names the key {str(exc)!r} twice", code="malformed_json"
+            ) from None
         except (ValueError, UnicodeDecodeError):
             raise ProblemError("the body is not valid JSON", code="malformed_json") from None
         except RecursionError:
@@ -110,6 +114,19 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
     if errors:
         raise _problem(errors[0])
     return data
+
+
+class DuplicateKey(Exception):
+    """A JSON object names a key twice (json.loads would silently keep the last)."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise DuplicateKey(key)
+        found[key] = value
+    return found
 
 
 def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from provisioner.api import keys, serialize
+from provisioner.api.auth import API_KEY_ROLE
 from provisioner.api.body import read_json
 from provisioner.api.unit_of_work import SHOWN_ONCE, UNIT
 from provisioner.asterisk import check
@@ -185,7 +186,9 @@ async def list_ring_groups(request: web.Request) -> web.Response:
 
 async def get_config(request: web.Request) -> web.Response:
     found = await config.current(request[UNIT], request.match_info["customer"])
-    return _json(serialize.config(found))
+    # Engineers see where an apply failed; the portal, which shows it to customers, sees
+    # the reason without the platform's internal addresses.
+    return _json(serialize.config(found, internal=request[API_KEY_ROLE] == "engineer"))
 
 
 async def get_config_diff(request: web.Request) -> web.Response:

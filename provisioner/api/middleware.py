@@ -10,6 +10,7 @@ import re
 import uuid
 
 from aiohttp import EofStream, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from psycopg_pool import PoolTimeout
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 REQUEST_ID = web.RequestKey("request_id", str)
 # A request body arrives within this many seconds, or the request ends with 408.
 BODY_TIMEOUT = 10.0
+# Bodies are a few hundred bytes; 64 KiB leaves room and refuses abuse early.
+MAX_BODY = 64 * 1024
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -112,4 +115,35 @@ async def read_body(request: web.Request, handler: Handler) -> web.StreamRespons
             ) from None
         except (ConnectionError, EofStream):
             raise ClientGone() from None
+        except (HttpProcessingError, web.RequestPayloadError):
+            # A body that does not decode as its Content-Encoding says (gzip that is
+            # not), or a broken chunked encoding.
+            raise ProblemError(
+                "the body could not be read as its Content-Encoding and Transfer-Encoding say",
+                code="malformed_body",
+            ) from None
     return await handler(request)
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue`: a body announced over MAX_BODY is refused with 413 at
+    once, before the client sends it (aiohttp's own handler says 100 Continue to any
+    size, and the request then ended with 408); otherwise as aiohttp does."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        return problem_response(
+            413, "body_too_large", "Request Entity Too Large",
+            f"the body may have at most {MAX_BODY} bytes", request_id=uuid.uuid4().hex,
+        )  # fmt: skip
+    expect = request.headers.get("Expect", "")
+    if request.version >= (1, 1):
+        if expect.lower() != "100-continue":
+            return problem_response(
+                417, "expectation_failed", "Expectation failed",
+                "the only expectation this server meets is 100-continue",
+                request_id=uuid.uuid4().hex,
+            )  # fmt: skip
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # The 100 is no part of the answer: the answer's own bytes start from zero.
+        request.writer.output_size = 0
+    return None

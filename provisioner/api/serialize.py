@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -126,7 +127,28 @@ def ring_group(g: RingGroup) -> dict[str, Any]:
     }
 
 
-def config(c: ConfigStatus) -> dict[str, Any]:
+# Where a reason names a part of the platform: a socket address as Python writes it, a
+# URL, an IP address (v4 or v6, with a port or not), a host with a port.
+_ADDRESS = re.compile(
+    r"\('[^']*', \d+(?:, \d+)*\)"  # Python's socket address: ('127.0.0.1', 5038)
+    r"|[a-z][a-z0-9+.-]*://[^\s,;)]+"
+    r"|\[[0-9A-Fa-f:.]+\](?::\d+)?"
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"
+    r"|\b[A-Za-z0-9.-]+:\d{2,5}\b"
+)
+
+
+def without_addresses(reason: str | None) -> str | None:
+    """A reason as a customer may read it: the platform's addresses left out."""
+    return None if reason is None else _ADDRESS.sub("(internal address)", reason)
+
+
+def config(c: ConfigStatus, *, internal: bool) -> dict[str, Any]:
+    """`internal`: with the reasons as recorded (engineers); else without addresses."""
+
+    def shown(reason: str | None) -> str | None:
+        return reason if internal else without_addresses(reason)
+
     return {
         "customer": c.customer,
         "node": c.node,
@@ -135,13 +157,13 @@ def config(c: ConfigStatus) -> dict[str, Any]:
         "files": c.revision.files if c.revision else {},
         "apply_state": c.state.state if c.state else "pending",
         "applied_revision": c.state.good_revision if c.state else None,
-        "apply_error": c.state.error if c.state else None,
+        "apply_error": shown(c.state.error) if c.state else None,
         "apply_updated_at": when(c.state.updated_at) if c.state else None,
         "live": {
             "dialplan": c.state.dialplan_revision if c.state else None,
             "pjsip": c.state.pjsip_revision if c.state else None,
             "router": c.state.router if c.state else None,
-            "router_error": c.state.router_error if c.state else None,
+            "router_error": shown(c.state.router_error) if c.state else None,
         },
     }
 

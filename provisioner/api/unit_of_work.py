@@ -49,7 +49,10 @@ async def _request_hash(request: web.Request) -> bytes:
 
 @web.middleware
 async def unit_of_work(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not (is_api(request) or request.path.startswith("/confirm/")):
+    # A path or method no route serves is answered 404 or 405 by the handler, before
+    # any idempotency record: a key sent with it was never used.
+    unserved = request.match_info.http_exception is not None
+    if unserved or not (is_api(request) or request.path.startswith("/confirm/")):
         return await handler(request)
     actor = Actor(
         name=request.get(API_KEY_NAME, "confirm-link"),

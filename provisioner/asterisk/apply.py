@@ -35,10 +35,8 @@ and the real text of each PBX's last good files is kept beside them (files.keep_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,7 +48,7 @@ from provisioner.asterisk.execute import ALL_KINDS, DIALPLAN, MODULES, PJSIP, Re
 from provisioner.asterisk.parse import NotOurs, dialplan_texts, kind_of, parse_dialplan
 from provisioner.asterisk.record import Outcome, record_retry, record_round
 from provisioner.clock import Clock
-from provisioner.db import apply_queue, departures, node_lock, pjsip_rows, rounds
+from provisioner.db import apply_queue, departures, locks, pjsip_rows, rounds
 from provisioner.db import router as db_router
 from provisioner.db.apply_queue import Job
 from provisioner.db.pjsip_rows import Key
@@ -106,7 +104,7 @@ class Applier:
         file changed (a drift repair, a retry after Asterisk failed). `wait`: wait for a
         round another applier is running, instead of leaving the node to it (a repair
         must not return before what it queued is done)."""
-        async with self._node_lock(wait=wait) as mine:
+        async with locks.held(self.pool, self.node.name, wait=wait) as mine:
             if not mine:
                 return 0  # another instance is applying to this node right now
             left = await self._leave()
@@ -119,20 +117,6 @@ class Applier:
             # files (a repair of the node's drift where no PBX drifted).
             await self._run(jobs, full=full or any(j.full_reload for j in jobs))
             return len(jobs)
-
-    @contextlib.asynccontextmanager
-    async def _node_lock(self, *, wait: bool) -> AsyncIterator[bool]:
-        async with self.pool.connection() as lock_conn:
-            await lock_conn.set_autocommit(True)
-            if wait:
-                await node_lock.wait_node_lock(lock_conn, self.node.name)
-            elif not await node_lock.try_node_lock(lock_conn, self.node.name):
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                await node_lock.node_unlock(lock_conn, self.node.name)
 
     async def _run(self, jobs: list[Job], *, full: bool) -> None:
         """The round in its mode, its jobs leased meanwhile; anything that stops it
@@ -192,6 +176,8 @@ class Applier:
             return Rendered(files={})  # removed: its files go, and with them its objects
         try:
             async with self.pool.connection() as conn, conn.transaction():
+                # Which blocks the PBX still holds depends on what the router does now.
+                await db_router.read_lock(conn)
                 view = await load_view(conn, t.pbx, self.secrets)
             return Rendered(files=pbx_files(view, Carrier.of(self.node)))
         except Exception as exc:
@@ -241,7 +227,7 @@ class Applier:
             if any(o.pjsip_due and o.broken is None for o in outcomes):
                 await rounds.notify_pjsip_due(conn)
             # Numbers now live here may be switched on the SIP router (router/sync.py).
-            await conn.execute(f"NOTIFY {db_router.CHANNEL}")
+            await db_router.notify_due(conn)
 
     # --- The incremental round ----------------------------------------------------------
 

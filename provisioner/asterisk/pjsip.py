@@ -27,7 +27,7 @@ from provisioner.asterisk.parse import of_kind
 from provisioner.asterisk.plan import pjsip_change
 from provisioner.asterisk.record import outcome
 from provisioner.clock import Clock
-from provisioner.db import apply_queue, apply_state, node_lock, rounds
+from provisioner.db import apply_queue, apply_state, locks, rounds
 from provisioner.db.rounds import PjsipPending
 from provisioner.metrics import PJSIP_WAIT
 from provisioner.render.render import redact
@@ -52,19 +52,15 @@ class PjsipReloader:
 
     async def step(self) -> int:
         """One reload if anything waits for one; how many PBXs it made live."""
-        async with self.pool.connection() as lock_conn:
-            await lock_conn.set_autocommit(True)
-            if not await node_lock.try_node_lock(lock_conn, self.node.name, "pjsip"):
+        async with locks.held(self.pool, self.node.name, "pjsip") as mine:
+            if not mine:
                 return 0
-            try:
-                async with self.pool.connection() as conn:
-                    if not await rounds.pjsip_pending(conn, self.node.name):
-                        return 0
-                wait = max(self.settle, self._last_start + self.min_interval - time.monotonic())
-                await asyncio.sleep(wait)
-                return await self._reload()
-            finally:
-                await node_lock.node_unlock(lock_conn, self.node.name, "pjsip")
+            async with self.pool.connection() as conn:
+                if not await rounds.pjsip_pending(conn, self.node.name):
+                    return 0
+            wait = max(self.settle, self._last_start + self.min_interval - time.monotonic())
+            await asyncio.sleep(wait)
+            return await self._reload()
 
     async def _reload(self) -> int:
         async with self.pool.connection() as conn:
@@ -110,24 +106,22 @@ class PjsipReloader:
         PBX whose file is not is queued for a full round, which sets the edit aside and
         writes ours again, and this reload waits for it. Checked while no round writes
         (the node's apply lock), or a file just written would look like a hand edit."""
-        async with self.pool.connection() as lock_conn:
-            await lock_conn.set_autocommit(True)
-            await node_lock.wait_node_lock(lock_conn, self.node.name)
-            try:
-                async with self.pool.connection() as conn, conn.transaction():
-                    edited = [
-                        w.pbx
-                        for w in await rounds.node_written(conn, self.node.name)
-                        if _pjsip_edited(self.node, w.files)
-                    ]
-                    for pbx in edited:
-                        if await apply_queue.waiting_job(conn, pbx.id) is None:
-                            await apply_queue.request(
-                                conn, pbx.id, "its PJSIP file differs from ours", self.clock(),
-                                full_reload=True,
-                            )  # fmt: skip
-            finally:
-                await node_lock.node_unlock(lock_conn, self.node.name)
+        async with (
+            locks.held(self.pool, self.node.name, wait=True),
+            self.pool.connection() as conn,
+            conn.transaction(),
+        ):
+            edited = [
+                w.pbx
+                for w in await rounds.node_written(conn, self.node.name)
+                if _pjsip_edited(self.node, w.files)
+            ]
+            for pbx in edited:
+                if await apply_queue.waiting_job(conn, pbx.id) is None:
+                    await apply_queue.request(
+                        conn, pbx.id, "its PJSIP file differs from ours", self.clock(),
+                        full_reload=True,
+                    )  # fmt: skip
         if edited:
             log.error("node %s: PJSIP files of %s differ from ours; reload waits for their repair",
                       self.node.name, ", ".join(pbx.slug for pbx in edited))  # fmt: skip

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from psycopg.rows import class_row
 
-from provisioner.db import Conn
+from provisioner.db import Conn, channels
 
 CHANNEL = "apply_queue"
 
@@ -27,7 +27,7 @@ async def request(
         " full_reload = apply_queue.full_reload OR EXCLUDED.full_reload",
         (pbx_id, reason[:1000], now, now, full_reload),
     )
-    await conn.execute(f"NOTIFY {CHANNEL}")
+    await channels.notify(conn, CHANNEL)
 
 
 @dataclass(frozen=True)

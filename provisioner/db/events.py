@@ -14,7 +14,7 @@ from typing import Any
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from provisioner.db import Conn
+from provisioner.db import Conn, channels
 from provisioner.domain.events import Payload, data_of
 
 CHANNEL = "events"
@@ -47,7 +47,7 @@ async def emit(conn: Conn, type_: str, payload: Payload, now: datetime) -> None:
         "INSERT INTO events (event_id, type, at, data) VALUES (%s, %s, %s, %s)",
         (f"evt_{uuid.uuid4().hex}", type_, now, Jsonb(data_of(type_, payload))),
     )
-    await conn.execute(f"NOTIFY {CHANNEL}")
+    await channels.notify(conn, CHANNEL)
 
 
 async def after(conn: Conn, cursor: int, limit: int) -> list[Event]:

@@ -1,5 +1,5 @@
 """Numbered plain-SQL migrations, applied in order in one transaction (a savepoint each,
-under an advisory lock): a failing migration leaves the database as it was."""
+under a lock on schema_migrations): a failing migration leaves the database as it was."""
 
 from __future__ import annotations
 
@@ -28,13 +28,20 @@ async def migrate(conn: Conn) -> list[str]:
     applied_now = []
     await conn.set_autocommit(False)
     async with conn.transaction():
-        # Instances starting together wait here for each other instead of racing.
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
+        # Instances starting together wait here for each other instead of racing. On a
+        # migrated database on the table's lock, which no reader role can take (it may
+        # take any advisory lock); only a new database, which has no reader role yet,
+        # needs an advisory lock to create the table.
+        cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NULL")
+        row = await cur.fetchone()
+        if row is not None and row[0]:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+        await conn.execute("LOCK TABLE schema_migrations IN SHARE ROW EXCLUSIVE MODE")
         cur = await conn.execute("SELECT version FROM schema_migrations")
         done = {row[0] for row in await cur.fetchall()}
         for version, name, sql in migrations():

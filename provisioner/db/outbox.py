@@ -7,7 +7,7 @@ from datetime import datetime
 
 from psycopg.rows import class_row
 
-from provisioner.db import Conn
+from provisioner.db import Conn, channels
 
 CHANNEL = "mail_outbox"
 
@@ -35,7 +35,7 @@ async def enqueue(
         (message_id, recipient, subject, body, now, now),
     )
     # Delivered at commit, so the sender wakes only for mails that really exist.
-    await conn.execute(f"NOTIFY {CHANNEL}")
+    await channels.notify(conn, CHANNEL)
 
 
 async def claim_next(conn: Conn, now: datetime) -> OutboxMail | None:

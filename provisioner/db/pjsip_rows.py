@@ -40,7 +40,7 @@ async def replace(
 ) -> set[Key]:
     """Make the PBX's rows on the node (None: the node's own) `wanted`; the keys that
     changed (new, changed or gone). Rows that did not change are not touched. Only the
-    node's apply writes them, under its node lock (db/node_lock.py)."""
+    node's apply writes them, under its node lock (db/locks.py)."""
     have = await of_pbx(conn, node, pbx_id)
     gone = [key for key in have if key not in wanted]
     changed = [key for key, fields in wanted.items() if have.get(key) != fields]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from provisioner.db import Conn
+from provisioner.db import Conn, channels
 from provisioner.db.accounts import PBX_COLUMNS, OfPbx, Pbx, with_pbx
 
 # The latest revision written and the last one live in both parts, of PBX p.
@@ -112,7 +112,7 @@ PJSIP_CHANNEL = "pjsip_due"
 
 async def notify_pjsip_due(conn: Conn) -> None:
     """Wake the nodes' PJSIP reloaders when this transaction commits."""
-    await conn.execute(f"NOTIFY {PJSIP_CHANNEL}")
+    await channels.notify(conn, PJSIP_CHANNEL)
 
 
 async def pjsip_pending(conn: Conn, node: str) -> list[PjsipPending]:

@@ -8,12 +8,10 @@ from datetime import datetime
 
 from psycopg import sql
 
-from provisioner.db import Conn
+from provisioner.db import Conn, channels, locks
 from provisioner.domain.numbers import LENGTH_FACTOR
 
 CHANNEL = "router_due"
-# One router sync at a time across instances: two would push the same blocks in any order.
-_LOCK = (1702260340, 2)
 LENGTH_FACTOR_SQL = str(LENGTH_FACTOR)
 
 # The E.164 numbers of a block, in order, from its spans (domain/numbers.Span.key_range).
@@ -39,8 +37,23 @@ class Change:
 
 
 async def lock(conn: Conn) -> None:
-    """Inside a transaction: wait for any other router sync to end."""
-    await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", _LOCK)
+    """Inside a transaction: wait for any other router sync to end (two would push the
+    same blocks in any order)."""
+    await locks.lock(conn, "router")
+
+
+async def read_lock(conn: Conn) -> None:
+    """Inside a transaction: what router_blocks says is what the router does until this
+    transaction ends. A router sync switches the router first and records it after; a
+    reader in between (a round deciding whether its PBX still holds a block) would see
+    the old entry while the router already sends the numbers elsewhere, or the new one
+    before. So readers share this lock, and a sync takes it alone (`lock`)."""
+    await locks.share(conn, "router")
+
+
+async def notify_due(conn: Conn) -> None:
+    """Wake the router step when this transaction commits."""
+    await channels.notify(conn, CHANNEL)
 
 
 async def set_nodes(conn: Conn, nodes: dict[str, str], now: datetime) -> None:
@@ -84,7 +97,15 @@ async def due(conn: Conn, limit: int) -> list[Change]:
 
 
 async def routed(conn: Conn, change: Change, now: datetime) -> None:
-    """The router has the change (read back)."""
+    """The router has the change (read back). The PBX it no longer sends the block to
+    forgets a default target for it that ended while it held the block (db/pbx.py
+    `end_default_target`); a choice made since (a new assignment) has no end and stays."""
+    if change.old_pbx_id is not None and change.old_pbx_id != change.pbx_id:
+        await conn.execute(
+            "DELETE FROM default_targets WHERE pbx_id = %s AND block_id = %s"
+            " AND ended_at IS NOT NULL",
+            (change.old_pbx_id, change.block_id),
+        )
     if change.pbx_id is None or not change.numbers:
         await conn.execute("DELETE FROM router_blocks WHERE block_id = %s", (change.block_id,))
         return

@@ -18,6 +18,7 @@ Python `$` also matches before a final newline: test them with `fullmatch`, neve
 from __future__ import annotations
 
 import re
+import unicodedata
 
 MAX_CONFIG_NAME = 79
 CUSTOMER_MAX = 32
@@ -40,3 +41,25 @@ STRATEGIES = ("ringall", "hunt")  # of ring groups
 # Whole numbers in query parameters (cursors, limits, revisions): ASCII digits only
 # (str.isdigit() also takes "²", which int() refuses).
 DIGITS = re.compile(r"[0-9]+")
+
+
+# Names people give (accounts, extensions, ring groups) are shown in mails, pages and
+# caller IDs. Control, format and separator characters are refused in every text field
+# (api/body.py); a name must besides show something, and hold nothing a mail header reads
+# as structure.
+# Letters (category Lo) and symbols that render as nothing: Hangul fillers, the blank
+# Braille pattern, Khmer and Mongolian vowel signs inherent.
+BLANK_LOOKING = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5\u180e")
+# An RFC 2047 encoded word starts so (`=?utf-8?q?...?=`); a mail reader decodes it, and a
+# decoded CR LF in a subject once became a header of its own (mail/sender.py).
+ENCODED_WORD = "=?"
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a name, or None: it must hold a visible character (a letter,
+    digit, punctuation or symbol that is not blank-looking) and no encoded-word start."""
+    if not any(unicodedata.category(c)[0] in "LNPS" and c not in BLANK_LOOKING for c in name):
+        return "must hold a visible character"
+    if ENCODED_WORD in name:
+        return f"must not hold {ENCODED_WORD!r} (mail readers decode what follows it)"
+    return None

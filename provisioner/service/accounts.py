@@ -36,17 +36,27 @@ async def require(u: Unit, customer: str, *, lock: bool = False) -> Account:
     return account
 
 
+def check_name(name: str) -> str:
+    """A name as people give it (an account's, an extension's, a ring group's), without
+    the spaces around it. Its length comes checked from the request's schema."""
+    if any(not c.isprintable() for c in name):
+        raise InvalidInput("name must be printable characters", field="name")
+    problem = rules.name_problem(name)
+    if problem is not None:
+        raise InvalidInput(f"name {problem}", field="name")
+    return name.strip()
+
+
 async def put_account(
     u: Unit, customer: str, name: str, email: str, language: str
 ) -> tuple[Account, bool]:
     check_customer(customer)
     u.actor.require_one_of(customer)
     # Lengths, types and the language come checked from the request's schema (openapi.yaml).
-    if not name.strip():
-        raise InvalidInput("name must hold more than spaces", field="name")
+    name = check_name(name)
     if not EMAIL.fullmatch(email):
         raise InvalidInput("email is not a mail address", field="email", code="invalid_email")
-    return await db_accounts.upsert(u.conn, customer, name.strip(), email, language, u.now)
+    return await db_accounts.upsert(u.conn, customer, name, email, language, u.now)
 
 
 async def get_account(u: Unit, customer: str) -> Account:

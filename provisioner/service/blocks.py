@@ -112,10 +112,12 @@ async def put_block(
     existing = await db_blocks.get(u.conn, block_id, lock=True)
     if existing is not None:
         if existing.owner != customer:
+            # Block ids are one namespace: a taken id must be refused, but the answer
+            # says nothing of whose it is, its numbers or its state.
             raise Conflict(
-                f"block {block_id} belongs to another account",
+                f"block id {block_id} is taken; choose another",
                 field="block_id",
-                code="block_owned_elsewhere",
+                code="block_id_taken",
             )
         if (existing.base_number, existing.range_first, existing.range_last) != (
             block.base,

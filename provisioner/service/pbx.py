@@ -36,13 +36,6 @@ def check_ext(ext: str, plan: Plan, field: str = "ext") -> str:
     return ext
 
 
-def check_name(name: str) -> str:
-    # Its length comes checked from the request's schema (openapi.yaml).
-    if not name.strip() or any(not c.isprintable() for c in name):
-        raise InvalidInput("name must be printable characters, not only spaces", field="name")
-    return name.strip()
-
-
 async def require_pbx(u: Unit, customer: str) -> Pbx:
     u.actor.require_one_of(customer)
     await accounts.require(u, customer)
@@ -78,7 +71,7 @@ async def put_extension(
 ) -> ExtensionResult:
     pbx = await require_pbx(u, customer)
     check_ext(ext, numbering.plan(u.policy.country))
-    name = check_name(name)
+    name = accounts.check_name(name)
     if pickup_group is not None and not rules.NAME.fullmatch(pickup_group):
         raise InvalidInput(
             "a pickup group is 1 to 32 lower-case letters, digits or '-'",
@@ -142,7 +135,7 @@ async def put_ring_group(
 ) -> tuple[RingGroup, bool]:
     pbx = await require_pbx(u, customer)
     check_ext(ext, numbering.plan(u.policy.country))
-    name = check_name(name)
+    name = accounts.check_name(name)
     # The strategy, the ring time and the members' count and uniqueness come checked from
     # the request's schema (openapi.yaml); whether each member exists is known only here.
     await db_pbx.lock_pbx(u.conn, pbx.id)

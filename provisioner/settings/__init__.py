@@ -179,6 +179,11 @@ class Webhook:
 class Listen:
     host: str = setting("127.0.0.1", "Address the HTTP API binds to.")
     port: int = setting(8080, "Port the HTTP API listens on.")
+    header_timeout_seconds: int = setting(
+        10,
+        "A connection whose request head has not arrived this long after it opened (or"
+        " after its last answer: an idle kept-alive connection) is closed.",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 
+from provisioner.db import channels
+
 log = logging.getLogger(__name__)
 
 Step = Callable[[], Awaitable[int]]
@@ -36,7 +38,7 @@ async def _listen(url: str, channel: str, wake: asyncio.Event) -> None:
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-                await conn.execute(f"LISTEN {channel}")
+                await channels.listen(conn, channel)
                 retry = 1.0
                 wake.set()  # anything notified while we were away is found by this pass
                 async for _ in conn.notifies():
