@@ -13,10 +13,11 @@ from typing import Any
 
 import psycopg
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import LAB, Api, Lab, free_port
+from conftest import LAB, REALTIME_PASSWORD, REALTIME_ROLE, Api, Lab, free_port
 from helpers import BLOCK, OTHER, OWNER, TARGET, scene
 
 from provisioner.app import create_app
+from provisioner.db import pjsip_rows
 from provisioner.settings import Node, Secret, Settings
 
 # The carrier (SBC) lives on its own loopback address, so identifying it by address
@@ -214,3 +215,14 @@ async def lab_up_again(lab: Lab) -> None:
         lab_command, lab, "up", "--ami-port", str(lab.ami_port), "--sip-port", str(lab.sip_port)
     )
     assert up.returncode == 0, up.stdout + up.stderr
+
+
+async def realtime_node(lab: Lab, db_url: str, node: str) -> None:
+    """A realtime lab as the test's node `node`: its reader role reads that node's rows
+    in this test's database, its folder and caches empty. (Emptied again by the next
+    test that takes it: `clean_realtime_lab` or this.)"""
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        await pjsip_rows.make_reader(conn, REALTIME_ROLE, REALTIME_PASSWORD, node)
+        await conn.commit()
+    point_at_database(lab, db_url)
+    clean_output(lab)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,18 +53,31 @@ class RouterLab:
         if done.returncode != 0:
             pytest.fail(f"the lab's router did not start:\n{done.stdout}{done.stderr}")
 
-    def kill(self) -> None:
-        """kill -9 of every Kamailio process (its own process group), no clean stop."""
-        import os
-        import signal
-        import time
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads((self.folder / "router" / "router.json").read_text())
+        return state
 
-        state = json.loads((self.folder / "router" / "router.json").read_text())
-        os.killpg(int(state["pid"]), signal.SIGKILL)
+    def processes(self) -> list[int]:
+        """Every Kamailio process running this router's config (main and children)."""
+        config = str(self.folder / "router" / "kamailio.cfg")
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if entry.name.isdigit() and config.encode() in cmdline and b"unshare" not in cmdline[0]:
+                found.append(int(entry.name))
+        return found
+
+    def kill(self) -> None:
+        """kill -9 of the router's main process alone, no clean stop: its children must
+        go with it (its own PID namespace), as after a crash."""
+        os.kill(int(self.state()["pid"]), signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while self.command("router-down").stdout.strip() != "lab: router not running":
-            assert time.monotonic() < deadline, "the killed router is still there"
-            time.sleep(0.05)
+        while self.processes():
+            assert time.monotonic() < deadline, f"Kamailio left running: {self.processes()}"
+            time.sleep(0.02)
 
     def down(self) -> None:
         done = self.command("router-down")

@@ -8,7 +8,9 @@ node `node-b`. The carrier only ever talks to the router."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ import psycopg
 import pytest
 from conftest import LAB, Api, Inbox, Lab, free_port
 from helpers import BLOCK, OWNER, OWNER_MAIL, TARGET, TARGET_MAIL, path_of, request_assignment
-from lab_helpers import CARRIER_HOST, console_env, lab_service, wait_applied
+from lab_helpers import CARRIER_HOST, console_env, lab_service, realtime_node, wait_applied
 from panoramisk import Manager
 from router_helpers import (
     ROUTER_IP,
@@ -34,6 +36,7 @@ from router_helpers import (
 )
 from sipp_peer import SipResult, assert_blind_transfer, run_scenario, start_scenario
 
+from bench.sip import CallStorm, RingingPhone
 from provisioner.settings import Settings
 
 MUNICH = "+49891234567"  # A's block muc-main, no extension of its own: the default target
@@ -109,37 +112,72 @@ async def put_phone(api: Api, customer: str, block: str) -> Phone:
     return Phone(made["sip_username"], made["sip_password"], free_port())
 
 
+@contextlib.asynccontextmanager
+async def platform_of(
+    settings: Settings, first: Lab, second: Lab, tmp_path: Path
+) -> AsyncIterator[Platform]:
+    """A on node `default` (the first lab), B on `node-b` (the second), the router in
+    front; each PBX with its phone 100 and its block's numbers routed."""
+    async with (
+        running_router(tmp_path, settings.database.url.value) as router,
+        platform_behind(settings, router, first, second) as scene,
+    ):
+        yield scene
+
+
+@contextlib.asynccontextmanager
+async def platform_behind(
+    settings: Settings, router: RouterLab, first: Lab, second: Lab
+) -> AsyncIterator[Platform]:
+    """As platform_of, behind a router that is already running."""
+    both = platform(settings, router, first, second)
+    async with lab_service(both, first, nodes=both.asterisk.nodes) as (api, _):
+        for customer, name, mail, node, block, number in (
+            (OWNER, "Isar Logistik GmbH", OWNER_MAIL, "default", BLOCK, "+4989123456"),
+            (TARGET, "Spree Logistik GmbH", TARGET_MAIL, "node-b", "ber-main", "+4930123456"),
+        ):
+            await api.ok("PUT", f"/v1/accounts/{customer}",
+                         {"name": name, "email": mail, "language": "en"})  # fmt: skip
+            await api.ok("PUT", f"/v1/accounts/{customer}/pbx", {"node": node})
+            body = {"number": number, "range": "0-99", "mode": "pbx"}
+            await api.ok("PUT", f"/v1/accounts/{customer}/blocks/{block}", body)
+        phones = {
+            "A": await put_phone(api, OWNER, BLOCK),
+            "B": await put_phone(api, TARGET, "ber-main"),
+        }
+        for customer, block, number in (
+            (OWNER, BLOCK, "+4989123456"),
+            (TARGET, "ber-main", "+4930123456"),
+        ):
+            body = {"number": number, "range": "0-99", "mode": "pbx", "default_target": "100"}
+            await api.ok("PUT", f"/v1/accounts/{customer}/blocks/{block}", body)
+        scene = Platform(api, both, router, {"default": first, "node-b": second}, phones)
+        await scene.routed(OWNER)
+        await scene.routed(TARGET)
+        yield scene
+
+
 @pytest.fixture
 async def two_nodes(
     settings: Settings, clean_lab: Lab, clean_second_lab: Lab, tmp_path: Path
 ) -> AsyncIterator[Platform]:
-    async with running_router(tmp_path, settings.database.url.value) as router:
-        both = platform(settings, router, clean_lab, clean_second_lab)
-        async with lab_service(both, clean_lab, nodes=both.asterisk.nodes) as (api, _):
-            for customer, name, mail, node, block, number in (
-                (OWNER, "Isar Logistik GmbH", OWNER_MAIL, "default", BLOCK, "+4989123456"),
-                (TARGET, "Spree Logistik GmbH", TARGET_MAIL, "node-b", "ber-main", "+4930123456"),
-            ):
-                await api.ok("PUT", f"/v1/accounts/{customer}",
-                             {"name": name, "email": mail, "language": "en"})  # fmt: skip
-                await api.ok("PUT", f"/v1/accounts/{customer}/pbx", {"node": node})
-                body = {"number": number, "range": "0-99", "mode": "pbx"}
-                await api.ok("PUT", f"/v1/accounts/{customer}/blocks/{block}", body)
-            phones = {
-                "A": await put_phone(api, OWNER, BLOCK),
-                "B": await put_phone(api, TARGET, "ber-main"),
-            }
-            for customer, block, number in (
-                (OWNER, BLOCK, "+4989123456"),
-                (TARGET, "ber-main", "+4930123456"),
-            ):
-                body = {"number": number, "range": "0-99", "mode": "pbx", "default_target": "100"}
-                await api.ok("PUT", f"/v1/accounts/{customer}/blocks/{block}", body)
-            scene = Platform(api, both, router, {"default": clean_lab, "node-b": clean_second_lab},
-                             phones)  # fmt: skip
-            await scene.routed(OWNER)
-            await scene.routed(TARGET)
-            yield scene
+    async with platform_of(settings, clean_lab, clean_second_lab, tmp_path) as scene:
+        yield scene
+
+
+@pytest.fixture(params=["files", "realtime"])
+async def two_nodes_each(
+    request: pytest.FixtureRequest, settings: Settings, clean_lab: Lab, tmp_path: Path
+) -> AsyncIterator[Platform]:
+    """The platform with node-b in each PJSIP mode: a realtime node-b reads its rows
+    (the carrier's too) from this test's database; nothing is repaired by hand."""
+    if request.param == "files":
+        second: Lab = request.getfixturevalue("clean_second_lab")
+    else:
+        second = request.getfixturevalue("realtime_lab")
+        await realtime_node(second, settings.database.url.value, "node-b")
+    async with platform_of(settings, clean_lab, second, tmp_path) as scene:
+        yield scene
 
 
 async def assign_to_b(scene: Platform, inbox: Inbox) -> None:
@@ -152,8 +190,10 @@ async def assign_to_b(scene: Platform, inbox: Inbox) -> None:
     assert (await scene.api.client.post(path_of(target_link))).status == 200
 
 
-async def test_numbers_follow_their_pbx_across_nodes(two_nodes: Platform, inbox: Inbox) -> None:
-    scene = two_nodes
+async def test_numbers_follow_their_pbx_across_nodes(
+    two_nodes_each: Platform, inbox: Inbox
+) -> None:
+    scene = two_nodes_each
     # A's number rings A's phone on node default; B's rings B's on node-b.
     await scene.call_rings(MUNICH, "A", "default")
     await scene.call_rings(BERLIN, "B", "node-b")
@@ -396,3 +436,123 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+async def router_sends(scene: Platform, number: str, node: str, within: float = 20) -> None:
+    """Until the router's entry for the number is the node's address (read over RPC)."""
+    deadline = time.monotonic() + within
+    while True:
+        found = await asyncio.to_thread(rpc, scene.router, "htable.get", "numbers", number)
+        if found.get("result", {}).get("item", {}).get("value") == node_uri(scene, node):
+            return
+        assert time.monotonic() < deadline, f"{number} not sent to {node}: {found}"
+        await asyncio.sleep(0.02)
+
+
+async def test_no_call_is_misrouted_while_a_block_moves_and_resets(
+    two_nodes_each: Platform, inbox: Inbox
+) -> None:
+    """The carrier calls A's block at 50 calls/s for at least 20 s while the block is
+    assigned to B's PBX on the other node and reset, again and again: a call in a switch
+    may ring either side's phone, but every call rings a phone (no 404, no hang-up by a
+    node that dropped the numbers before the router stopped sending them)."""
+    scene = two_nodes_each
+    rings = {}
+    for who, node in (("A", "default"), ("B", "node-b")):
+        scene.register(who, node)
+        rings[who] = RingingPhone(scene.phones[who].port)
+        await rings[who].start()
+    storm = CallStorm(CARRIER_HOST, free_port(), scene.router.sip_port, to_host=ROUTER_IP)
+    await storm.start()
+    cycles_done = asyncio.Event()
+    numbers = [f"+4989123456{i}" for i in range(100)]
+    calling = asyncio.create_task(storm.run(numbers, rate=50, until=cycles_done, at_least=20))
+    began = time.monotonic()
+    switches: list[str] = []
+    try:
+        # At least five cycles, and as many as fit in the storm's 20 s: every switch is a
+        # window for a misroute. Each step goes on as soon as the router has switched.
+        while len(switches) < 10 or time.monotonic() - began < 19:
+            await assign_to_b(scene, inbox)
+            await router_sends(scene, MUNICH, "node-b")
+            switches.append(f"on B at {time.monotonic() - began:.2f} s")
+            assert (await scene.api.call("DELETE", f"/v1/blocks/{BLOCK}/assignment")).status == 200
+            await router_sends(scene, MUNICH, "default")
+            switches.append(f"on A at {time.monotonic() - began:.2f} s")
+        cycles_done.set()
+        await calling
+        await storm.settle()
+    finally:
+        cycles_done.set()
+        calling.cancel()
+        storm.close()
+        for phone in rings.values():
+            phone.close()
+    calls = list(storm.calls.values())
+    misrouted = storm.misrouted()
+    summary = (
+        f"{len(calls)} calls; A's phone rang {rings['A'].invites}, B's {rings['B'].invites};"
+        f" {len(switches)} switches: {switches[:20]}"
+    )
+    assert len(calls) >= 1000 and len(switches) >= 10, summary
+    assert not misrouted, f"{summary}; misrouted: " + ", ".join(
+        f"{c.number} {c.final} {c.reason} from {c.server!r} at {c.sent - began:.2f} s"
+        for c in misrouted[:20]
+    )
+    assert not storm.unanswered(), f"{summary}; {len(storm.unanswered())} got no answer"
+    assert rings["A"].invites > 0 and rings["B"].invites > 0, summary
+
+
+async def test_a_router_whose_main_is_killed_leaves_no_process_and_status_says_so(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with running_router(tmp_path, db_url) as router:
+        children = router.processes()
+        assert len(children) > 1, children  # the main and the children it forked
+        status = router.command("status")
+        assert "router: running" in status.stdout, status.stdout + status.stderr
+        assert f"router_pid={router.state()['pid']}" in status.stdout
+        router.kill()  # kill -9 of the main alone; returns once no Kamailio is left
+        assert not any(running(pid) for pid in children)
+        status = router.command("status")
+        assert status.returncode == 3 and "router: not running" in status.stdout, status.stdout
+        # Started again on the same ports: the old ones are free, the new one answers.
+        router.up()
+        assert "kamailio" in json.dumps(rpc(router, "core.version")).lower()
+
+
+async def test_router_up_on_a_taken_port_fails_and_says_why(db_url: str, tmp_path: Path) -> None:
+    router = RouterLab(tmp_path / "taken", free_port(), free_port(), await reader_url(db_url))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind((ROUTER_IP, router.sip_port))
+        done = router.command(
+            "router-up", "--router-ip", ROUTER_IP, "--router-port", str(router.sip_port),
+            "--rpc-port", str(router.rpc_port), "--db-url", router.db_url,
+        )  # fmt: skip
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert f"port {router.sip_port} on {ROUTER_IP} is taken" in done.stderr, done.stderr
+    assert not router.processes()
+
+
+async def test_a_node_switched_to_realtime_takes_the_routers_calls_at_once(
+    settings: Settings, clean_lab: Lab, realtime_lab: Lab, tmp_path: Path
+) -> None:
+    """node-b restarts as a realtime node without any row of its own in the database
+    (as a node switched from files, whose files are all in place): at the service's
+    start its own rows (the carrier's endpoint) are written, so the router's calls are
+    taken at once; nobody runs a repair."""
+    url = settings.database.url.value
+    await realtime_node(realtime_lab, url, "node-b")
+    async with running_router(tmp_path, url) as router:
+        async with platform_behind(settings, router, clean_lab, realtime_lab) as scene:
+            phones, routed_settings = scene.phones, scene.settings
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute("DELETE FROM pjsip_objects WHERE node = 'node-b'")
+        for kind in ("endpoint", "aor", "auth"):  # as if it never had them
+            realtime_lab.cli(f"sorcery memory cache expire res_pjsip/{kind}")
+        nodes = routed_settings.asterisk.nodes
+        async with lab_service(routed_settings, clean_lab, nodes=nodes) as (api, _):
+            labs = {"default": clean_lab, "node-b": realtime_lab}
+            again = Platform(api, routed_settings, router, labs, phones)
+            await wait_applied(api, TARGET)
+            await again.call_rings(BERLIN, "B", "node-b")

@@ -194,15 +194,21 @@ async def pbx_using(conn: Conn, block_id: str) -> int | None:
 async def used_blocks(conn: Conn, pbx_id: int) -> list[UsedBlock]:
     """The blocks this PBX uses now, with their trunk and default target."""
     columns = ", ".join(f"b.{c.strip()}" for c in COLUMNS.split(","))
-    select = (
-        f"SELECT {columns}, b.trunk_username, b.trunk_sealed, b.trunk_password,"
-        " (SELECT t.target FROM default_targets t WHERE t.pbx_id = p.id AND t.block_id = b.id),"
-        " b.trunk_register"
-    )
+
+    def select(target: str) -> str:
+        return (
+            f"SELECT {columns}, b.trunk_username, b.trunk_sealed, b.trunk_password,"
+            " (SELECT t.target FROM default_targets t WHERE t.pbx_id = p.id"
+            f"  AND t.block_id = b.id {target}), b.trunk_register"
+        )
+
+    # A block used now rings its current choice; a held one also a choice that ended
+    # (a reset) while the router still sends its numbers here.
     cur = await conn.execute(
-        select + _USAGE + " AND p.id = %s UNION " + select + _HELD + " ORDER BY 1",
+        select("AND t.ended_at IS NULL") + _USAGE + " AND p.id = %s UNION "
+        + select("") + _HELD + " ORDER BY 1",
         (pbx_id, pbx_id),
-    )
+    )  # fmt: skip
     return [UsedBlock(BlockRow(*row[:10]), *row[10:15]) for row in await cur.fetchall()]
 
 
@@ -250,7 +256,8 @@ async def set_default_target(
     await conn.execute(
         "INSERT INTO default_targets (pbx_id, block_id, target, updated_at)"
         " VALUES (%s, %s, %s, %s) ON CONFLICT (pbx_id, block_id)"
-        " DO UPDATE SET target = EXCLUDED.target, updated_at = EXCLUDED.updated_at",
+        " DO UPDATE SET target = EXCLUDED.target, updated_at = EXCLUDED.updated_at,"
+        " ended_at = NULL",
         (pbx_id, block_id, target, now),
     )
 
@@ -258,6 +265,24 @@ async def set_default_target(
 async def forget_default_target(conn: Conn, pbx_id: int, block_id: str) -> None:
     await conn.execute(
         "DELETE FROM default_targets WHERE pbx_id = %s AND block_id = %s", (pbx_id, block_id)
+    )
+
+
+async def end_default_target(conn: Conn, pbx_id: int, block_id: str, now: datetime) -> None:
+    """The PBX stops using the block: its default target goes, but while the SIP router
+    still sends the block's numbers to it (`_HELD`) it only ends: the PBX keeps ringing
+    it until the router has switched, and the router step deletes it then (db/router.py
+    `routed`). Make before break for a reset, as for a move. (The caller holds the
+    router's lock, so a switch being recorded is seen.)"""
+    await conn.execute(
+        "DELETE FROM default_targets t WHERE pbx_id = %s AND block_id = %s"
+        " AND NOT EXISTS (SELECT 1 FROM router_blocks r"
+        "                 WHERE r.block_id = t.block_id AND r.pbx_id = t.pbx_id)",
+        (pbx_id, block_id),
+    )
+    await conn.execute(
+        "UPDATE default_targets SET ended_at = %s WHERE pbx_id = %s AND block_id = %s",
+        (now, pbx_id, block_id),
     )
 
 

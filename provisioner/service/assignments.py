@@ -18,6 +18,7 @@ from provisioner.db import apply_queue, outbox
 from provisioner.db import assignments as db_assignments
 from provisioner.db import events as event_feed
 from provisioner.db import pbx as db_pbx
+from provisioner.db import router as db_router
 from provisioner.db.accounts import Account
 from provisioner.db.assignments import Assignment, Event
 from provisioner.db.blocks import BlockRow
@@ -252,8 +253,11 @@ async def _transition(
     states.check_transition(assignment.state, new_state)
     changed = replace(assignment, state=new_state, ended_at=u.now)
     updated = await db_assignments.update(u.conn, changed)
-    # The target's PBX no longer uses the block: its choice of a default target goes.
-    await db_pbx.forget_default_target(u.conn, assignment.target_pbx_id, assignment.block_id)
+    # The target's PBX no longer uses the block: its choice of a default target goes
+    # (once the SIP router no longer sends the numbers to it). Whether the router still
+    # does is read under the router's lock, so a switch being recorded right now is seen.
+    await db_router.read_lock(u.conn)
+    await db_pbx.end_default_target(u.conn, assignment.target_pbx_id, assignment.block_id, u.now)
     await _event(u, updated, action, assignment.state, actor)
     return updated
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
+from provisioner.asterisk import realtime
 from provisioner.asterisk.apply import Applier
 from provisioner.asterisk.check import check_node, repair_node
 from provisioner.asterisk.pjsip import PjsipReloader
@@ -21,6 +22,8 @@ from provisioner.db import router as db_router
 from provisioner.domain.credentials import SecretBox
 from provisioner.mail import sender
 from provisioner.mail.compose import Composer
+from provisioner.render.render import node_files
+from provisioner.render.view import Carrier
 from provisioner.router.sync import RouterSync
 from provisioner.service import assignments
 from provisioner.service.unit import Actor, Policy, Unit
@@ -150,10 +153,11 @@ def node_workers(
 
 
 async def _pjsip_mode(pool: AsyncConnectionPool, node: Node, clock: Clock) -> None:
-    """Once at start (retried while the database is away): a realtime node's PBXs that
-    have no rows yet (the node was just switched to realtime) are queued, so their
-    objects are there before anybody needs them; a files node's rows from when it was
-    realtime go."""
+    """Once at start (retried while the database is away): a realtime node's own rows
+    (the carrier's endpoint and AOR) are written now, and its PBXs that have no rows
+    yet (the node was just switched to realtime, or is new) are queued, so their objects
+    are there before anybody needs them: without the carrier's endpoint every call the
+    router relays would be refused. A files node's rows from when it was realtime go."""
     while True:
         try:
             async with pool.connection() as conn, conn.transaction():
@@ -162,6 +166,9 @@ async def _pjsip_mode(pool: AsyncConnectionPool, node: Node, clock: Clock) -> No
                         log.warning("node %s has pjsip: files; its realtime rows are dropped",
                                     node.name)  # fmt: skip
                     return
+                own = realtime.objects(node_files(Carrier.of(node)))
+                if await pjsip_rows.replace(conn, node.name, None, own, clock()):
+                    log.warning("node %s: its own realtime rows (carrier) written", node.name)
                 missing = await pjsip_rows.pbxes_without_rows(conn, node.name)
                 for pbx_id in missing:
                     await apply_queue.request(conn, pbx_id, "realtime rows", clock())
