@@ -141,10 +141,13 @@ async def test_a_reader_holding_advisory_locks_stalls_nothing(
             AsyncConnectionPool(db_url, min_size=1, max_size=4, open=False) as pool,
             asyncio.timeout(10),
         ):
-            async with locks.held(pool, "node-2") as mine, locks.held(pool, "node-2", "pjsip"):
-                assert mine
+            async with (
+                locks.held(pool, locks.node("node-2")) as mine,
+                locks.held(pool, locks.node("node-2", "pjsip")) as also,
+                locks.held(pool, locks.block("muc-main")) as router,
+            ):
+                assert mine and also and router
             async with pool.connection() as conn, conn.transaction():
-                await db_router.lock(conn)
                 await conn.execute(
                     "INSERT INTO events (event_id, type, at, data)"
                     " VALUES ('evt_x', 'router.routed', now(), '{}')"
@@ -158,12 +161,12 @@ async def test_a_reader_holding_advisory_locks_stalls_nothing(
 async def test_a_node_lock_is_one_holder_at_a_time(db_url: str) -> None:
     async with AsyncConnectionPool(db_url, min_size=1, max_size=4, open=False) as pool:
         async with (
-            locks.held(pool, "node-1") as first,
-            locks.held(pool, "node-1") as second,
-            locks.held(pool, "node-9") as other,
+            locks.held(pool, locks.node("node-1")) as first,
+            locks.held(pool, locks.node("node-1")) as second,
+            locks.held(pool, locks.node("node-9")) as other,
         ):
             assert (first, second, other) == (True, False, True)
-        async with locks.held(pool, "node-1") as again:
+        async with locks.held(pool, locks.node("node-1")) as again:
             assert again
 
 

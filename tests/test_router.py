@@ -556,3 +556,28 @@ async def test_a_node_switched_to_realtime_takes_the_routers_calls_at_once(
             again = Platform(api, routed_settings, router, labs, phones)
             await wait_applied(api, TARGET)
             await again.call_rings(BERLIN, "B", "node-b")
+
+
+async def test_a_block_of_ten_thousand_numbers_holds_up_no_other_block(
+    two_nodes: Platform, inbox: Inbox
+) -> None:
+    """A's new block of 10,000 numbers goes to the router while A's Munich block is
+    assigned to B: the small block switches without waiting for the big one, and the big
+    one is live in full (its first and last number read back) within its own time."""
+    scene = two_nodes
+    started = time.monotonic()
+    await scene.api.ok("PUT", f"/v1/accounts/{OWNER}/blocks/muc-big",
+                       {"number": "+49891000", "range": "0000-9999", "mode": "pbx",
+                        "default_target": "100"})  # fmt: skip
+    await assign_to_b(scene, inbox)
+    assigned = time.monotonic()
+    await router_sends(scene, MUNICH, "node-b")
+    small = time.monotonic() - assigned
+    for number in ("+498910000000", "+498910009999"):
+        await router_sends(scene, number, "default", within=60)
+    big = time.monotonic() - started
+    print(f"10,000-number block live at the router {big:.2f} s after its PUT;"
+          f" the small block {small:.3f} s after its assignment")  # fmt: skip
+    assert small < 5, (small, big)
+    await scene.call_rings(MUNICH, "B", "node-b")
+    await scene.call_rings("+498910004242", "A", "default")

@@ -104,7 +104,7 @@ class Applier:
         file changed (a drift repair, a retry after Asterisk failed). `wait`: wait for a
         round another applier is running, instead of leaving the node to it (a repair
         must not return before what it queued is done)."""
-        async with locks.held(self.pool, self.node.name, wait=wait) as mine:
+        async with locks.held(self.pool, locks.node(self.node.name), wait=wait) as mine:
             if not mine:
                 return 0  # another instance is applying to this node right now
             left = await self._leave()
@@ -176,8 +176,6 @@ class Applier:
             return Rendered(files={})  # removed: its files go, and with them its objects
         try:
             async with self.pool.connection() as conn, conn.transaction():
-                # Which blocks the PBX still holds depends on what the router does now.
-                await db_router.read_lock(conn)
                 view = await load_view(conn, t.pbx, self.secrets)
             return Rendered(files=pbx_files(view, Carrier.of(self.node)))
         except Exception as exc:

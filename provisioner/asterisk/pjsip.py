@@ -52,7 +52,7 @@ class PjsipReloader:
 
     async def step(self) -> int:
         """One reload if anything waits for one; how many PBXs it made live."""
-        async with locks.held(self.pool, self.node.name, "pjsip") as mine:
+        async with locks.held(self.pool, locks.node(self.node.name, "pjsip")) as mine:
             if not mine:
                 return 0
             async with self.pool.connection() as conn:
@@ -107,7 +107,7 @@ class PjsipReloader:
         writes ours again, and this reload waits for it. Checked while no round writes
         (the node's apply lock), or a file just written would look like a hand edit."""
         async with (
-            locks.held(self.pool, self.node.name, wait=True),
+            locks.held(self.pool, locks.node(self.node.name), wait=True),
             self.pool.connection() as conn,
             conn.transaction(),
         ):

@@ -2,8 +2,7 @@
 
 Lock order, the same in every transaction of the API and the workers, so that two of
 them never wait for each other in a circle:
-  accounts -> blocks -> assignments -> pbxes -> the router's lock -> apply_queue
-  -> apply_state
+  accounts -> blocks -> assignments -> pbxes -> apply_queue -> apply_state
 Rows we lock to change (never their keys) are locked FOR NO KEY UPDATE, which a foreign
 key check of a child row (FOR KEY SHARE, taken by every insert into apply_queue,
 apply_state, config_revisions, ...) does not wait for. Several PBXs are locked or queued

@@ -1,10 +1,11 @@
 """The service's own locks: row locks on `service_locks` (migration 0014), which no
 reader role can take, unlike an advisory lock. One applier and one PJSIP reloader per
-node across all instances; one router sync at a time.
+node across all instances (`node`), one switch of a block on the SIP router at a time
+(`block`).
 
-A node's lock is held for a whole round, across the round's own transactions: on a
-connection of its own, in a transaction that only holds the row (seconds: a round's
-length)."""
+A lock taken with `held` lasts while its block runs, across the block's own
+transactions: on a connection of its own, in a transaction that only holds the row
+(seconds: a round's or a router pass's length)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,21 @@ from collections.abc import AsyncIterator
 
 from psycopg_pool import AsyncConnectionPool
 
-from provisioner.db import Conn
+
+def block(block_id: str) -> str:
+    """The name of a block's lock while the router step switches it."""
+    return f"router:{block_id}"
+
+
+def node(name: str, role: str = "apply") -> str:
+    """The name of a node's lock for a role ("apply", "pjsip")."""
+    return f"{role}:{name}"
 
 
 @contextlib.asynccontextmanager
-async def held(
-    pool: AsyncConnectionPool, node: str, role: str = "apply", *, wait: bool = False
-) -> AsyncIterator[bool]:
-    """The node's lock for this role while the block runs: True if taken, False if
-    another holds it (with `wait`, waits for the holder instead: always True)."""
-    name = f"{role}:{node}"
+async def held(pool: AsyncConnectionPool, name: str, *, wait: bool = False) -> AsyncIterator[bool]:
+    """The lock `name` while the block runs: True if taken, False if another holds it
+    (with `wait`, waits for the holder instead: always True)."""
     async with pool.connection() as conn:
         await conn.set_autocommit(True)
         # Its own statement, committed at once: an insert in the holding transaction
@@ -36,14 +42,3 @@ async def held(
                 f"SELECT 1 FROM service_locks WHERE name = %s FOR NO KEY UPDATE{skip}", (name,)
             )
             yield await cur.fetchone() is not None
-
-
-async def lock(conn: Conn, name: str) -> None:
-    """Inside a transaction: wait for the holder of `name` ('router', ...) to commit."""
-    await conn.execute("SELECT 1 FROM service_locks WHERE name = %s FOR NO KEY UPDATE", (name,))
-
-
-async def share(conn: Conn, name: str) -> None:
-    """Inside a transaction: wait for the holder of `name`'s lock to commit, and keep it
-    from being taken until this one ends (others may share it meanwhile)."""
-    await conn.execute("SELECT 1 FROM service_locks WHERE name = %s FOR SHARE", (name,))

@@ -174,9 +174,14 @@ _USAGE = (
 
 # Blocks a PBX keeps serving after they moved to another node (or to nobody), until the
 # SIP router sends their numbers elsewhere (router/sync.py switches them): make before
-# break. Without a router, router_blocks is empty and nothing is held.
+# break. A block the router is being switched to it right now (router_switching) too,
+# whatever its usage meanwhile. Without a router, both tables are empty: nothing is held.
+_ROUTED = (
+    "(SELECT block_id, pbx_id, node FROM router_blocks"
+    " UNION SELECT block_id, pbx_id, node FROM router_switching)"
+)
 _HELD = (
-    " FROM router_blocks r JOIN blocks b ON b.id = r.block_id"
+    f" FROM {_ROUTED} r JOIN blocks b ON b.id = r.block_id"
     " JOIN pbxes p ON p.id = r.pbx_id AND p.node = r.node AND p.removed_at IS NULL"
     " WHERE NOT EXISTS (SELECT 1 FROM block_usage w"
     "                   WHERE w.block_id = r.block_id AND w.node = r.node)"
@@ -272,11 +277,10 @@ async def end_default_target(conn: Conn, pbx_id: int, block_id: str, now: dateti
     """The PBX stops using the block: its default target goes, but while the SIP router
     still sends the block's numbers to it (`_HELD`) it only ends: the PBX keeps ringing
     it until the router has switched, and the router step deletes it then (db/router.py
-    `routed`). Make before break for a reset, as for a move. (The caller holds the
-    router's lock, so a switch being recorded is seen.)"""
+    `routed`). Make before break for a reset, as for a move."""
     await conn.execute(
         "DELETE FROM default_targets t WHERE pbx_id = %s AND block_id = %s"
-        " AND NOT EXISTS (SELECT 1 FROM router_blocks r"
+        f" AND NOT EXISTS (SELECT 1 FROM {_ROUTED} r"
         "                 WHERE r.block_id = t.block_id AND r.pbx_id = t.pbx_id)",
         (pbx_id, block_id),
     )
@@ -300,7 +304,8 @@ async def drop_default_target_ringing_nothing(conn: Conn, pbx_id: int, block_id:
 async def blocks_ringing(conn: Conn, pbx_id: int, ext: str) -> list[str]:
     """The blocks whose unrouted numbers this PBX sends to `ext` (used now or soon)."""
     cur = await conn.execute(
-        "SELECT block_id FROM default_targets WHERE pbx_id = %s AND target = %s ORDER BY block_id",
+        "SELECT block_id FROM default_targets WHERE pbx_id = %s AND target = %s"
+        " AND ended_at IS NULL ORDER BY block_id",
         (pbx_id, ext),
     )
     return [row[0] for row in await cur.fetchall()]

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from psycopg import sql
 
-from provisioner.db import Conn, channels, locks
+from provisioner.db import Conn, channels
 from provisioner.domain.numbers import LENGTH_FACTOR
 
 CHANNEL = "router_due"
@@ -36,19 +36,16 @@ class Change:
     old_numbers: tuple[str, ...]
 
 
-async def lock(conn: Conn) -> None:
-    """Inside a transaction: wait for any other router sync to end (two would push the
-    same blocks in any order)."""
-    await locks.lock(conn, "router")
-
-
-async def read_lock(conn: Conn) -> None:
-    """Inside a transaction: what router_blocks says is what the router does until this
-    transaction ends. A router sync switches the router first and records it after; a
-    reader in between (a round deciding whether its PBX still holds a block) would see
-    the old entry while the router already sends the numbers elsewhere, or the new one
-    before. So readers share this lock, and a sync takes it alone (`lock`)."""
-    await locks.share(conn, "router")
+async def switching(conn: Conn, changes: list[Change], now: datetime) -> None:
+    """Before the router is told: where each block is being switched to. The PBX there
+    holds the block as the old one does, until `routed` records the switch."""
+    for change in changes:
+        if change.pbx_id is not None and change.node is not None:
+            await conn.execute(
+                "INSERT INTO router_switching (block_id, pbx_id, node, since)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (change.block_id, change.pbx_id, change.node, now),
+            )
 
 
 async def notify_due(conn: Conn) -> None:
@@ -106,6 +103,7 @@ async def routed(conn: Conn, change: Change, now: datetime) -> None:
             " AND ended_at IS NOT NULL",
             (change.old_pbx_id, change.block_id),
         )
+    await conn.execute("DELETE FROM router_switching WHERE block_id = %s", (change.block_id,))
     if change.pbx_id is None or not change.numbers:
         await conn.execute("DELETE FROM router_blocks WHERE block_id = %s", (change.block_id,))
         return
@@ -181,4 +179,5 @@ async def forget(conn: Conn) -> int:
     """Without a router, nothing is held for it: a table left from when one was
     configured must not keep blocks on their old nodes (db/pbx.py `_HELD`)."""
     cur = await conn.execute("DELETE FROM router_blocks")
+    await conn.execute("DELETE FROM router_switching")
     return cur.rowcount

@@ -1,9 +1,9 @@
 """Kamailio's JSON-RPC over HTTP (modules jsonrpcs + xhttp): the commands of the htable
 module on the `numbers` table, which maps an E.164 number to its node's SIP URI.
 
-Kamailio's jsonrpcs takes no batches, and a change of one block is a hundred small
-calls per phase: the client keeps a few HTTP connections open (keep-alive, CONNECTIONS,
-as many as the router's TCP workers) and callers may run calls side by side.
+Kamailio's jsonrpcs takes no batches, and a change of one block is a call per number
+per phase: the client keeps a few HTTP connections open (keep-alive, CONNECTIONS, fewer
+than the router's TCP workers) and callers may run calls side by side.
 """
 
 from __future__ import annotations
@@ -38,15 +38,20 @@ def _missing(exc: RouterRefused) -> bool:
 
 
 class Router:
-    def __init__(self, url: str, *, timeout_ms: int = 2000) -> None:
+    def __init__(self, url: str, *, timeout_ms: int = 2000, connections: int = CONNECTIONS) -> None:
         self.url = url
-        self._timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000)
+        # The timeout covers one call on the wire (connecting, and each read), never the
+        # wait for one of the client's connections: a thousand calls queued behind each
+        # other are slow, not failed.
+        seconds = timeout_ms / 1000
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+        self._connections = connections
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Router:
         self._session = aiohttp.ClientSession(
-            timeout=self._timeout, connector=aiohttp.TCPConnector(limit=CONNECTIONS)
+            timeout=self._timeout, connector=aiohttp.TCPConnector(limit=self._connections)
         )
         return self
 

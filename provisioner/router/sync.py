@@ -24,24 +24,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from datetime import datetime
+from typing import Any, TypeVar
 
 from psycopg_pool import AsyncConnectionPool
 
 from provisioner.clock import Clock
-from provisioner.db import Conn, apply_queue, events
+from provisioner.db import Conn, apply_queue, events, locks
 from provisioner.db import router as db_router
 from provisioner.db.router import Change
 from provisioner.domain.events import RouterOutcome
 from provisioner.metrics import ROUTER_SECONDS, ROUTER_SWITCHES
-from provisioner.router.rpc import Router, RouterRefused, RouterUnavailable
+from provisioner.router.rpc import CONNECTIONS, Router, RouterRefused, RouterUnavailable
 from provisioner.settings import Node
 from provisioner.settings import Router as RouterSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BACKOFF = 5.0  # seconds; a restarted router is right from its own load meanwhile
 BATCH = 200  # blocks per pass
+LARGE = 1000  # numbers: a block this large goes in the lane of large blocks, one at a time
+SMALL_AT_ONCE = 8  # smaller blocks switched side by side
+IN_FLIGHT = 32  # calls of one block at a time: the others' calls go in between
 
 
 class NotRouted(Exception):
@@ -62,41 +68,78 @@ class RouterSync:
         self._failures = 0
         self._next_try = 0.0
         self._last_error: str | None = None
+        # Blocks being switched now, each by a task of its own, so that a block of ten
+        # thousand numbers holds up no other: the next pass starts the next ones.
+        self._switching: dict[str, asyncio.Task[None]] = {}
+        self._lanes = {False: asyncio.Semaphore(SMALL_AT_ONCE), True: asyncio.Semaphore(1)}
 
     async def step(self) -> int:
-        """One pass; returns how many blocks it switched (0: nothing due, or waiting)."""
+        """One pass: a task for each due block not being switched already; returns how
+        many it started (0: nothing new due, or waiting after a failure)."""
         if time.monotonic() < self._next_try:
             return 0
         async with self.pool.connection() as conn:
-            await conn.set_autocommit(True)
             if not self._nodes_written:
                 await db_router.set_nodes(conn, self.nodes, self.clock())
                 self._nodes_written = True
             async with conn.transaction():
-                await db_router.lock(conn)
-                changes = await db_router.due(conn, BATCH)
-                if not changes:
-                    return 0
+                changes = [
+                    c for c in await db_router.due(conn, BATCH) if c.block_id not in self._switching
+                ]
                 uris = await db_router.node_uris(conn)
-                done = await self._push_all(conn, changes, uris)
-        return done
+        for change in changes:
+            task = asyncio.create_task(self._switch(change, uris), name=f"router-{change.block_id}")
+            self._switching[change.block_id] = task
+            task.add_done_callback(self._switched)
+        return len(changes)
 
-    async def _push_all(self, conn: Conn, changes: list[Change], uris: dict[str, str]) -> int:
-        done: list[Change] = []
+    def _switched(self, task: asyncio.Task[None]) -> None:
+        self._switching = {b: t for b, t in self._switching.items() if t is not task}
+
+    async def stop(self) -> None:
+        """The switches under way end with the worker (each is retried from its start)."""
+        tasks = list(self._switching.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _switch(self, change: Change, uris: dict[str, str]) -> None:
+        """One block: the switch recorded as under way (its new PBX holds it from now on,
+        whatever happens to its usage meanwhile), the router told and read back, the
+        outcome recorded. A block that fails is retried later and stops no other; each
+        block has its own lock, so two instances never push the same block at once."""
+        large = len(change.numbers) > LARGE
+        async with (
+            self._lanes[large],
+            locks.held(self.pool, locks.block(change.block_id)) as mine,
+        ):
+            if not mine:
+                return  # another instance switches it right now
+            async with self.pool.connection() as conn:
+                async with conn.transaction():
+                    await db_router.switching(conn, [change], self.clock())
+                error = await self._push(change, uris, connections=1 if large else CONNECTIONS)
+                async with conn.transaction():
+                    if error is None:
+                        await self._record(conn, [change])
+                        await db_router.notify_due(conn)  # the next pass may find more
+                    else:
+                        await self._failed(conn, [change], error)
+        if error is None:
+            self._failures, self._next_try, self._last_error = 0, 0.0, None
+
+    async def _push(self, change: Change, uris: dict[str, str], *, connections: int) -> str | None:
+        """None once the router holds the block's change (read back); else why not."""
+        started = time.monotonic()
         try:
-            async with Router(self.settings.rpc_url, timeout_ms=self.settings.timeout_ms) as r:
-                for change in changes:
-                    started = time.monotonic()
-                    await push(r, change, uris)
-                    ROUTER_SECONDS.observe(time.monotonic() - started)
-                    done.append(change)
+            async with Router(
+                self.settings.rpc_url, timeout_ms=self.settings.timeout_ms, connections=connections
+            ) as r:
+                await push(r, change, uris)
         except (RouterUnavailable, RouterRefused, NotRouted) as exc:
-            await self._record(conn, done)
-            await self._failed(conn, changes[len(done) :], str(exc))
-            return len(done)
-        await self._record(conn, done)
-        self._failures, self._next_try, self._last_error = 0, 0.0, None
-        return len(done)
+            return f"block {change.block_id}: {exc}"
+        ROUTER_SECONDS.observe(time.monotonic() - started)
+        return None
 
     async def _record(self, conn: Conn, done: list[Change]) -> None:
         if not done:
@@ -143,15 +186,28 @@ async def push(r: Router, change: Change, uris: dict[str, str]) -> None:
         uri = uris.get(change.node)
         if uri is None:
             raise RouterRefused(f"node {change.node} has no SIP address (asterisk.nodes)")
-        await asyncio.gather(*(r.set(number, uri) for number in change.numbers))
+        await _in_batches([r.set(number, uri) for number in change.numbers])
     kept = set(change.numbers)
     gone = [n for n in change.old_numbers if n not in kept]
-    await asyncio.gather(*(r.delete(number) for number in gone))
-    found = await asyncio.gather(*(r.get(number) for number in [*change.numbers, *gone]))
+    await _in_batches([r.delete(number) for number in gone])
+    found = await _in_batches([r.get(number) for number in [*change.numbers, *gone]])
     wanted = [uri] * len(change.numbers) + [None] * len(gone)
     for number, has, should in zip([*change.numbers, *gone], found, wanted, strict=True):
         if has != should:
             raise NotRouted(f"{number}: router has {has}, not {should}")
+
+
+async def _in_batches(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """The calls, IN_FLIGHT at a time, their results in order: a block's calls never
+    fill the client's queue, so other blocks' calls get their turn between batches."""
+    results: list[T] = []
+    try:
+        for start in range(0, len(calls), IN_FLIGHT):
+            results += await asyncio.gather(*calls[start : start + IN_FLIGHT])
+    finally:
+        for call in calls[len(results) :]:
+            call.close()  # a batch failed: the calls not started never will
+    return results
 
 
 async def _event(

@@ -18,7 +18,6 @@ from provisioner.db import apply_queue, outbox
 from provisioner.db import assignments as db_assignments
 from provisioner.db import events as event_feed
 from provisioner.db import pbx as db_pbx
-from provisioner.db import router as db_router
 from provisioner.db.accounts import Account
 from provisioner.db.assignments import Assignment, Event
 from provisioner.db.blocks import BlockRow
@@ -254,9 +253,7 @@ async def _transition(
     changed = replace(assignment, state=new_state, ended_at=u.now)
     updated = await db_assignments.update(u.conn, changed)
     # The target's PBX no longer uses the block: its choice of a default target goes
-    # (once the SIP router no longer sends the numbers to it). Whether the router still
-    # does is read under the router's lock, so a switch being recorded right now is seen.
-    await db_router.read_lock(u.conn)
+    # (once the SIP router no longer sends the numbers to it).
     await db_pbx.end_default_target(u.conn, assignment.target_pbx_id, assignment.block_id, u.now)
     await _event(u, updated, action, assignment.state, actor)
     return updated

@@ -67,8 +67,7 @@ def start_workers(
 
     mail = loop.run("mail", send_mails, idle_seconds=5, url=url, channel=outbox.CHANNEL)
     if settings.router:
-        sync = RouterSync(pool, settings.router, settings.asterisk.nodes, clock)
-        step = loop.run("router", sync.step, idle_seconds=1, url=url, channel=db_router.CHANNEL)
+        step = _routing(RouterSync(pool, settings.router, settings.asterisk.nodes, clock), url)
     else:
         step = _without_router(pool)
     routing = [asyncio.create_task(step, name="router")]
@@ -150,6 +149,14 @@ def node_workers(
             )
         )
     return tasks
+
+
+async def _routing(sync: RouterSync, url: str) -> None:
+    """The router step's loop; the block switches under way end with it."""
+    try:
+        await loop.run("router", sync.step, idle_seconds=1, url=url, channel=db_router.CHANNEL)
+    finally:
+        await sync.stop()
 
 
 async def _pjsip_mode(pool: AsyncConnectionPool, node: Node, clock: Clock) -> None:

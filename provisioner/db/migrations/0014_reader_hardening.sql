@@ -17,12 +17,13 @@ ALTER VIEW router_numbers SET (security_barrier = true);
 --    its key), so a reader could take the service's and hold routing, applies, or every
 --    event-writing commit, for as long as it liked. The service's locks are row locks on
 --    this table instead: no reader has any privilege on it, so none can lock a row.
---    Rows: 'events' (numbering at commit), 'router' (one router sync at a time), and
---    '<role>:<node>' (one applier and one PJSIP reloader per node), added on first use.
+--    Rows: 'events' (numbering at commit), and, added on first use, '<role>:<node>' (one
+--    applier and one PJSIP reloader per node) and 'router:<block>' (one switch of a
+--    block on the SIP router at a time).
 CREATE TABLE service_locks (
     name text PRIMARY KEY
 );
-INSERT INTO service_locks (name) VALUES ('events'), ('router');
+INSERT INTO service_locks (name) VALUES ('events');
 
 CREATE OR REPLACE FUNCTION events_number_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
