@@ -13,7 +13,8 @@ and the service (`provisioner serve`):
 3. a table of a million numbers (10,000 blocks of 100, written to router_blocks
    directly: building 10,000 blocks through the API would measure the API): Kamailio's
    start until it answers and until the first call routes right, its memory, the time
-   one block's change takes to go live (100 numbers set and read back), and calls per
+   one block's change takes to go live (a block of 100 numbers, and one of 10,000: its
+   router keys set and read back), and calls per
    second through the router with 0 misrouted while 100 blocks move between two SIP
    listeners standing in for the nodes (they answer every INVITE 486 and note it).
 """
@@ -295,11 +296,17 @@ async def overhead(
 # --- A million numbers ------------------------------------------------------------------
 
 
-async def fill(db_url: str, nodes: dict[str, str]) -> list[list[str]]:
-    """10,000 blocks of 100 numbers in router_blocks, alternating between the nodes."""
+async def fill(db_url: str, nodes: dict[str, str]) -> tuple[list[list[str]], list[tuple[str, ...]]]:
+    """10,000 blocks of 100 numbers in router_blocks, alternating between the nodes, and
+    a block of 10,000 numbers on node-1 (the last): each block's numbers and keys."""
     from provisioner.db import router as db_router
+    from provisioner.domain.numbers import Span, routing_keys
 
     blocks = [[f"+4950{b:05d}{n:02d}" for n in range(100)] for b in range(MEGA_BLOCKS)]
+    blocks.append([f"+4951000{n:04d}" for n in range(10_000)])
+    keys = [
+        tuple(routing_keys([Span(int(b[0][1:]), int(b[-1][1:]), len(b[0]) - 1)])) for b in blocks
+    ]
     names = sorted(nodes)
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
         await conn.execute("DELETE FROM router_blocks")
@@ -308,12 +315,12 @@ async def fill(db_url: str, nodes: dict[str, str]) -> list[list[str]]:
         async with (
             conn.cursor() as cur,
             cur.copy(
-                "COPY router_blocks (block_id, node, pbx_id, numbers, updated_at) FROM STDIN"
+                "COPY router_blocks (block_id, node, pbx_id, keys, updated_at) FROM STDIN"
             ) as copy,
         ):
-            for b, numbers in enumerate(blocks):
-                await copy.write_row((f"mega-{b}", names[b % 2], None, numbers, _now()))
-    return blocks
+            for b, block_keys in enumerate(keys):
+                await copy.write_row((f"mega-{b}", names[b % 2], None, list(block_keys), _now()))
+    return blocks, keys
 
 
 def _now() -> Any:
@@ -385,7 +392,7 @@ async def a_million(
         await fake.start()
     uris = {name: f"sip:127.0.0.1:{fake.port}" for name, fake in fakes.items()}
     started = time.monotonic()
-    blocks = await fill(db_url, uris)
+    blocks, keys = await fill(db_url, uris)
     # The harness holds the million numbers itself; without this, the collector's full
     # passes over them (about 16 ms each, every few switches) were counted as the
     # router's switch time, a pause the service (which holds no such list) does not have.
@@ -421,7 +428,7 @@ async def a_million(
 
             async def move(i: int) -> float:
                 old, new = owner[i], "node-2" if owner[i] == "node-1" else "node-1"
-                change = Change(f"mega-{i}", 0, new, tuple(blocks[i]), 0, old, tuple(blocks[i]))
+                change = Change(f"mega-{i}", 0, new, keys[i], 0, old, keys[i])
                 t0 = time.time()
                 await push(r, change, uris)
                 t1 = time.time()
@@ -432,6 +439,8 @@ async def a_million(
 
             single = [await move(i) for i in range(0, 100, 2)]  # 50 changes, quiet router
             results["one_change_s"] = summary(single)
+            # The block of 10,000 numbers, moved back and forth the same way.
+            results["big_change_s"] = summary([await move(MEGA_BLOCKS) for _ in range(10)])
             # Calls at `rate` per second for `seconds`, while `moves` blocks move.
             movers = list(range(1, 2 * moves, 2))
             hot = [n for i in movers for n in blocks[i][:10]]
@@ -618,13 +627,17 @@ def table(r: dict[str, Any]) -> str:
          f"{over['router_s']['median'] * 1000:.2f} / {over['direct_s']['median'] * 1000:.2f} ms"
          f" median: the router adds {over['added_median_ms']:.2f} ms ({over['router_s']['n']}"
          " calls each)"),
-        ("1,000,000 numbers (10,000 blocks of 100): Kamailio start until it answers / until "
+        ("1,010,000 numbers (10,000 blocks of 100, one of 10,000; 100,001 keys): Kamailio start"
+         " until it answers / until "
          "a call routes right", f"{mega['start_until_rpc_s']:.1f} s / "
          f"{mega['start_until_routed_s']:.1f} s"),
-        ("one block's change live (100 numbers set and read back over JSON-RPC)",
+        ("one block's change live (100 numbers: its key set and read back over JSON-RPC)",
          f"{_ms(mega['one_change_s']['median'])} median, {_ms(mega['one_change_s']['p95'])} p95"
          f" ({mega['one_change_s']['n']} changes); under load "
          f"{_ms(load['move_under_load_s']['median'])} median"),
+        ("a block of 10,000 numbers (1 key) live at the router",
+         f"{_ms(mega['big_change_s']['median'])} median, {_ms(mega['big_change_s']['p95'])} p95"
+         f" ({mega['big_change_s']['n']} changes)"),
         ("Kamailio memory with the table", f"{mega['kamailio_shm_used_mb']:.0f} MB shared "
          f"memory used; RSS {mega['kamailio_rss_mb_main']:.0f} MB (main process)"),
         ("calls through the router while blocks move",

@@ -20,6 +20,7 @@ from conftest import LAB, Lab, free_port
 from lab_helpers import lab_node
 
 from provisioner.db import router as db_router
+from provisioner.domain.numbers import routing_candidates
 from provisioner.settings import Node, Router, Settings
 
 # Every party has its own loopback address: phones 127.0.0.1, the carrier 127.0.0.2
@@ -72,10 +73,12 @@ class RouterLab:
 
     def kill(self) -> None:
         """kill -9 of the router's main process alone, no clean stop: its children must
-        go with it (its own PID namespace), as after a crash."""
+        go with it (its own PID namespace), as after a crash. Returns once every
+        process of it is gone (an exiting one, its command line already empty, too)."""
+        before = self.processes()
         os.kill(int(self.state()["pid"]), signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while self.processes():
+        while self.processes() or any(alive(pid) for pid in before):
             assert time.monotonic() < deadline, f"Kamailio left running: {self.processes()}"
             time.sleep(0.02)
 
@@ -85,6 +88,16 @@ class RouterLab:
 
     def log(self) -> str:
         return (self.folder / "router" / "console.log").read_text(errors="replace")
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is no zombie (the lab's processes outlive their parent,
+    the `lab` command that started them, so nobody here reaps them)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 async def reader_url(db_url: str) -> str:
@@ -144,3 +157,14 @@ def rpc(router: RouterLab, method: str, *params: Any) -> Any:
             return json.loads(answer.read())
     except urllib.error.HTTPError as error:  # a JSON-RPC error has the HTTP status of its code
         return json.loads(error.read())
+
+
+def routed_uri(router: RouterLab, number: str) -> str | None:
+    """Where the router sends a call to `number`: the keys it tries, as its config does
+    (longest prefix first), read over RPC."""
+    for key in routing_candidates(number):
+        found = rpc(router, "htable.get", "numbers", key)
+        value = found.get("result", {}).get("item", {}).get("value")
+        if value is not None:
+            return str(value)
+    return None

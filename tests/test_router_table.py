@@ -101,7 +101,8 @@ async def test_a_block_switches_only_once_live_and_the_old_pbx_serves_it_until_t
         await live(db, a)
         [first] = await switch(db)
         assert (first.pbx_id, first.node, first.old_pbx_id) == (a, "default", None)
-        assert len(first.numbers) == 100 and first.numbers[0] == "+49891234560"
+        # 0-99: the ten 11-digit numbers are one key, the ninety 12-digit ones nine.
+        assert first.keys == ("+4989123456/11", *(f"+4989123456{d}/12" for d in range(1, 10)))
 
         # Assigned to B on node-b: B's config is not live yet, so the router stays with
         # A, and A keeps serving the block (besides B, which gets it already).
@@ -129,7 +130,7 @@ async def test_a_block_switches_only_once_live_and_the_old_pbx_serves_it_until_t
         await api.ok("POST", f"/v1/blocks/{BLOCK}/mode", {"mode": "standard"})
         assert await serves(db, a) == [BLOCK]
         [gone] = await switch(db)
-        assert (gone.pbx_id, gone.node, gone.numbers) == (None, None, ())
+        assert (gone.pbx_id, gone.node, gone.keys) == (None, None, ())
         assert await serves(db, a) == []
         cur = await db.execute("SELECT count(*) FROM router_blocks")
         assert (await cur.fetchone()) == (0,)

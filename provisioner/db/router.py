@@ -9,17 +9,14 @@ from datetime import datetime
 from psycopg import sql
 
 from provisioner.db import Conn, channels
-from provisioner.domain.numbers import LENGTH_FACTOR
+from provisioner.domain.numbers import LENGTH_FACTOR, Span, routing_keys
 
 CHANNEL = "router_due"
-LENGTH_FACTOR_SQL = str(LENGTH_FACTOR)
-
-# The E.164 numbers of a block, in order, from its spans (domain/numbers.Span.key_range).
-_NUMBERS = (
-    "ARRAY(SELECT '+' || lpad((k %% " + LENGTH_FACTOR_SQL + ")::text,"
-    " (k / " + LENGTH_FACTOR_SQL + ")::int, '0')"
-    " FROM block_spans s, generate_series(lower(s.span), upper(s.span) - 1) k"
-    " WHERE s.block_id = {block} ORDER BY k)"
+# A block's spans as [low, high) in the overlap index's encoding (domain/numbers.py
+# Span.key_range), in order.
+_SPANS = (
+    "ARRAY(SELECT ARRAY[lower(s.span), upper(s.span)] FROM block_spans s"
+    " WHERE s.block_id = {block} ORDER BY lower(s.span))"
 )
 
 
@@ -30,10 +27,20 @@ class Change:
     block_id: str
     pbx_id: int | None  # None: nobody uses the block now; its entries go
     node: str | None
-    numbers: tuple[str, ...]  # the block's numbers now (empty if gone)
+    keys: tuple[str, ...]  # the block's router keys now (empty if gone)
     old_pbx_id: int | None  # None: the router has no entry yet
     old_node: str | None
-    old_numbers: tuple[str, ...]
+    old_keys: tuple[str, ...]
+
+
+def _keys(spans: list[list[int]]) -> tuple[str, ...]:
+    """The router keys of a block's spans as the database encodes them."""
+    return tuple(
+        routing_keys([
+            Span(low % LENGTH_FACTOR, (high - 1) % LENGTH_FACTOR, low // LENGTH_FACTOR)
+            for low, high in spans
+        ])
+    )  # fmt: skip
 
 
 async def switching(conn: Conn, changes: list[Change], now: datetime) -> None:
@@ -76,8 +83,8 @@ async def due(conn: Conn, limit: int) -> list[Change]:
     nobody any more (their entries can go at once)."""
     cur = await conn.execute(
         "SELECT coalesce(w.block_id, r.block_id), w.pbx_id, w.node,"
-        f" CASE WHEN w.block_id IS NULL THEN '{{}}'::text[] ELSE {_NUMBERS.format(block='w.block_id')} END,"  # noqa: E501
-        " r.pbx_id, r.node, coalesce(r.numbers, '{}')"
+        f" CASE WHEN w.block_id IS NULL THEN NULL ELSE {_SPANS.format(block='w.block_id')} END,"
+        " r.pbx_id, r.node, coalesce(r.keys, '{}')"
         " FROM block_usage w FULL JOIN router_blocks r ON r.block_id = w.block_id"
         " WHERE (w.node IS DISTINCT FROM r.node OR w.pbx_id IS DISTINCT FROM r.pbx_id)"
         "   AND (w.pbx_id IS NULL OR ("
@@ -88,7 +95,7 @@ async def due(conn: Conn, limit: int) -> list[Change]:
         (limit,),
     )
     return [
-        Change(row[0], row[1], row[2], tuple(row[3]), row[4], row[5], tuple(row[6]))
+        Change(row[0], row[1], row[2], _keys(row[3] or []), row[4], row[5], tuple(row[6]))
         for row in await cur.fetchall()
     ]
 
@@ -104,15 +111,15 @@ async def routed(conn: Conn, change: Change, now: datetime) -> None:
             (change.old_pbx_id, change.block_id),
         )
     await conn.execute("DELETE FROM router_switching WHERE block_id = %s", (change.block_id,))
-    if change.pbx_id is None or not change.numbers:
+    if change.pbx_id is None or not change.keys:
         await conn.execute("DELETE FROM router_blocks WHERE block_id = %s", (change.block_id,))
         return
     await conn.execute(
-        "INSERT INTO router_blocks (block_id, node, pbx_id, numbers, updated_at)"
+        "INSERT INTO router_blocks (block_id, node, pbx_id, keys, updated_at)"
         " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (block_id) DO UPDATE SET"
-        " node = EXCLUDED.node, pbx_id = EXCLUDED.pbx_id, numbers = EXCLUDED.numbers,"
+        " node = EXCLUDED.node, pbx_id = EXCLUDED.pbx_id, keys = EXCLUDED.keys,"
         " updated_at = EXCLUDED.updated_at",
-        (change.block_id, change.node, change.pbx_id, list(change.numbers), now),
+        (change.block_id, change.node, change.pbx_id, list(change.keys), now),
     )
 
 
@@ -157,7 +164,7 @@ async def routed_to(conn: Conn, pbx_id: int, node: str) -> int:
 
 
 async def table(conn: Conn) -> dict[str, str]:
-    """Every number the router should have, with its node's SIP URI (Kamailio's view)."""
+    """Every key the router should have, with its node's SIP URI (Kamailio's view)."""
     cur = await conn.execute("SELECT key_name, key_value FROM router_numbers")
     return {row[0]: row[1] for row in await cur.fetchall()}
 

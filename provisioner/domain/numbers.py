@@ -40,6 +40,44 @@ class Span:
         return base + self.first, base + self.last
 
 
+# The SIP router's keys: a key stands for every number of one length that starts with
+# a prefix, written `+<prefix>/<length in digits>`. The router tries the called number
+# with up to ROUTING_WILDCARDS last digits cut off (asterisk-docker/router), longest
+# prefix first; so one key covers at most 10**ROUTING_WILDCARDS numbers.
+ROUTING_WILDCARDS = 6
+
+
+def routing_key(prefix: str, digits: int) -> str:
+    return f"+{prefix}/{digits}"
+
+
+def routing_keys(spans: list[Span]) -> list[str]:
+    """The fewest keys that cover exactly the spans' numbers: each span cut into runs
+    aligned on powers of ten (0-99 at one length is one key; 10-99 is nine)."""
+    keys = []
+    for span in spans:
+        low = span.first
+        while low <= span.last:
+            cut = 0
+            while (
+                cut < ROUTING_WILDCARDS
+                and cut < span.digits - 1
+                and low % 10 ** (cut + 1) == 0
+                and low + 10 ** (cut + 1) - 1 <= span.last
+            ):
+                cut += 1
+            keys.append(routing_key(str(low // 10**cut).zfill(span.digits - cut), span.digits))
+            low += 10**cut
+    return keys
+
+
+def routing_candidates(number: str) -> list[str]:
+    """The keys the router tries for a called E.164 number, in its order."""
+    digits = number.lstrip("+")
+    cuts = range(min(ROUTING_WILDCARDS, len(digits) - 1) + 1)
+    return [routing_key(digits[: len(digits) - cut], len(digits)) for cut in cuts]
+
+
 @dataclass(frozen=True)
 class Block:
     """A validated block: its base number, optional range, and what phonenumbers says of it."""
@@ -76,6 +114,9 @@ class Block:
                 )
             )
         return spans
+
+    def routing_keys(self) -> list[str]:
+        return routing_keys(self.spans())
 
     def numbers(self) -> list[str]:
         """Every E.164 number of the block, in order."""

@@ -12,13 +12,13 @@ from provisioner.db import router as db_router
 from provisioner.router.rpc import Router
 from provisioner.settings import Router as RouterSettings
 
-SHOWN = 5  # numbers named per kind of problem; the count says the rest
+SHOWN = 5  # keys named per kind of problem; the count says the rest
 
 
 @dataclass(frozen=True)
 class RouterDrift:
-    wrong: dict[str, tuple[str | None, str]]  # number -> (router has, should have)
-    extra: dict[str, str]  # number -> what the router has; we have no entry
+    wrong: dict[str, tuple[str | None, str]]  # key -> (router has, should have)
+    extra: dict[str, str]  # key -> what the router has; we have no entry
 
     @property
     def ok(self) -> bool:
@@ -33,10 +33,10 @@ class RouterDrift:
             named = ", ".join(
                 f"{n} -> {w[0]} (not {w[1]})" for n, w in sorted(wrong.items())[:SHOWN]
             )
-            lines.append(f"router: {len(wrong)} numbers routed wrong: {named}")
+            lines.append(f"router: {len(wrong)} keys routed wrong: {named}")
         if extra:
             named = ", ".join(f"{n} -> {v}" for n, v in sorted(extra.items())[:SHOWN])
-            lines.append(f"router: {len(extra)} numbers routed that nobody uses: {named}")
+            lines.append(f"router: {len(extra)} keys routed that nobody uses: {named}")
         return lines
 
 

@@ -8,8 +8,10 @@ moving) is make before break:
    (db/pbx.py `_HELD`), and a PBX that moved away does not leave its old node while
    the router still sends numbers there (asterisk/apply.py `_leave`);
 2. this step sees the block due (`db/router.due`: its new PBX has no apply job left and
-   its dialplan is live), sets each number on the router, reads each back, and records
-   the block in `router_blocks` (what Kamailio also loads at start);
+   its dialplan is live), records the switch as under way (`router_switching`), sets
+   the block's keys on the router (a key per number prefix and length: a few per
+   block, whatever its size), reads each back, and records the block in
+   `router_blocks` (what Kamailio also loads at start);
 3. it queues an apply of the block's old PBX, whose next round drops the block.
 A block nobody uses any more is deleted from the router first, then from its node.
 
@@ -36,7 +38,7 @@ from provisioner.db import router as db_router
 from provisioner.db.router import Change
 from provisioner.domain.events import RouterOutcome
 from provisioner.metrics import ROUTER_SECONDS, ROUTER_SWITCHES
-from provisioner.router.rpc import CONNECTIONS, Router, RouterRefused, RouterUnavailable
+from provisioner.router.rpc import Router, RouterRefused, RouterUnavailable
 from provisioner.settings import Node
 from provisioner.settings import Router as RouterSettings
 
@@ -45,8 +47,7 @@ T = TypeVar("T")
 
 MAX_BACKOFF = 5.0  # seconds; a restarted router is right from its own load meanwhile
 BATCH = 200  # blocks per pass
-LARGE = 1000  # numbers: a block this large goes in the lane of large blocks, one at a time
-SMALL_AT_ONCE = 8  # smaller blocks switched side by side
+AT_ONCE = 8  # blocks switched side by side
 IN_FLIGHT = 32  # calls of one block at a time: the others' calls go in between
 
 
@@ -68,10 +69,10 @@ class RouterSync:
         self._failures = 0
         self._next_try = 0.0
         self._last_error: str | None = None
-        # Blocks being switched now, each by a task of its own, so that a block of ten
-        # thousand numbers holds up no other: the next pass starts the next ones.
+        # Blocks being switched now, each by a task of its own, so that a slow or failing
+        # block holds up no other: the next pass starts the next ones.
         self._switching: dict[str, asyncio.Task[None]] = {}
-        self._lanes = {False: asyncio.Semaphore(SMALL_AT_ONCE), True: asyncio.Semaphore(1)}
+        self._at_once = asyncio.Semaphore(AT_ONCE)
 
     async def step(self) -> int:
         """One pass: a task for each due block not being switched already; returns how
@@ -108,17 +109,13 @@ class RouterSync:
         whatever happens to its usage meanwhile), the router told and read back, the
         outcome recorded. A block that fails is retried later and stops no other; each
         block has its own lock, so two instances never push the same block at once."""
-        large = len(change.numbers) > LARGE
-        async with (
-            self._lanes[large],
-            locks.held(self.pool, locks.block(change.block_id)) as mine,
-        ):
+        async with self._at_once, locks.held(self.pool, locks.block(change.block_id)) as mine:
             if not mine:
                 return  # another instance switches it right now
             async with self.pool.connection() as conn:
                 async with conn.transaction():
                     await db_router.switching(conn, [change], self.clock())
-                error = await self._push(change, uris, connections=1 if large else CONNECTIONS)
+                error = await self._push(change, uris)
                 async with conn.transaction():
                     if error is None:
                         await self._record(conn, [change])
@@ -128,13 +125,11 @@ class RouterSync:
         if error is None:
             self._failures, self._next_try, self._last_error = 0, 0.0, None
 
-    async def _push(self, change: Change, uris: dict[str, str], *, connections: int) -> str | None:
+    async def _push(self, change: Change, uris: dict[str, str]) -> str | None:
         """None once the router holds the block's change (read back); else why not."""
         started = time.monotonic()
         try:
-            async with Router(
-                self.settings.rpc_url, timeout_ms=self.settings.timeout_ms, connections=connections
-            ) as r:
+            async with Router(self.settings.rpc_url, timeout_ms=self.settings.timeout_ms) as r:
                 await push(r, change, uris)
         except (RouterUnavailable, RouterRefused, NotRouted) as exc:
             return f"block {change.block_id}: {exc}"
@@ -179,22 +174,22 @@ class RouterSync:
 
 
 async def push(r: Router, change: Change, uris: dict[str, str]) -> None:
-    """Set the block's numbers, then delete the numbers it lost, then read all back; each
-    phase's calls go out together over the client's few connections."""
+    """Set the block's keys, then delete the keys it lost, then read all back; each
+    phase's calls go out IN_FLIGHT at a time over the client's few connections."""
     uri = None
     if change.node is not None:
         uri = uris.get(change.node)
         if uri is None:
             raise RouterRefused(f"node {change.node} has no SIP address (asterisk.nodes)")
-        await _in_batches([r.set(number, uri) for number in change.numbers])
-    kept = set(change.numbers)
-    gone = [n for n in change.old_numbers if n not in kept]
-    await _in_batches([r.delete(number) for number in gone])
-    found = await _in_batches([r.get(number) for number in [*change.numbers, *gone]])
-    wanted = [uri] * len(change.numbers) + [None] * len(gone)
-    for number, has, should in zip([*change.numbers, *gone], found, wanted, strict=True):
+        await _in_batches([r.set(key, uri) for key in change.keys])
+    kept = set(change.keys)
+    gone = [k for k in change.old_keys if k not in kept]
+    await _in_batches([r.delete(key) for key in gone])
+    found = await _in_batches([r.get(key) for key in [*change.keys, *gone]])
+    wanted = [uri] * len(change.keys) + [None] * len(gone)
+    for key, has, should in zip([*change.keys, *gone], found, wanted, strict=True):
         if has != should:
-            raise NotRouted(f"{number}: router has {has}, not {should}")
+            raise NotRouted(f"{key}: router has {has}, not {should}")
 
 
 async def _in_batches(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
