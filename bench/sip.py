@@ -197,14 +197,18 @@ class CarrierUas:
 class Prober:
     """The carrier calls on a schedule, several calls in flight at once: each call notes
     when it rang (180/183) and is then cancelled; its final answer is ACKed. Answers are
-    told apart by Call-ID, so a call held up (by a reload) delays no other."""
+    told apart by Call-ID, so a call held up (by a reload) delays no other. `run` calls
+    at a steady rate; a call answered >= 300 before it rang reached no phone
+    (`misrouted`)."""
 
     host: str
     port: int
     asterisk_port: int
+    asterisk_host: str = "127.0.0.1"  # or the SIP router in front of the nodes
     sent: dict[str, float] = field(default_factory=dict)  # call-id: time.time() of INVITE
     rang: dict[str, float] = field(default_factory=dict)
     final: dict[str, int] = field(default_factory=dict)
+    answered_by: dict[str, str] = field(default_factory=dict)  # final's reason and Server
     _numbers: dict[str, str] = field(default_factory=dict)
     _endpoint: _Endpoint | None = None
     _task: asyncio.Task[None] | None = None
@@ -226,12 +230,46 @@ class Prober:
         self.sent[call_id] = time.time()
         self._send(self._request("INVITE", call_id, "", sdp))
 
+    async def run(
+        self, numbers: list[str], rate: float, until: asyncio.Event, at_least: float
+    ) -> None:
+        """Call the numbers in turn, `rate` a second, for `at_least` seconds and until
+        `until` is set (bounded: at most 10 times `at_least`)."""
+        started = time.monotonic()
+        k = 0
+        while time.monotonic() - started < at_least or not until.is_set():
+            if time.monotonic() - started > 10 * at_least:
+                break
+            self.invite(numbers[k % len(numbers)])
+            k += 1
+            await asyncio.sleep(max(0.0, started + k / rate - time.monotonic()))
+
+    async def settle(self, within: float = 10) -> None:
+        """Until every call rang or has its final answer (or `within` seconds passed)."""
+        deadline = time.monotonic() + within
+        while self.unanswered():
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.05)
+
+    def misrouted(self) -> list[tuple[str, str, float]]:
+        """(number, its final answer, when sent) of calls answered >= 300 before they
+        rang: they reached no phone."""
+        return [
+            (self._numbers[c], f"{status} {self.answered_by[c]}", self.sent[c])
+            for c, status in self.final.items()
+            if status >= 300 and c not in self.rang
+        ]
+
+    def unanswered(self) -> list[str]:
+        return [c for c in self.sent if c not in self.rang and c not in self.final]
+
     def _request(self, method: str, call_id: str, to_tag: str, body: str = "") -> str:
         number = self._numbers[call_id]
-        to = f"<sip:{number}@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
+        to = f"<sip:{number}@{self.asterisk_host}>" + (f";tag={to_tag}" if to_tag else "")
         kind = "Content-Type: application/sdp\r\n" if body else ""
         return (
-            f"{method} sip:{number}@127.0.0.1:{self.asterisk_port} SIP/2.0\r\n"
+            f"{method} sip:{number}@{self.asterisk_host}:{self.asterisk_port} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{call_id};rport\r\n"
             f"Max-Forwards: 70\r\nFrom: <sip:carrier@{self.host}>;tag=c{call_id}\r\n"
             f"To: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\n"
@@ -241,7 +279,7 @@ class Prober:
 
     def _send(self, text: str) -> None:
         assert self._endpoint and self._endpoint.transport
-        self._endpoint.transport.sendto(text.encode(), ("127.0.0.1", self.asterisk_port))
+        self._endpoint.transport.sendto(text.encode(), (self.asterisk_host, self.asterisk_port))
 
     async def _read(self) -> None:
         assert self._endpoint
@@ -259,6 +297,8 @@ class Prober:
                 self._send(self._request("CANCEL", call_id, ""))
             elif status >= 200 and call_id not in self.final:
                 self.final[call_id] = status
+                server = headers.get("server") or headers.get("user-agent", "")
+                self.answered_by[call_id] = f"{first.split(' ', 2)[-1]} from {server!r}"
                 if status >= 300:
                     to_tag = headers.get("to", "").partition("tag=")[2]
                     self._send(self._request("ACK", call_id, to_tag))
@@ -313,112 +353,3 @@ class RingingPhone:
                 self._reply(text, "487 Request Terminated", addr, method="INVITE")
             elif first.startswith(("OPTIONS ", "NOTIFY ", "BYE ")):
                 self._reply(text, "200 OK", addr)
-
-
-@dataclass
-class StormCall:
-    number: str
-    sent: float  # time.monotonic() of its INVITE
-    rang: float | None = None  # of its first 180/183
-    final: int | None = None  # its first final status (487 after our CANCEL is fine)
-    reason: str = ""  # the final answer's reason phrase
-    server: str = ""  # who gave it (its Server or User-Agent header)
-
-
-@dataclass
-class CallStorm:
-    """The carrier's calls at a steady rate, many at once, from one address: each call
-    INVITEs a number, CANCELs as soon as it rings, ACKs every final answer. A call that
-    answers >= 300 before ringing reached no phone: the proof of a misrouted call."""
-
-    host: str
-    port: int
-    to_port: int
-    to_host: str = "127.0.0.1"
-    calls: dict[str, StormCall] = field(default_factory=dict)  # call-id: its outcome
-    _endpoint: _Endpoint | None = None
-    _task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._endpoint = await _bind(self.host, self.port)
-        self._task = asyncio.create_task(self._read())
-
-    def close(self) -> None:
-        _close(self._endpoint, self._task)
-
-    async def run(self, numbers: list[str], rate: float, until: asyncio.Event,
-                  at_least: float) -> None:  # fmt: skip
-        """Call the numbers in turn, `rate` a second, for `at_least` seconds and until
-        `until` is set (bounded: at most 10 times `at_least`)."""
-        started = time.monotonic()
-        k = 0
-        while time.monotonic() - started < at_least or not until.is_set():
-            if time.monotonic() - started > 10 * at_least:
-                break
-            self.invite(numbers[k % len(numbers)])
-            k += 1
-            await asyncio.sleep(max(0.0, started + k / rate - time.monotonic()))
-
-    async def settle(self, within: float = 10) -> None:
-        """Until every call has its final answer (or `within` seconds passed)."""
-        deadline = time.monotonic() + within
-        while any(c.final is None for c in self.calls.values()):
-            if time.monotonic() > deadline:
-                return
-            await asyncio.sleep(0.05)
-
-    def misrouted(self) -> list[StormCall]:
-        """Calls answered >= 300 before they rang: they reached no phone."""
-        return [c for c in self.calls.values() if c.rang is None and c.final is not None]
-
-    def unanswered(self) -> list[StormCall]:
-        return [c for c in self.calls.values() if c.final is None and c.rang is None]
-
-    def invite(self, number: str) -> None:
-        call_id = secrets.token_hex(8)
-        sdp = (
-            f"v=0\r\no=- 1 1 IN IP4 {self.host}\r\ns=-\r\nc=IN IP4 {self.host}\r\nt=0 0\r\n"
-            "m=audio 40000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
-        )
-        self.calls[call_id] = StormCall(number, time.monotonic())
-        self._send(self._request("INVITE", number, call_id, "", sdp))
-
-    def _request(self, method: str, number: str, call_id: str, to_tag: str, sdp: str = "") -> str:
-        cseq = "1 CANCEL" if method == "CANCEL" else f"1 {method}"
-        to = f"<sip:{number}@{self.to_host}>" + (f";tag={to_tag}" if to_tag else "")
-        content = "Content-Type: application/sdp\r\n" if sdp else ""
-        return (
-            f"{method} sip:{number}@{self.to_host}:{self.to_port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{call_id};rport\r\n"
-            f"Max-Forwards: 70\r\nFrom: <sip:carrier@{self.host}>;tag=c{call_id}\r\n"
-            f"To: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\n"
-            f"Contact: <sip:carrier@{self.host}:{self.port}>\r\n{content}"
-            f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
-        )
-
-    def _send(self, text: str) -> None:
-        assert self._endpoint and self._endpoint.transport
-        self._endpoint.transport.sendto(text.encode(), (self.to_host, self.to_port))
-
-    async def _read(self) -> None:
-        assert self._endpoint
-        while True:
-            text, _ = await self._endpoint.queue.get()
-            first, headers = _headers(text)
-            call = self.calls.get(headers.get("call-id", ""))
-            if call is None or not first.startswith("SIP/2.0"):
-                continue
-            call_id = headers["call-id"]
-            status = int(first.split()[1])
-            if not headers.get("cseq", "").endswith("INVITE"):
-                continue  # the answer to our CANCEL
-            if status in (180, 183) and call.rang is None:
-                call.rang = time.monotonic()
-                self._send(self._request("CANCEL", call.number, call_id, ""))
-            elif status >= 200 and call.final is None:
-                call.final, call.reason = status, first.split(" ", 2)[-1]
-                call.server = headers.get("server") or headers.get("user-agent", "")
-                to_tag = headers.get("to", "").partition("tag=")[2].split(";")[0]
-                self._send(self._request("ACK", call.number, call_id, to_tag))
-                if status < 300:  # answered (our phones never do): hang up at once
-                    self._send(self._request("BYE", call.number, call_id, to_tag))

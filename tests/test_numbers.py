@@ -116,3 +116,27 @@ def test_a_block_without_range_is_one_number() -> None:
     block = parse_block("+4989123456", None, "DE")
     assert block.range_text is None and block.numbers() == ["+4989123456"]
     assert block.spans()[0].first == block.spans()[0].last == 4989123456
+
+
+def test_a_block_has_the_fewest_router_keys_that_cover_exactly_its_numbers() -> None:
+    from provisioner.domain.numbers import routing_candidates, routing_keys
+
+    unpadded = parse_block("+4989123456", "0-99", "DE")
+    assert unpadded.routing_keys() == [
+        "+4989123456/11",
+        *(f"+4989123456{d}/12" for d in range(1, 10)),
+    ]
+    assert parse_block("+49891000", "0000-9999", "DE").routing_keys() == ["+49891000/12"]
+    assert parse_block("+4989123456", None, "DE").routing_keys() == ["+4989123456/10"]
+    # The router's order: the number itself first, then ever shorter prefixes.
+    assert routing_candidates("+49891234567")[:2] == ["+49891234567/11", "+4989123456/11"]
+    # Exactly the numbers: every number of a span and its neighbours, in odd ranges.
+    for first, last in ((5, 37), (0, 0), (19, 2101), (100, 9999), (0, 9999)):
+        block = parse_block("+4989123", f"{first}-{last}", "DE")
+        keys = set(routing_keys(block.spans()))
+        numbers = set(block.numbers())
+        for width in range(1, 6):
+            for n in {*range(0, 120), *range(max(0, last - 60), last + 60)}:
+                candidate = f"+4989123{str(n).zfill(width)}"
+                hit = any(k in keys for k in routing_candidates(candidate))
+                assert hit == (candidate in numbers), (first, last, candidate)

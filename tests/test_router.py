@@ -38,7 +38,7 @@ from router_helpers import (
 )
 from sipp_peer import SipResult, assert_blind_transfer, run_scenario, start_scenario
 
-from bench.sip import CallStorm, RingingPhone
+from bench.sip import Prober, RingingPhone
 from provisioner.settings import Settings
 
 MUNICH = "+49891234567"  # A's block muc-main, no extension of its own: the default target
@@ -453,23 +453,23 @@ async def test_no_call_is_misrouted_while_a_block_moves_and_resets(
         scene.register(who, node)
         rings[who] = RingingPhone(scene.phones[who].port)
         await rings[who].start()
-    storm = CallStorm(CARRIER_HOST, free_port(), scene.router.sip_port, to_host=ROUTER_IP)
+    storm = Prober(CARRIER_HOST, free_port(), scene.router.sip_port, asterisk_host=ROUTER_IP)
     await storm.start()
     cycles_done = asyncio.Event()
     numbers = [f"+4989123456{i}" for i in range(100)]
     calling = asyncio.create_task(storm.run(numbers, rate=50, until=cycles_done, at_least=20))
-    began = time.monotonic()
+    began = time.time()
     switches: list[str] = []
     try:
         # At least five cycles, and as many as fit in the storm's 20 s: every switch is a
         # window for a misroute. Each step goes on as soon as the router has switched.
-        while len(switches) < 10 or time.monotonic() - began < 19:
+        while len(switches) < 10 or time.time() - began < 19:
             await assign_to_b(scene, inbox)
             await router_sends(scene, MUNICH, "node-b")
-            switches.append(f"on B at {time.monotonic() - began:.2f} s")
+            switches.append(f"on B at {time.time() - began:.2f} s")
             assert (await scene.api.call("DELETE", f"/v1/blocks/{BLOCK}/assignment")).status == 200
             await router_sends(scene, MUNICH, "default")
-            switches.append(f"on A at {time.monotonic() - began:.2f} s")
+            switches.append(f"on A at {time.time() - began:.2f} s")
         cycles_done.set()
         await calling
         await storm.settle()
@@ -479,7 +479,7 @@ async def test_no_call_is_misrouted_while_a_block_moves_and_resets(
         storm.close()
         for phone in rings.values():
             phone.close()
-    calls = list(storm.calls.values())
+    calls = storm.sent
     misrouted = storm.misrouted()
     summary = (
         f"{len(calls)} calls; A's phone rang {rings['A'].invites}, B's {rings['B'].invites};"
@@ -487,8 +487,7 @@ async def test_no_call_is_misrouted_while_a_block_moves_and_resets(
     )
     assert len(calls) >= 1000 and len(switches) >= 10, summary
     assert not misrouted, f"{summary}; misrouted: " + ", ".join(
-        f"{c.number} {c.final} {c.reason} from {c.server!r} at {c.sent - began:.2f} s"
-        for c in misrouted[:20]
+        f"{number} {answer} at {sent - began:.2f} s" for number, answer, sent in misrouted[:20]
     )
     assert not storm.unanswered(), f"{summary}; {len(storm.unanswered())} got no answer"
     assert rings["A"].invites > 0 and rings["B"].invites > 0, summary
@@ -573,3 +572,4 @@ async def test_a_block_of_ten_thousand_numbers_holds_up_no_other_block(
     assert small < 2 and big < 2, (small, big)
     await scene.call_rings(MUNICH, "B", "node-b")
     await scene.call_rings("+498910004242", "A", "default")
+

@@ -80,6 +80,7 @@ class RouterSync:
         if time.monotonic() < self._next_try:
             return 0
         async with self.pool.connection() as conn:
+            await conn.set_autocommit(True)
             if not self._nodes_written:
                 await db_router.set_nodes(conn, self.nodes, self.clock())
                 self._nodes_written = True
@@ -109,6 +110,16 @@ class RouterSync:
         whatever happens to its usage meanwhile), the router told and read back, the
         outcome recorded. A block that fails is retried later and stops no other; each
         block has its own lock, so two instances never push the same block at once."""
+        try:
+            await self._switch_one(change, uris)
+        except Exception as exc:  # the database away: the block stays due, retried
+            log.warning("router: block %s not switched yet: %s", change.block_id, exc)
+            self._failures += 1
+            self._next_try = time.monotonic() + min(
+                self.settings.retry_seconds * 2 ** (self._failures - 1), MAX_BACKOFF
+            )
+
+    async def _switch_one(self, change: Change, uris: dict[str, str]) -> None:
         async with self._at_once, locks.held(self.pool, locks.block(change.block_id)) as mine:
             if not mine:
                 return  # another instance switches it right now
