@@ -572,4 +572,3 @@ async def test_a_block_of_ten_thousand_numbers_holds_up_no_other_block(
     assert small < 2 and big < 2, (small, big)
     await scene.call_rings(MUNICH, "B", "node-b")
     await scene.call_rings("+498910004242", "A", "default")
-
