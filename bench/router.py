@@ -423,7 +423,7 @@ async def a_million(
             # ("m": in MB)
             results["kamailio_shm_used_mb"] = float(shm["used"]) if isinstance(shm, dict) else None
             # One change: a block of 100 numbers to the other node, set and read back.
-            owner = {i: "node-1" if i % 2 == 0 else "node-2" for i in range(MEGA_BLOCKS)}
+            owner = {i: "node-1" if i % 2 == 0 else "node-2" for i in range(len(blocks))}
             windows: dict[str, list[tuple[float, float, str, str]]] = {}
 
             async def move(i: int) -> float:
@@ -627,7 +627,7 @@ def table(r: dict[str, Any]) -> str:
          f"{over['router_s']['median'] * 1000:.2f} / {over['direct_s']['median'] * 1000:.2f} ms"
          f" median: the router adds {over['added_median_ms']:.2f} ms ({over['router_s']['n']}"
          " calls each)"),
-        ("1,010,000 numbers (10,000 blocks of 100, one of 10,000; 100,001 keys): Kamailio start"
+        ("1,010,000 numbers (10,000 blocks of 100, one of 10,000; 10,001 router keys): Kamailio start"
          " until it answers / until "
          "a call routes right", f"{mega['start_until_rpc_s']:.1f} s / "
          f"{mega['start_until_routed_s']:.1f} s"),

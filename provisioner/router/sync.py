@@ -47,7 +47,7 @@ T = TypeVar("T")
 
 MAX_BACKOFF = 5.0  # seconds; a restarted router is right from its own load meanwhile
 BATCH = 200  # blocks per pass
-AT_ONCE = 8  # blocks switched side by side
+AT_ONCE = 2  # blocks switched side by side (each holds two pooled connections meanwhile)
 IN_FLIGHT = 32  # calls of one block at a time: the others' calls go in between
 
 
