@@ -627,8 +627,8 @@ def table(r: dict[str, Any]) -> str:
          f"{over['router_s']['median'] * 1000:.2f} / {over['direct_s']['median'] * 1000:.2f} ms"
          f" median: the router adds {over['added_median_ms']:.2f} ms ({over['router_s']['n']}"
          " calls each)"),
-        ("1,010,000 numbers (10,000 blocks of 100, one of 10,000; 10,001 router keys): Kamailio start"
-         " until it answers / until "
+        ("1,010,000 numbers (10,000 blocks of 100, one of 10,000; 10,001 router keys):"
+         " Kamailio start until it answers / until "
          "a call routes right", f"{mega['start_until_rpc_s']:.1f} s / "
          f"{mega['start_until_routed_s']:.1f} s"),
         ("one block's change live (100 numbers: its key set and read back over JSON-RPC)",
