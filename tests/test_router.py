@@ -39,6 +39,7 @@ from router_helpers import (
 from sipp_peer import SipResult, assert_blind_transfer, run_scenario, start_scenario
 
 from bench.sip import Prober, RingingPhone
+from provisioner.db import pjsip_rows
 from provisioner.settings import Settings
 
 MUNICH = "+49891234567"  # A's block muc-main, no extension of its own: the default target
@@ -382,15 +383,17 @@ async def test_the_routers_role_reads_its_view_and_nothing_else(db_url: str) -> 
 def test_the_lab_starts_two_nodes_and_the_router_and_stops_them_all(
     second_lab: Lab, db_url: str, tmp_path: Path
 ) -> None:
-    """`lab up --nodes 2 --router` and `lab down --nodes 2`: every process gone after."""
+    """`lab up --nodes 2 --router --pjsip-db 2=URL` (node 2 a realtime node with its own
+    reader role) and `lab down --nodes 2`: every process gone after."""
     del second_lab  # started after the session's lab: the root filesystem is built
     url = asyncio.run(reader_url(db_url))
+    node2 = asyncio.run(pjsip_reader_url(db_url, "node-2"))
     folder = tmp_path / "platform"
     ports = [str(free_port()) for _ in range(4)]
     up = subprocess.run(
         [str(LAB), "--dir", str(folder), "up", "--nodes", "2", "--router",
          "--ami-port", ports[0], "--sip-port", ports[1], "--router-port", ports[2],
-         "--rpc-port", ports[3], "--db-url", url],
+         "--rpc-port", ports[3], "--db-url", url, "--pjsip-db", f"2={node2}"],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     try:
@@ -398,6 +401,12 @@ def test_the_lab_starts_two_nodes_and_the_router_and_stops_them_all(
         states = [json.loads((folder / f"node-{i}" / "lab.json").read_text()) for i in (1, 2)]
         router = json.loads((folder / "router" / "router.json").read_text())
         assert states[1]["sip_port"] == states[0]["sip_port"] + 1
+        assert [s["pjsip"] for s in states] == ["files", "realtime"]
+        status = subprocess.run(
+            [str(LAB), "--dir", str(folder / "node-2"), "cli", "realtime show pgsql status"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert "Connected to" in status.stdout, status.stdout + status.stderr
         pids = [s["pid"] for s in states] + [router["pid"]]
         assert all(alive(pid) for pid in pids)
         answer = rpc(RouterLab(folder, int(ports[2]), int(ports[3]), url), "core.version")
@@ -409,6 +418,16 @@ def test_the_lab_starts_two_nodes_and_the_router_and_stops_them_all(
         )  # fmt: skip
     assert down.returncode == 0, down.stdout + down.stderr
     assert not any(alive(pid) for pid in pids)
+
+
+async def pjsip_reader_url(db_url: str, node: str) -> str:
+    """A login for a realtime node's Asterisk: its own reader role in this database."""
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        await pjsip_rows.make_reader(conn, "prov_test_node_reader", "node-reader-pw", node)
+        await conn.commit()
+    info = psycopg.conninfo.conninfo_to_dict(db_url)
+    info.update(user="prov_test_node_reader", password="node-reader-pw")
+    return psycopg.conninfo.make_conninfo("", **info)
 
 
 async def test_a_block_nobody_uses_leaves_the_router_then_its_node(two_nodes: Platform) -> None:
