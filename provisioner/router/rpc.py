@@ -38,20 +38,19 @@ def _missing(exc: RouterRefused) -> bool:
 
 
 class Router:
-    def __init__(self, url: str, *, timeout_ms: int = 2000, connections: int = CONNECTIONS) -> None:
+    def __init__(self, url: str, *, timeout_ms: int = 2000) -> None:
         self.url = url
         # The timeout covers one call on the wire (connecting, and each read), never the
         # wait for one of the client's connections: a thousand calls queued behind each
         # other are slow, not failed.
         seconds = timeout_ms / 1000
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
-        self._connections = connections
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Router:
         self._session = aiohttp.ClientSession(
-            timeout=self._timeout, connector=aiohttp.TCPConnector(limit=self._connections)
+            timeout=self._timeout, connector=aiohttp.TCPConnector(limit=CONNECTIONS)
         )
         return self
 

@@ -113,11 +113,9 @@ class RouterSync:
         try:
             await self._switch_one(change, uris)
         except Exception as exc:  # the database away: the block stays due, retried
-            log.warning("router: block %s not switched yet: %s", change.block_id, exc)
-            self._failures += 1
-            self._next_try = time.monotonic() + min(
-                self.settings.retry_seconds * 2 ** (self._failures - 1), MAX_BACKOFF
-            )
+            delay = self._back_off()
+            log.warning("router: block %s not switched yet (%s); retrying in %.0f s",
+                        change.block_id, exc, delay)  # fmt: skip
 
     async def _switch_one(self, change: Change, uris: dict[str, str]) -> None:
         async with self._at_once, locks.held(self.pool, locks.block(change.block_id)) as mine:
@@ -169,10 +167,15 @@ class RouterSync:
             blocks = tuple(c.block_id for c in done if c.pbx_id == pbx_id)
             await _event(conn, "router.routed", pbx_id, blocks, None, now)
 
-    async def _failed(self, conn: Conn, waiting: list[Change], error: str) -> None:
+    def _back_off(self) -> float:
+        """One more failure: the next pass waits, doubling up to MAX_BACKOFF; the delay."""
         self._failures += 1
-        delay = min(self.settings.retry_seconds * 2 ** (self._failures - 1), MAX_BACKOFF)
+        delay: float = min(self.settings.retry_seconds * 2.0 ** (self._failures - 1), MAX_BACKOFF)
         self._next_try = time.monotonic() + delay
+        return delay
+
+    async def _failed(self, conn: Conn, waiting: list[Change], error: str) -> None:
+        delay = self._back_off()
         if error != self._last_error:
             log.warning("router: %d blocks wait (%s); retrying in %.0f s",
                         len(waiting), error, delay)  # fmt: skip
