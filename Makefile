@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 CONFIG ?= config/dev.yaml
 
-.PHONY: run test test-fast setup system-deps lint typecheck pytest mutation bench lock clean compose-up compose-down
+.PHONY: run test test-fast setup system-deps lint typecheck pytest mutation bench lock clean compose-up compose-stop compose-down
 
 # The service on the embedded defaults with the lab's Asterisk as its node (scripts/run-dev).
 run: setup
@@ -23,7 +23,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,embedded]'
 	touch $@
 
 system-deps:
@@ -39,11 +39,15 @@ typecheck: setup
 pytest: setup
 	$(BIN)/pytest
 
-# The lab as a compose stack (asterisk-docker/compose.yaml): Asterisk 22, PostgreSQL and
-# the service, images built from Debian alone (scripts/compose). Needs Docker's engine
-# running (`dockerd &` as root, after `make system-deps`).
-compose-up: setup
+# The platform as a compose stack (asterisk-docker/compose.yaml): the SIP router, two
+# Asterisk nodes (files and realtime), PostgreSQL and the service, images built from
+# Debian alone (scripts/compose, which starts Docker's engine when none runs).
+# compose-stop keeps the data for the next compose-up; compose-down removes it.
+compose-up: setup system-deps
 	scripts/compose up
+
+compose-stop:
+	scripts/compose stop
 
 compose-down:
 	scripts/compose down
@@ -51,7 +55,7 @@ compose-down:
 # Mutation testing of domain/, render/ and service/assignments.py (scripts/mutation); slow,
 # so not part of `make test`. Prints the score; `.venv/bin/mutmut browse` shows survivors.
 mutation: setup
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,mutation]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,embedded,mutation]'
 	scripts/mutation
 
 # The benchmark (bench/): two nodes behind the SIP router (bench/router.py), then the
@@ -59,14 +63,14 @@ mutation: setup
 # builds; about 45 minutes; writes bench/results.{json,md}, bench/router-results.json,
 # the PNG and the README's tables. BENCH_ARGS="--part router" (or moves) runs one part.
 bench: setup
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,embedded,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Re-pin every dependency to what a fresh install resolves today.
 lock:
 	rm -rf $(VENV)-lock
 	$(PYTHON) -m venv $(VENV)-lock
-	$(VENV)-lock/bin/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(VENV)-lock/bin/pip install --quiet --disable-pip-version-check -e '.[test,embedded,bench]'
 	$(VENV)-lock/bin/pip freeze --exclude-editable | grep -v '^provisioner' > constraints.txt
 	rm -rf $(VENV)-lock
 

@@ -65,7 +65,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             create_app(settings),
             host=settings.listen.host,
             port=settings.listen.port,
-            access_log_format='%a "%r" %s %b %Tfs rid=%{X-Request-Id}o',
             **server_options(settings),
         )
     except DatabaseUnfit as exc:

@@ -27,8 +27,10 @@ from lab_helpers import (
     wait_applied,
 )
 from panoramisk import Manager
+from psycopg_pool import AsyncConnectionPool
 
 from provisioner.asterisk import files
+from provisioner.db import locks
 from provisioner.render.render import redact
 from provisioner.settings import Settings
 
@@ -346,3 +348,27 @@ async def test_files_of_a_group_asterisk_is_not_in_are_named_as_the_reason(
         check = await api.ok("GET", "/v1/nodes/default/check", key=ENGINEER_KEY)
     assert "pjsip/tenant-k100200.conf: mode 0640, group root" in state["apply_error"]
     assert any("Asterisk cannot read" in p for p in check["problems"]), check
+
+
+async def test_after_a_change_the_state_is_pending_until_the_round_that_took_it(
+    settings: Settings, clean_lab: Lab
+) -> None:
+    """No window in which a client that just made a change reads `applied` of the
+    revision before it: the round is held off (the node's applier lock taken here) and
+    the state must say `pending` from the change's commit on."""
+    async with lab_service(settings, clean_lab) as (api, node):
+        await branch_scene(api)
+        before = await wait_applied(api, TARGET)
+        async with (
+            AsyncConnectionPool(settings.database.url.value, min_size=1, open=False) as pool,
+            locks.held(pool, locks.node(node.name)) as taken,
+        ):
+            assert taken
+            await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/300",
+                         {"name": "Bruno", "site_block": "ber-main"})  # fmt: skip
+            state = await api.ok("GET", f"/v1/accounts/{TARGET}/pbx/config")
+            assert state["apply_state"] == "pending", state
+            assert state["revision"] == before["revision"]  # not rendered yet
+        after = await wait_applied(api, TARGET)
+        assert after["revision"] > before["revision"]
+        assert any("[k100200-300]" in text for text in after["files"].values())

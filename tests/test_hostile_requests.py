@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -572,3 +573,22 @@ def test_reasons_shown_to_customers_name_no_internal_address() -> None:
     for address in ("10.20.0.7", "127.0.0.1", "10.0.0.2", "fd00::7", "ast-node-3", "5038"):
         assert address not in shown, shown
     assert shown.startswith("Asterisk at (internal address) is unavailable")
+
+
+async def test_health_probes_that_answer_well_leave_no_access_log_line(
+    settings: Settings, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Compose asks /readyz every 2 s: those lines would bury the rest. A probe that
+    fails, and every other request, is still logged."""
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    server = TestServer(create_app(settings, clock=clock), host="127.0.0.1")
+    await server.start_server(**server_options(settings))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for path in ("/healthz", "/readyz", "/healthz", "/nowhere"):
+                async with session.get(server.make_url(path)) as response:
+                    await response.read()
+    finally:
+        await server.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert len(lines) == 1 and '"GET /nowhere HTTP/1.1" 404' in lines[0], lines

@@ -86,13 +86,15 @@ class WaitingJob:
     attempts: int
     next_attempt_at: datetime
     last_error: str | None
+    requested_at: datetime  # the newest change it carries
 
 
 async def waiting_job(conn: Conn, pbx_id: int) -> WaitingJob | None:
     """The PBX's queued apply, if one is waiting."""
     async with conn.cursor(row_factory=class_row(WaitingJob)) as cur:
         await cur.execute(
-            "SELECT attempts, next_attempt_at, last_error FROM apply_queue WHERE pbx_id = %s",
+            "SELECT attempts, next_attempt_at, last_error, requested_at FROM apply_queue"
+            " WHERE pbx_id = %s",
             (pbx_id,),
         )
         return await cur.fetchone()

@@ -15,7 +15,13 @@ def start(folder: Path, *, stop_at_exit: bool = True) -> tuple[str, Any]:
     pgserver keeps one server per folder and reference-counts users in this process,
     so calling this twice for the same folder is cheap and safe.
     """
-    import pgserver
+    try:
+        import pgserver
+    except ImportError:
+        raise RuntimeError(
+            "no database.url is set and the embedded PostgreSQL is not installed: set"
+            " database.url, or install provisioner[embedded] (pgserver)"
+        ) from None
 
     folder.mkdir(parents=True, exist_ok=True)
     # PostgreSQL's Unix socket path must fit in 107 bytes; pgserver puts it in the folder.

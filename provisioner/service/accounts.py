@@ -16,7 +16,6 @@ from provisioner.service.unit import Unit
 # Deliberately plain: the portal validated the address already; this keeps out what
 # would break a mail header (spaces, line breaks, angle brackets, commas).
 EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
-DEFAULT_NODE = "default"
 
 
 def check_customer(customer: str, field: str = "customer") -> str:
@@ -65,14 +64,14 @@ async def get_account(u: Unit, customer: str) -> Account:
 
 
 async def put_pbx(u: Unit, customer: str, *, node: str | None = None) -> tuple[Pbx, bool]:
-    """Create the account's PBX, homed on `node` (default: "default"); for an existing
+    """Create the account's PBX, homed on `node` (default: the policy's default node); for an existing
     PBX, another node moves it there (written and verified live on the new node, then
     removed from the old one)."""
     u.actor.require_one_of(customer)
     if node is not None and not rules.NAME.fullmatch(node):
         raise InvalidInput("node is a node name from asterisk.nodes", field="node")
-    # "default" is where a PBX goes when none is named; it may be configured later.
-    if node is not None and node not in {*u.policy.nodes, DEFAULT_NODE}:
+    # The default node is where a PBX goes when none is named; it may be configured later.
+    if node is not None and node not in {*u.policy.nodes, u.policy.default_node}:
         raise InvalidInput(
             f"no Asterisk node {node} is configured", field="node", code="unknown_node"
         )
@@ -90,7 +89,7 @@ async def put_pbx(u: Unit, customer: str, *, node: str | None = None) -> tuple[P
         await apply_queue.request(u.conn, revived.id, "pbx created again", u.now)
         return revived, True
     pbx, created = await db_accounts.create_pbx(
-        u.conn, customer, customer.lower(), node or DEFAULT_NODE, u.now
+        u.conn, customer, customer.lower(), node or u.policy.default_node, u.now
     )
     if pbx is None:
         raise Conflict(

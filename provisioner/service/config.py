@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 
-from provisioner.db import Conn, apply_state, revisions
+from provisioner.db import Conn, apply_queue, apply_state, revisions
 from provisioner.db.accounts import Pbx
 from provisioner.db.apply_state import ApplyState
 from provisioner.db.revisions import Revision
@@ -28,11 +29,17 @@ class ConfigStatus:
 
 async def current(u: Unit, customer: str) -> ConfigStatus:
     pbx = await require_pbx(u, customer)
+    state = await apply_state.get(u.conn, pbx.id)
+    waiting = await apply_queue.waiting_job(u.conn, pbx.id)
+    if state is not None and waiting is not None and waiting.requested_at > state.updated_at:
+        # A change came in after the state was recorded (a PUT queues its apply in its
+        # own transaction): the recorded state is of an older revision. `applied` (or
+        # `failed`) must be of the round that took this change, so a client that polls
+        # for it after its PUT cannot stop on the state before.
+        error = state.error if state.state == "pending" else None
+        state = dataclasses.replace(state, state="pending", error=error)
     return ConfigStatus(
-        customer,
-        pbx.node,
-        await revisions.latest_revision(u.conn, pbx.id),
-        await apply_state.get(u.conn, pbx.id),
+        customer, pbx.node, await revisions.latest_revision(u.conn, pbx.id), state
     )
 
 

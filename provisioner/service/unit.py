@@ -43,6 +43,7 @@ class Policy:
     sip_realm: str = "provisioner"
     secrets: SecretBox = field(default_factory=SecretBox)
     nodes: tuple[str, ...] = ()  # the Asterisk nodes configured, by name
+    default_node: str = "default"  # where a new PBX goes when its PUT names no node
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -53,6 +54,7 @@ class Policy:
             sip_realm=settings.asterisk.sip_realm,
             secrets=settings.secret_box(),
             nodes=tuple(n.name for n in settings.asterisk.nodes),
+            default_node=settings.asterisk.default_node,
         )
 
 

@@ -249,12 +249,15 @@ class Log:
 class Asterisk:
     nodes: tuple[Node, ...] = setting(
         (),
-        "Asterisk nodes. A PBX is homed on one node (`default` unless its PUT names "
+        "Asterisk nodes. A PBX is homed on one node (`default_node` unless its PUT names "
         "another); `output_dir` is the folder the node's config includes "
         "(`/etc/asterisk/provisioner` in the lab); the carrier SBC is where trunks send "
         "calls and the one address inbound calls are accepted from; the files are readable "
         "by the group `file_group` (Asterisk's; without it, the group of `output_dir`) and "
         "never by others.",
+    )
+    default_node: str = setting(
+        "default", "Node a new PBX is homed on when its PUT names none."
     )
     sip_realm: str = setting(
         "provisioner",
@@ -281,6 +284,8 @@ class Asterisk:
     def __post_init__(self) -> None:
         if len({n.name for n in self.nodes}) != len(self.nodes):
             raise SettingsError("nodes: node names must be unique")
+        if not rules.NAME.fullmatch(self.default_node):
+            raise SettingsError(f"bad default_node {self.default_node!r}")
         if not _REALM.fullmatch(self.sip_realm):
             raise SettingsError("sip_realm: 1 to 64 letters, digits, '.', '_' or '-'")
         if self.pjsip_reload_ms < 0 or self.drift_check_seconds < 0:
