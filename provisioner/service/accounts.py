@@ -64,9 +64,9 @@ async def get_account(u: Unit, customer: str) -> Account:
 
 
 async def put_pbx(u: Unit, customer: str, *, node: str | None = None) -> tuple[Pbx, bool]:
-    """Create the account's PBX, homed on `node` (default: the policy's default node); for an existing
-    PBX, another node moves it there (written and verified live on the new node, then
-    removed from the old one)."""
+    """Create the account's PBX, homed on `node` (default: the policy's default node);
+    for an existing PBX, another node moves it there (written and verified live on the
+    new node, then removed from the old one)."""
     u.actor.require_one_of(customer)
     if node is not None and not rules.NAME.fullmatch(node):
         raise InvalidInput("node is a node name from asterisk.nodes", field="node")

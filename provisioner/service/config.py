@@ -38,9 +38,7 @@ async def current(u: Unit, customer: str) -> ConfigStatus:
         # for it after its PUT cannot stop on the state before.
         error = state.error if state.state == "pending" else None
         state = dataclasses.replace(state, state="pending", error=error)
-    return ConfigStatus(
-        customer, pbx.node, await revisions.latest_revision(u.conn, pbx.id), state
-    )
+    return ConfigStatus(customer, pbx.node, await revisions.latest_revision(u.conn, pbx.id), state)
 
 
 async def render(conn: Conn, pbx: Pbx, carrier: Carrier, secrets: SecretBox) -> dict[str, str]:

@@ -256,9 +256,7 @@ class Asterisk:
         "by the group `file_group` (Asterisk's; without it, the group of `output_dir`) and "
         "never by others.",
     )
-    default_node: str = setting(
-        "default", "Node a new PBX is homed on when its PUT names none."
-    )
+    default_node: str = setting("default", "Node a new PBX is homed on when its PUT names none.")
     sip_realm: str = setting(
         "provisioner",
         "Digest realm of the phones' SIP accounts. A phone's password hash is made for the "
