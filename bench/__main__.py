@@ -627,18 +627,20 @@ def main() -> int:
     parser.add_argument("--rss-moves", type=int, default=100)
     parser.add_argument("--out", default=str(ROOT / "bench"))
     parser.add_argument(
-        "--part", choices=("all", "moves", "router", "realtime"), default="all",
+        "--part", choices=("all", "moves", "router", "realtime", "billing"), default="all",
         help="moves: one node at each size; router: two nodes behind the SIP router;"
-        " realtime: one node in each PJSIP mode",
+        " realtime: one node in each PJSIP mode; billing: the CDR import and usage query",
     )  # fmt: skip
     router_bench.arguments(parser)
     realtime_bench.arguments(parser)
+    billing_bench.arguments(parser)
     args = parser.parse_args()
     out = Path(args.out)
     readme = ROOT / "README.md" if out == ROOT / "bench" else None
     for part, module, title in (
         ("router", router_bench, "two nodes behind the SIP router"),
         ("realtime", realtime_bench, "one node in each PJSIP mode"),
+        ("billing", billing_bench, "usage per owner account: CDR import, usage query"),
     ):
         if args.part in ("all", part):
             print(f"== {title}", flush=True)
@@ -646,7 +648,7 @@ def main() -> int:
             found = asyncio.run(module.run(args))
             module.report({"date": began.isoformat(timespec="seconds"), "machine": machine(),
                            **found}, out, readme)  # fmt: skip
-    if args.part in ("router", "realtime"):
+    if args.part in ("router", "realtime", "billing"):
         return 0
     sizes = []
     for text in args.sizes.split(","):
@@ -673,6 +675,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     # Here, not at the top: bench.router imports this module (its helpers) by name.
+    from bench import billing as billing_bench
     from bench import realtime as realtime_bench
     from bench import router as router_bench
 

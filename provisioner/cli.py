@@ -34,6 +34,7 @@ from provisioner.router.rpc import RouterRefused, RouterUnavailable
 from provisioner.service import blocks, console, demo
 from provisioner.service import config as config_service
 from provisioner.service import pbx as pbx_service
+from provisioner.service import usage as usage_service
 from provisioner.service.unit import Actor, Policy, Unit
 from provisioner.settings import Node, Settings
 from provisioner.settings.load import load as load_settings
@@ -307,6 +308,30 @@ def cmd_pjsip_reader(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _import_calls(settings: Settings, node: Node, from_start: bool) -> int:
+    async with _pool(settings) as pool:
+        if from_start:
+            await usage_service.restart_import(pool, node, system_clock())
+        read = 0
+        while lines := await usage_service.import_step(pool, node, settings.billing,
+                                                       system_clock()):  # fmt: skip
+            read += lines
+        return read
+
+
+def cmd_import_calls(args: argparse.Namespace) -> int:
+    """Import a node's CDR spool now (the worker does it all the time); --from-start
+    reads it all again, and stores only what is not stored yet."""
+    settings = _settings(args)
+    _logging(settings)
+    node = settings.node(args.node)
+    if node is None or node.cdr_file is None:
+        raise SystemExit(f"provisioner: no node {args.node!r} with a cdr_file in asterisk.nodes")
+    read = asyncio.run(_import_calls(settings, node, args.from_start))
+    print(f"node {node.name}: {read} spool lines read")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="provisioner",
@@ -346,6 +371,12 @@ def parser() -> argparse.ArgumentParser:
             " reads its PJSIP objects with; prints its connection string once",
         ),
         (
+            "import-calls",
+            cmd_import_calls,
+            "import a node's call records from its CDR spool now (--from-start: all of it"
+            " again; what is stored already is skipped)",
+        ),
+        (
             "rotate-secrets",
             cmd_rotate_secrets,
             "seal every trunk password with the first key of secrets.keys",
@@ -367,6 +398,10 @@ def parser() -> argparse.ArgumentParser:
     found["router-reader"].add_argument("role", help="role name (e.g. kamailio)")
     found["pjsip-reader"].add_argument("node", help="the realtime node (asterisk.nodes name)")
     found["pjsip-reader"].add_argument("role", help="role name (e.g. asterisk-node1)")
+    found["import-calls"].add_argument("node", help="the node (asterisk.nodes name)")
+    found["import-calls"].add_argument(
+        "--from-start", action="store_true", help="read the spool from its start again"
+    )
     found["check"].add_argument("--node", help="only this node (default: every node)")
     found["check"].add_argument(
         "--repair", action="store_true", help="write drifted PBXs again and reload both modules"

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -66,6 +67,34 @@ def free_port() -> int:
                     continue
             _GIVEN_PORTS.add(port)
             return port
+
+
+def free_ports_in_a_row(count: int) -> int:
+    """The first of `count` ports in a row, each free on 127.0.0.1 for TCP and UDP (what
+    `lab up --nodes N` takes: its base port plus one per node). Below the kernel's
+    ephemeral range (32768 and up here), where free_port's ports are: a port there may be
+    the local end of any client connection a moment later, so `base + 1` of a free_port
+    once was taken when the lab came to bind it."""
+    rng = random.Random()
+    while True:
+        base = rng.randrange(20000, 32000 - count)
+        wanted = range(base, base + count)
+        if _GIVEN_PORTS.intersection(wanted):
+            continue
+        probes: list[socket.socket] = []
+        try:
+            for port in wanted:
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    probe = socket.socket(socket.AF_INET, kind)
+                    probes.append(probe)
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+        _GIVEN_PORTS.update(wanted)
+        return base
 
 
 # --- PostgreSQL -----------------------------------------------------------------------
@@ -371,6 +400,11 @@ class Lab:
     output_dir: Path
     file_group: int
     pjsip: str = "files"  # realtime: its tenants' PJSIP objects come from PostgreSQL
+
+    @property
+    def cdr_file(self) -> Path:
+        """Its CDR spool (asterisk-docker/conf/cdr_custom.conf), which the service imports."""
+        return self.folder / "log" / "cdr-custom" / "provisioner.csv"
 
     def cli(self, command: str) -> str:
         done = subprocess.run(

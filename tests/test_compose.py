@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -172,10 +173,23 @@ def test_the_platform_in_compose_as_the_readme_walks_through_it(
 
     carrier_call_rings(env, node1, emil, "+49405556660")  # files node
     carrier_call_rings(env, node2, dora, "+49407778880")  # realtime node, C's number
+    # Both calls billed to C (its blocks), from both nodes' CDR spools: Dora's by B's PBX.
+    deadline = time.monotonic() + 30
+    while True:
+        since = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+        usage = call_api(api, "GET", f"/v1/accounts/K300400/usage?from={since}")
+        if usage["total"]["calls"] >= 2:
+            break
+        assert time.monotonic() < deadline, usage
+        time.sleep(0.3)
+    assert {(r["block_id"], r["pbx"]) for r in usage["usage"]} == {
+        ("ham-main", "K300400"),
+        ("ham-b", "K100200"),
+    }, usage
 
     # Stop keeps every volume; up again finds the data, and leaves no dangling image.
     volumes = set(leftovers("volume"))
-    assert len(volumes) == 7, volumes
+    assert len(volumes) == 9, volumes
     run(["make", "compose-stop"], env, 300)
     assert docker_ids("container", f"label=com.docker.compose.project={PROJECT}",
                       "status=running") == []  # fmt: skip

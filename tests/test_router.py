@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import LAB, Api, Inbox, Lab, free_port
+from conftest import LAB, Api, Inbox, Lab, free_port, free_ports_in_a_row
 from helpers import BLOCK, OWNER, OWNER_MAIL, TARGET, TARGET_MAIL, path_of, request_assignment
 from lab_helpers import CARRIER_HOST, console_env, lab_service, realtime_node, wait_applied
 from panoramisk import Manager
@@ -389,7 +389,9 @@ def test_the_lab_starts_two_nodes_and_the_router_and_stops_them_all(
     url = asyncio.run(reader_url(db_url))
     node2 = asyncio.run(pjsip_reader_url(db_url, "node-2"))
     folder = tmp_path / "platform"
-    ports = [str(free_port()) for _ in range(4)]
+    # Node 2 takes the base ports plus one: two ports in a row for AMI, two for SIP.
+    ports = [str(free_ports_in_a_row(2)), str(free_ports_in_a_row(2))]
+    ports += [str(free_port()) for _ in range(2)]
     up = subprocess.run(
         [str(LAB), "--dir", str(folder), "up", "--nodes", "2", "--router",
          "--ami-port", ports[0], "--sip-port", ports[1], "--router-port", ports[2],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -16,7 +19,7 @@ from provisioner.domain import rules
 from provisioner.domain.errors import AsteriskDown, Forbidden, InvalidInput, NotFound
 from provisioner.router import check as router_check
 from provisioner.router.rpc import RouterRefused, RouterUnavailable
-from provisioner.service import accounts, assignments, blocks, config, events, pbx
+from provisioner.service import accounts, assignments, blocks, config, events, pbx, usage
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -249,3 +252,72 @@ async def check_node(request: web.Request) -> web.Response:
         except (RouterUnavailable, RouterRefused) as exc:
             problems = [*problems, f"router: unavailable: {exc}"]
     return _json(serialize.node_check(node.name, pbxes, problems))
+
+
+def _moment(request: web.Request, name: str) -> datetime | None:
+    """A query's date-time (ISO 8601 with a time zone; a date alone is its start, UTC)."""
+    raw = request.query.get(name, "")
+    if raw == "":
+        return None
+    problem = f"{name} must be an ISO 8601 date-time with its zone, e.g. 2026-12-01T00:00:00Z"
+    if len(raw) > 40:
+        raise InvalidInput(problem, field=name)
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidInput(problem, field=name) from None
+    if len(raw) == 10:  # a date
+        return moment.replace(tzinfo=UTC)
+    if moment.tzinfo is None:
+        raise InvalidInput(problem, field=name)
+    return moment
+
+
+def _period(request: web.Request) -> usage.Period:
+    return usage.Period.of(_moment(request, "from"), _moment(request, "to"), request[UNIT].now)
+
+
+def _wants_csv(request: web.Request) -> bool:
+    return "text/csv" in request.headers.get("Accept", "")
+
+
+def _csv(header: tuple[str, ...], rows: list[dict[str, Any]], **headers: str) -> web.Response:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=header, extrasaction="ignore", lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return web.Response(text=out.getvalue(), content_type="text/csv", charset="utf-8",
+                        headers=headers)  # fmt: skip
+
+
+async def account_usage(request: web.Request) -> web.Response:
+    """What an account's blocks and its PBX used in a period: calls, answered, billsec
+    per block, owner, using PBX and direction."""
+    customer, period = request.match_info["customer"], _period(request)
+    rows = await usage.usage(request[UNIT], customer, period)
+    if _wants_csv(request):
+        return _csv(serialize.USAGE_FIELDS, [serialize.usage_row(r) for r in rows])
+    return _json(serialize.usage(customer, period, rows))
+
+
+async def account_calls(request: web.Request) -> web.Response:
+    """The account's call records in a period, oldest import first, a page at a time:
+    `next` is the cursor to ask with for the next page (the one given: nothing more)."""
+    customer, period = request.match_info["customer"], _period(request)
+    after = request.query.get("after", "0")
+    if not rules.DIGITS.fullmatch(after) or len(after) > 18:
+        raise InvalidInput("after must be a cursor from an earlier answer", field="after")
+    limit = request.query.get("limit", "100")
+    if not rules.DIGITS.fullmatch(limit) or len(limit) > 4 or not 1 <= int(limit) <= 1000:
+        raise InvalidInput("limit must be 1 to 1000", field="limit")
+    found = await usage.call_list(request[UNIT], customer, period, int(after), int(limit))
+    internal = request[API_KEY_ROLE] == "engineer"
+    shown = [serialize.call(c, internal=internal) for c in found]
+    following = str(found[-1].id) if found else after
+    if _wants_csv(request):
+        fields = (*serialize.CALL_FIELDS, "node") if internal else serialize.CALL_FIELDS
+        return _csv(fields, shown, **{"X-Next-Cursor": following})
+    return _json({
+        "customer": customer, "from": serialize.when(period.start),
+        "to": serialize.when(period.end), "calls": shown, "next": following,
+    })  # fmt: skip

@@ -28,6 +28,8 @@ def add_routes(app: web.Application) -> None:
                 expect_handler=_EXPECT,
             ),
             web.get("/v1/accounts/{customer}/blocks", handlers.list_blocks),
+            web.get("/v1/accounts/{customer}/usage", handlers.account_usage),
+            web.get("/v1/accounts/{customer}/calls", handlers.account_calls),
             web.post("/v1/blocks/{block_id}/mode", handlers.set_block_mode, expect_handler=_EXPECT),
             web.post(
                 "/v1/blocks/{block_id}/assignment",

@@ -10,10 +10,12 @@ from provisioner.asterisk.check import PbxDrift, node_clean
 from provisioner.db.accounts import Account, Pbx
 from provisioner.db.assignments import Assignment, Event
 from provisioner.db.blocks import BlockRow
+from provisioner.db.calls import Call, UsageRow
 from provisioner.db.pbx import Extension, RingGroup
 from provisioner.domain.numbers import describe
 from provisioner.render.view import PbxView
 from provisioner.service.config import ConfigStatus
+from provisioner.service.usage import Period
 
 
 def when(value: datetime | None) -> str | None:
@@ -184,3 +186,38 @@ def node_check(node: str, pbxes: list[PbxDrift], problems: list[str]) -> dict[st
             for d in pbxes
         ],
     }
+
+
+USAGE_FIELDS = ("block_id", "owner", "pbx", "direction", "calls", "answered", "billsec")
+CALL_FIELDS = (
+    "uniqueid", "linkedid", "sequence", "started_at", "answered_at", "ended_at",
+    "duration", "billsec", "disposition", "direction", "number", "peer", "owner", "pbx",
+    "block_id",
+)  # fmt: skip
+
+
+def usage_row(r: UsageRow) -> dict[str, Any]:
+    return {name: getattr(r, name) for name in USAGE_FIELDS}
+
+
+def usage(customer: str, period: Period, rows: list[UsageRow]) -> dict[str, Any]:
+    return {
+        "customer": customer,
+        "from": when(period.start),
+        "to": when(period.end),
+        "usage": [usage_row(r) for r in rows],
+        "total": {
+            "calls": sum(r.calls for r in rows),
+            "answered": sum(r.answered for r in rows),
+            "billsec": sum(r.billsec for r in rows),
+        },
+    }
+
+
+def call(c: Call, *, internal: bool) -> dict[str, Any]:
+    """`internal`: with the node it was on (engineers)."""
+    shown = {
+        name: when(value) if isinstance(value := getattr(c, name), datetime) else value
+        for name in CALL_FIELDS
+    }
+    return {**shown, "node": c.node} if internal else shown

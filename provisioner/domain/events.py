@@ -42,7 +42,29 @@ class RouterOutcome:
     error: str | None
 
 
-Payload = AssignmentChange | ApplyOutcome | RouterOutcome
+@dataclass(frozen=True, kw_only=True)
+class CallEnded:
+    """A call record imported from a node (with billing.call_events): who is billed
+    (owner), which PBX used the block, how long it was answered."""
+
+    node: str
+    uniqueid: str
+    linkedid: str
+    started_at: str
+    answered_at: str | None
+    ended_at: str
+    duration: int
+    billsec: int
+    disposition: str
+    direction: str
+    number: str | None
+    peer: str | None
+    owner: str | None
+    pbx: str | None
+    block_id: str | None
+
+
+Payload = AssignmentChange | ApplyOutcome | RouterOutcome | CallEnded
 
 # Every event type, with the payload it carries.
 TYPES: dict[str, type[Payload]] = {
@@ -56,6 +78,7 @@ TYPES: dict[str, type[Payload]] = {
     "apply.failed": ApplyOutcome,
     "router.routed": RouterOutcome,
     "router.pending": RouterOutcome,
+    "call.ended": CallEnded,
 }
 
 

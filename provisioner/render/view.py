@@ -67,9 +67,11 @@ class Phone:
     out_number: str | None  # caller ID of external calls
     out_trunk: str | None  # the trunk of the block that owns out_number
     out_account: str | None
+    out_block: str | None  # the block of out_number (the call's record names it)
     site_number: str | None  # caller ID of emergency calls: the site's number
     site_trunk: str | None
     site_account: str | None
+    site_block: str | None
     fallback: bool  # sited on a block this PBX no longer uses
 
 
@@ -214,9 +216,11 @@ def build(
                 out_number=out_number,
                 out_trunk=trunk_name(out_block) if out_block else None,
                 out_account=by_id[out_block].block.owner if out_block else None,
+                out_block=out_block,
                 site_number=site_number,
                 site_trunk=trunk_name(site.block.id) if site else None,
                 site_account=site.block.owner if site else None,
+                site_block=site.block.id if site else None,
                 fallback=fallback,
             )
         )

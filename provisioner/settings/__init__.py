@@ -123,6 +123,14 @@ class Node:
         "through a `provisioner pjsip-reader` role; a change reloads nothing).",
     )
 
+    cdr_file: Path | None = setting(
+        None,
+        "The node's CDR spool: the file Asterisk's cdr_custom appends each call's record to "
+        "(`/var/log/asterisk/cdr-custom/provisioner.csv` with the lab's cdr_custom.conf), "
+        "readable by the service, which imports it (usage per owner account). Empty: no "
+        "usage from this node.",
+    )
+
     def __post_init__(self) -> None:
         if not rules.NAME.fullmatch(self.name):
             raise SettingsError(f"bad node name {self.name!r}")
@@ -315,6 +323,28 @@ class Router:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Billing:
+    """Usage per owner account, from the nodes' call records (asterisk.nodes[].cdr_file)."""
+
+    call_events: bool = setting(
+        False, "Put a `call.ended` event in the feed (and webhooks) for every call record."
+    )
+    retention_days: int = setting(
+        400, "Call records older than this many days are deleted; 0: kept for ever."
+    )
+    import_interval_ms: int = setting(
+        1000, "How often each node's CDR spool is read for new records, in milliseconds."
+    )
+
+    def __post_init__(self) -> None:
+        if self.retention_days < 0 or self.import_interval_ms < 10:
+            raise SettingsError(
+                "billing.retention_days cannot be negative, billing.import_interval_ms is"
+                " at least 10"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Secrets:
     keys: tuple[Secret, ...] = setting(
         (),
@@ -355,6 +385,7 @@ class Settings:
     log: Log = section(Log)
     asterisk: Asterisk = section(Asterisk)
     router: Router = section(Router)
+    billing: Billing = section(Billing)
     secrets: Secrets = section(Secrets)
     webhooks: tuple[Webhook, ...] = setting(
         (),

@@ -25,7 +25,7 @@ from provisioner.mail.compose import Composer
 from provisioner.render.render import node_files
 from provisioner.render.view import Carrier
 from provisioner.router.sync import RouterSync
-from provisioner.service import assignments
+from provisioner.service import assignments, usage
 from provisioner.service.unit import Actor, Policy, Unit
 from provisioner.settings import Node, Settings, Webhook
 from provisioner.workers import loop, webhooks
@@ -63,7 +63,9 @@ def start_workers(
         return await sender.send_due(pool, transport, settings.smtp.sender, clock)
 
     async def chores_step() -> int:
-        return await housekeeping(pool, clock, policy, composer)
+        expired = await housekeeping(pool, clock, policy, composer)
+        await usage.forget_old(pool, settings.billing, clock())
+        return expired
 
     mail = loop.run("mail", send_mails, idle_seconds=5, url=url, channel=outbox.CHANNEL)
     if settings.router:
@@ -115,8 +117,8 @@ def node_workers(
 ) -> list[asyncio.Task[None]]:
     """The workers of one Asterisk node: its applier (woken by NOTIFY on the apply
     queue), its coalesced PJSIP reloader (woken when a round leaves PJSIP objects
-    pending), the check of its PJSIP mode at start, and its drift check on a slow
-    timer."""
+    pending), the check of its PJSIP mode at start, the import of its call records
+    (polling its CDR spool), and its drift check on a slow timer."""
     secrets = settings.secret_box()
 
     applier = Applier(
@@ -141,6 +143,18 @@ def node_workers(
         ),
     ]  # fmt: skip
     tasks.append(asyncio.create_task(_pjsip_mode(pool, node, clock), name=f"mode-{node.name}"))
+    if node.cdr_file is not None:
+
+        async def import_calls() -> int:
+            return await usage.import_step(pool, node, settings.billing, clock())
+
+        tasks.append(
+            asyncio.create_task(
+                loop.run(f"calls-{node.name}", import_calls,
+                         idle_seconds=settings.billing.import_interval_ms / 1000),
+                name=f"calls-{node.name}",
+            )
+        )  # fmt: skip
     if settings.asterisk.drift_check_seconds > 0:
         tasks.append(
             asyncio.create_task(
