@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -43,6 +44,11 @@ def clean_output(lab: Lab) -> None:
         for path in (lab.output_dir / kind).iterdir():
             if not path.name.startswith("00-"):
                 path.unlink()
+    # The applier's last-good copies (and anything else it keeps there) go too: an
+    # earlier test's PBX must leave nothing a later test could read as its own.
+    for path in lab.output_dir.iterdir():
+        if path.name not in ("pjsip", "dialplan"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     lab.cli("module reload res_pjsip.so")
     lab.cli("dialplan reload")
     if lab.pjsip == "realtime":

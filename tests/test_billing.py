@@ -186,15 +186,44 @@ async def billing_scene(scene: Platform, inbox: Inbox) -> None:
     # the block when the call started; the next call goes to A's own PBX on `default`.
     answering = start_scenario("uas_answer", remote_port=node_b.sip_port, local_port=carla_port)
     during = asyncio.create_task(asyncio.to_thread(scene.carrier_calls, MUNICH_DID))
-    await asyncio.to_thread(answering.wait, 15)  # answered: the call is up
+    await call_up(node_b, carla["sip_username"])
     assert (await api.call("DELETE", f"/v1/blocks/{BLOCK}/assignment")).status == 200
-    assert (await during).ok
+    assert (await during).ok and (await asyncio.to_thread(answering.wait, 15)).ok
     await scene.routed(OWNER)
     await scene.call_rings(MUNICH_DID, "A", "default")
-    owner_records = await records(api, OWNER, 4)
-    last_two = sorted(owner_records, key=lambda r: r["started_at"])[-2:]
-    assert [(r["pbx"], r["owner"]) for r in last_two] == [(TARGET, OWNER), (OWNER, OWNER)]
-    assert [r["disposition"] for r in last_two] == ["ANSWERED", "ANSWERED"]
+    # 6. A call under way on A's PBX when the block is assigned to B's again: A's PBX's;
+    # the next call is B's PBX's, on node-b.
+    a_phone, node_a = scene.phones["A"], scene.labs["default"]
+    answering = start_scenario("uas_answer", remote_port=node_a.sip_port,
+                               local_port=a_phone.port)  # fmt: skip
+    during = asyncio.create_task(asyncio.to_thread(scene.carrier_calls, MUNICH_DID))
+    await call_up(node_a, a_phone.username)
+    await assign_to_b(scene, inbox)
+    assert (await during).ok and (await asyncio.to_thread(answering.wait, 15)).ok
+    await scene.routed(TARGET)
+    answering = start_scenario("uas_answer", remote_port=node_b.sip_port, local_port=carla_port)
+    assert (await asyncio.to_thread(scene.carrier_calls, MUNICH_DID)).ok
+    assert (await asyncio.to_thread(answering.wait, 15)).ok
+
+    owner_records = await records(api, OWNER, 6)
+    last = sorted(owner_records, key=lambda r: r["started_at"])[-4:]
+    assert [(r["pbx"], r["owner"], r["disposition"]) for r in last] == [
+        (TARGET, OWNER, "ANSWERED"),  # under way at the reset: B's
+        (OWNER, OWNER, "ANSWERED"),  # after it: A's
+        (OWNER, OWNER, "ANSWERED"),  # under way at the assignment: A's
+        (TARGET, OWNER, "ANSWERED"),  # after it: B's
+    ], last
+
+
+async def call_up(lab: Lab, endpoint: str, timeout: float = 10) -> None:
+    """Until the node has the call to `endpoint` answered (a channel of it Up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        channels = await asyncio.to_thread(lab.cli, "core show channels concise")
+        if any(f"PJSIP/{endpoint}-" in c and "!Up!" in c for c in channels.splitlines()):
+            return
+        assert time.monotonic() < deadline, channels
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

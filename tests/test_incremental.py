@@ -93,7 +93,7 @@ async def test_incremental_changes_end_where_a_full_reload_of_the_files_ends(
     await wait_applied(api, TARGET)
     await wait_applied(api, OTHER)
     moved, _ = await live(ami)
-    assert ("carrier-in", "_+4989123456X", "2", "Goto", "k100200-in-muc-main,${EXTEN},1") in moved
+    assert ("carrier-in", "_+4989123456X", "7", "Goto", "k100200-in-muc-main,${EXTEN},1") in moved
     # A resets: the numbers leave B's PBX again.
     await api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment")
     await wait_applied(api, TARGET)

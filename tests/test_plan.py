@@ -41,7 +41,10 @@ def test_reads_the_golden_dialplan_as_pbx_config_would() -> None:
     assert carrier_in.steps[("_+4930123456X", "1")] == (
         "Set", "CHANNEL(accountcode)=K100200",
     )  # fmt: skip
-    assert carrier_in.steps[("_+4930123456X", "2")] == ("Goto", "k100200-in-ber-main,${EXTEN},1")
+    # The call's record: the PBX that used the block, then the block, our number, the
+    # caller, the direction (steps 2 to 6).
+    assert carrier_in.steps[("_+4930123456X", "2")] == ("Set", "CDR(pbx)=K100200")
+    assert carrier_in.steps[("_+4930123456X", "7")] == ("Goto", "k100200-in-ber-main,${EXTEN},1")
     assert any(e.startswith("_+4989") for e, _ in carrier_in.steps)
 
 

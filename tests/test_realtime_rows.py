@@ -47,7 +47,7 @@ def test_every_option_the_template_writes_has_a_column_and_registrations_stay() 
     assert list(realtime.registrations(config)) == ["k100200-trunk-ber-main"]
     phone = objects[("endpoint", "k100200-101")]
     # set_var comes several times in the file: one column, its values joined by ';'.
-    assert phone["set_var"].count(";") == 5 and phone["set_var"].startswith("OUT_NUMBER=")
+    assert phone["set_var"].count(";") == 7 and phone["set_var"].startswith("OUT_NUMBER=")
     assert phone["disallow"] == "all" and phone["allow"] == "alaw,ulaw"
     trunk_auth = objects[("auth", "k100200-trunk-ber-main")]
     assert trunk_auth["password"] == PASSWORDS["ber-main"]

@@ -110,17 +110,26 @@ async def test_the_import_stores_each_record_once_and_leaves_a_half_written_line
         await usage.restart_import(pool, node, datetime.now(UTC))
         assert await import_all(pool, node, billing) == 5
         assert len(stored(db)) == 4
-        # Rotated (a new file): read from its start; truncated: the same.
-        spool.unlink()
+        # Rotated by a rename while lines of the old file wait: the old file's rest
+        # first (found by its inode), then the new file from its start.
+        with spool.open("a") as more:
+            more.write(line("1.5"))
+        spool.rename(tmp_path / "provisioner.csv.1")
         spool.write_text(line("2.1") + line("1.4"))
+        assert await import_all(pool, node, billing) == 3
+        assert [r[1] for r in stored(db)] == ["1.1", "1.2", "1.3", "1.4", "1.5", "2.1"]
+        # Gone, and a new one: read from its start (records read again stored once).
+        (tmp_path / "provisioner.csv.1").unlink()
+        spool.unlink()
+        spool.write_text(line("2.1") + line("2.2"))
         assert await import_all(pool, node, billing) == 2
-        assert [r[1] for r in stored(db)] == ["1.1", "1.2", "1.3", "1.4", "2.1"]
+        assert [r[1] for r in stored(db)][-2:] == ["2.1", "2.2"]
         # Another node's records with the same uniqueid are other records.
         other = tmp_path / "other.csv"
         other.write_text(line("1.1"))
         await import_all(pool, spool_node(other, tmp_path, "node-b"), billing)
         assert ("node-b", "1.1", 0, 30) in stored(db)
-        assert len(stored(db)) == 6
+        assert len(stored(db)) == 8
 
 
 async def test_call_events_are_put_in_the_feed_when_asked(
