@@ -138,6 +138,21 @@ def template_db(pg_url: str) -> str:
 
 
 @pytest.fixture
+async def own_database() -> AsyncIterator[tuple[str, Path]]:
+    """A PostgreSQL of the test's own (its URL and folder), so stopping or restarting it
+    disturbs no other test; removed after."""
+    folder = Path(tempfile.mkdtemp(prefix="prov-pgown-", dir="/tmp")) / "pg"
+    url, server = await asyncio.to_thread(embedded.start, folder)
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await migrate(conn)
+    try:
+        yield url, folder
+    finally:
+        await asyncio.to_thread(server.cleanup)
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+@pytest.fixture
 def db_url(pg_url: str, template_db: str) -> Iterator[str]:
     name = f"prov_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_url, autocommit=True) as conn:

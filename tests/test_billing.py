@@ -9,17 +9,13 @@ block ber-main) on `node-b`; A's block is assigned to B's PBX."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pgserver
-import psycopg
 import pytest
 from conftest import Api, Inbox, Lab, free_port, make_settings
 from helpers import BLOCK, OWNER, TARGET
@@ -29,7 +25,6 @@ from sipp_peer import SipResult, run_scenario, start_scenario
 from test_router import Platform, assign_to_b, platform_of
 
 from provisioner.db import embedded
-from provisioner.db.migrate import migrate
 from provisioner.service import usage
 from provisioner.settings import Settings
 
@@ -224,20 +219,6 @@ async def call_up(lab: Lab, endpoint: str, timeout: float = 10) -> None:
             return
         assert time.monotonic() < deadline, channels
         await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def own_database() -> AsyncIterator[tuple[str, Path]]:
-    """A PostgreSQL of this test's own, so stopping it disturbs no other test."""
-    folder = Path(tempfile.mkdtemp(prefix="prov-pgb-", dir="/tmp")) / "pg"
-    url, server = await asyncio.to_thread(embedded.start, folder)
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        await migrate(conn)
-    try:
-        yield url, folder
-    finally:
-        await asyncio.to_thread(server.cleanup)
-        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 @pytest.mark.slow  # PostgreSQL is away for 60 s

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +16,7 @@ from helpers import BLOCK, TARGET, path_of, scene
 
 from provisioner.app import create_app
 from provisioner.db import embedded
-from provisioner.db.migrate import migrate
 from provisioner.db.pool import DatabaseUnfit
-
-
-@pytest.fixture
-async def own_database() -> AsyncIterator[tuple[str, Path]]:
-    """A PostgreSQL of this test's own, so restarting it disturbs no other test."""
-    folder = Path(tempfile.mkdtemp(prefix="prov-pgr-", dir="/tmp")) / "pg"
-    url, server = await asyncio.to_thread(embedded.start, folder)
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        await migrate(conn)
-    try:
-        yield url, folder
-    finally:
-        await asyncio.to_thread(server.cleanup)
-        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 @pytest.mark.slow  # restarts PostgreSQL and waits for it

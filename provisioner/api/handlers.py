@@ -213,16 +213,23 @@ def _revision_param(request: web.Request, name: str) -> int | None:
     return int(raw)
 
 
-async def event_feed(request: web.Request) -> web.Response:
-    """Events after a cursor, oldest first; `next` is the cursor to ask with next time
-    (the same as the last event's, or the one given when there is nothing new)."""
+def _page(request: web.Request, most: int) -> tuple[str, int]:
+    """A cursor page's query: `after` (as given: the answer's `next` when nothing is new)
+    and `limit` (1 to `most`, 100 by default)."""
     after = request.query.get("after", "0")
     if not rules.DIGITS.fullmatch(after) or len(after) > 18:
         raise InvalidInput("after must be a cursor from an earlier answer", field="after")
     limit = request.query.get("limit", "100")
-    if not rules.DIGITS.fullmatch(limit) or len(limit) > 3 or not 1 <= int(limit) <= 500:
-        raise InvalidInput("limit must be 1 to 500", field="limit")
-    found = await events.feed(request[UNIT], int(after), int(limit))
+    if not rules.DIGITS.fullmatch(limit) or len(limit) > 4 or not 1 <= int(limit) <= most:
+        raise InvalidInput(f"limit must be 1 to {most}", field="limit")
+    return after, int(limit)
+
+
+async def event_feed(request: web.Request) -> web.Response:
+    """Events after a cursor, oldest first; `next` is the cursor to ask with next time
+    (the same as the last event's, or the one given when there is nothing new)."""
+    after, limit = _page(request, most=500)
+    found = await events.feed(request[UNIT], int(after), limit)
     return _json({
         "events": [e.payload() for e in found],
         "next": str(found[-1].position) if found else after,
@@ -304,13 +311,8 @@ async def account_calls(request: web.Request) -> web.Response:
     """The account's call records in a period, oldest import first, a page at a time:
     `next` is the cursor to ask with for the next page (the one given: nothing more)."""
     customer, period = request.match_info["customer"], _period(request)
-    after = request.query.get("after", "0")
-    if not rules.DIGITS.fullmatch(after) or len(after) > 18:
-        raise InvalidInput("after must be a cursor from an earlier answer", field="after")
-    limit = request.query.get("limit", "100")
-    if not rules.DIGITS.fullmatch(limit) or len(limit) > 4 or not 1 <= int(limit) <= 1000:
-        raise InvalidInput("limit must be 1 to 1000", field="limit")
-    found = await usage.call_list(request[UNIT], customer, period, int(after), int(limit))
+    after, limit = _page(request, most=1000)
+    found = await usage.call_list(request[UNIT], customer, period, int(after), limit)
     internal = request[API_KEY_ROLE] == "engineer"
     shown = [serialize.call(c, internal=internal) for c in found]
     following = str(found[-1].id) if found else after
