@@ -146,7 +146,7 @@ def test_the_platform_in_compose_as_the_readme_walks_through_it(
     api = int(env["API_PORT"])
     node1, node2 = int(env["NODE1_SIP_PORT"]), int(env["NODE2_SIP_PORT"])
     # After the walk-through: B (K100200) is on node-2, the realtime node, and uses A's
-    # Munich block. Now C (K300400, Hamburg) with a PBX on node-1, the files node.
+    # Munich block. Now C (K300400, Hamburg) with a PBX on node-1, the other realtime node.
     account = {"name": "Alster Handel GmbH", "email": "it@alster.example", "language": "de"}
     call_api(api, "PUT", "/v1/accounts/K300400", account)
     call_api(api, "PUT", "/v1/accounts/K300400/pbx", {"node": "node-1"})
@@ -171,8 +171,8 @@ def test_the_platform_in_compose_as_the_readme_walks_through_it(
     assert wait_applied(api, "K300400")["node"] == "node-1"
     assert wait_applied(api, "K100200")["node"] == "node-2"
 
-    carrier_call_rings(env, node1, emil, "+49405556660")  # files node
-    carrier_call_rings(env, node2, dora, "+49407778880")  # realtime node, C's number
+    carrier_call_rings(env, node1, emil, "+49405556660")  # node-1
+    carrier_call_rings(env, node2, dora, "+49407778880")  # node-2, C's number
     # Both calls billed to C (its blocks), from both nodes' CDR spools: Dora's by B's PBX.
     deadline = time.monotonic() + 30
     while True:

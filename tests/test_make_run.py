@@ -1,5 +1,6 @@
 """`make run` does the main job: scripts/run-dev starts the lab's Asterisk as node
-`default` with the service, a change through the API goes live there, and Ctrl-C (SIGINT
+`default` (`pjsip: realtime`, the default: its phone read from the service's database)
+with the service, a change through the API goes live there, and Ctrl-C (SIGINT
 to the process group, as a terminal sends it) leaves no process and no mount behind."""
 
 from __future__ import annotations
@@ -90,6 +91,13 @@ def run_and_interrupt(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
         assert "k100200-in-ber-main" in shown.stdout, shown.stdout + shown.stderr
+        # A realtime node: Anna's endpoint is a row, read through the node's own login.
+        assert json.loads((lab_dir / "lab.json").read_text())["pjsip"] == "realtime"
+        endpoint = subprocess.run(
+            [str(LAB), "--dir", str(lab_dir), "cli", "pjsip show endpoint k100200-100"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert "Endpoint:  k100200-100" in endpoint.stdout, endpoint.stdout + endpoint.stderr
     finally:
         os.killpg(run.pid, signal.SIGINT)  # Ctrl-C
         output, _ = run.communicate(timeout=60)

@@ -302,6 +302,46 @@ async def test_a_row_changed_by_hand_is_drift_and_the_repair_puts_it_back(
         assert "elsewhere" not in shown and "k900000-site-b00" in shown, shown
 
 
+async def test_a_full_round_leaves_the_cache_warm_and_heals_a_lost_expiry(
+    settings: Settings, clean_realtime_lab: Lab, db_url: str
+) -> None:
+    """A full round expires what its rows changed and marks the rest stale: the objects
+    it did not change stay cached (no REGISTER after it waits for PostgreSQL), and one
+    whose cache entry is wrong while its row is right (an expiry that was lost) is
+    served once more as it is, then read again from its row."""
+    from test_check import console
+
+    lab = clean_realtime_lab
+    async with lab_service(settings, lab) as (api, node):
+        phone, other = await small_pbx(api, 0, ("100", "101"))
+        await wait_applied(api, "K900000")
+        assert "k900000-site-b00" in lab.cli(f"pjsip show endpoint {other.username}")
+        # A lost expiry: Asterisk caches a row changed by hand, then the row is put back
+        # and nobody expires it.
+        edit = ("UPDATE pjsip_objects SET fields = fields || %s::jsonb"
+                " WHERE type = 'endpoint' AND id = %s")  # fmt: skip
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            right = conn.execute(
+                "SELECT fields->>'context' FROM pjsip_objects WHERE type = 'endpoint'"
+                " AND id = %s", (phone.username,)
+            ).fetchone()  # fmt: skip
+            assert right is not None
+            conn.execute(edit, ('{"context": "elsewhere"}', phone.username))
+            lab.cli(f"sorcery memory cache expire res_pjsip/endpoint {phone.username}")
+            assert "elsewhere" in lab.cli(f"pjsip show endpoint {phone.username}")
+            conn.execute(edit, (f'{{"context": "{right[0]}"}}', phone.username))
+        done = await asyncio.to_thread(console, node, db_url, "apply", "K900000", "--full")
+        assert done.stdout.startswith("applied"), done.stdout + done.stderr
+        cached = lab.cli("sorcery memory cache dump res_pjsip/endpoint")
+        assert other.username in cached and phone.username in cached, cached
+        # Served once more as cached, and refreshed from the row meanwhile.
+        lab.cli(f"pjsip show endpoint {phone.username}")
+        deadline = time.monotonic() + 10
+        while "elsewhere" in lab.cli(f"pjsip show endpoint {phone.username}"):
+            assert time.monotonic() < deadline, "the stale object was never read again"
+            await asyncio.sleep(0.1)
+
+
 async def test_a_removed_pbx_and_a_pbx_that_moves_away_leave_no_row_and_no_object(
     settings: Settings, clean_realtime_lab: Lab, clean_second_lab: Lab, db_url: str
 ) -> None:

@@ -183,3 +183,36 @@ def test_the_pjsip_reader_command_prints_a_login_for_that_node_once(
         env=console_env(node, db_url), capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert unknown.returncode != 0 and "no node 'elsewhere'" in unknown.stderr
+
+
+async def test_a_node_entry_without_pjsip_is_realtime_and_a_node_nobody_reads_is_said(
+    db_url: str, db: psycopg.Connection[Any], tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Realtime is the default. A node entry written for a files node before, with no
+    `pjsip`, is a realtime node now whose Asterisk reads nothing: the service says so at
+    its start, with both ways out, until a reader role reads the node's rows."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from provisioner.clock import system_clock
+    from provisioner.settings import Node, Secret
+    from provisioner.workers.tasks import _pjsip_mode
+
+    node = Node(name="upgraded", ami_username="x", ami_secret=Secret("y"), output_dir=tmp_path,
+                carrier_host="127.0.0.2")  # fmt: skip
+    assert node.realtime
+    said = "node upgraded has pjsip: realtime (the default), but no database role reads"
+    try:
+        async with AsyncConnectionPool(db_url, min_size=1, open=False) as pool:
+            await _pjsip_mode(pool, node, system_clock)
+            assert said in caplog.text and "pjsip-reader upgraded ROLE" in caplog.text
+            assert "set pjsip: files in its entry" in caplog.text
+            caplog.clear()
+            async with pool.connection() as conn:
+                await pjsip_rows.make_reader(conn, "prov-upgraded-reader", "pw", "upgraded")
+            await _pjsip_mode(pool, node, system_clock)
+            assert said not in caplog.text
+    finally:
+        db.execute("DELETE FROM pjsip_objects WHERE node = 'upgraded'")
+        db.execute("DELETE FROM pjsip_readers WHERE node = 'upgraded'")
+        db.execute('DROP OWNED BY "prov-upgraded-reader"')
+        db.execute('DROP ROLE IF EXISTS "prov-upgraded-reader"')

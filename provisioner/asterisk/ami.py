@@ -227,6 +227,14 @@ class Ami:
         if reply.get("Response") != "Success":
             raise OperationFailed(f"expire the {kind} cache: {reply.get('Message')}")
 
+    async def stale_all_cached(self, kind: str) -> None:
+        """Mark every object of res_pjsip/<kind>'s cache stale: still served, and read
+        again from the database in the background on its next use."""
+        reply = (await self._send({"Action": "SorceryMemoryCacheStale",
+                                   "Cache": f"res_pjsip/{kind}"}))[0]  # fmt: skip
+        if reply.get("Response") != "Success":
+            raise OperationFailed(f"mark the {kind} cache stale: {reply.get('Message')}")
+
     async def endpoint_shown(self, name: str) -> str | None:
         """`pjsip show endpoint NAME` (None: there is no such endpoint). The CLI, not
         PJSIPShowEndpoint, whose answer carries the auth objects' passwords."""

@@ -339,20 +339,31 @@ class Applier:
 
     async def _publish_all(self, ami: Ami, config: dict[Tenant, dict[str, str]]) -> None:
         """A full round on a realtime node: the node's own rows (the carrier's endpoint
-        and AOR, from its file) and those of every PBX written, then the whole cache
-        emptied (what a reload would have re-read)."""
+        and AOR, from its file) and those of every PBX written; then what a reload would
+        have re-read, without leaving the node cold. Each object whose row changed is
+        expired, as in an incremental round, and every other cached one marked stale:
+        served as it is on its next use and refreshed from its row meanwhile, so an
+        expiry that was ever lost heals at once and no REGISTER waits for PostgreSQL
+        (an emptied cache answered 977 REGISTER/s against 2,650 warm: README). With
+        more changed than REFILL_AT, one expiry of the whole cache is cheaper."""
         own = realtime.objects(node_files(Carrier.of(self.node)))
         async with self.pool.connection() as conn, conn.transaction():
-            await pjsip_rows.replace(conn, self.node.name, None, own, self.clock())
-        await self._store_rows(config)
+            changed = await pjsip_rows.replace(conn, self.node.name, None, own, self.clock())
+        changed |= await self._store_rows(config)
+        if len(changed) > realtime.REFILL_AT:
+            for kind in realtime.COLUMNS:
+                await ami.expire_all_cached(kind)
+            return
+        for kind, name in sorted(changed):
+            await ami.expire_cached(kind, name)
         for kind in realtime.COLUMNS:
-            await ami.expire_all_cached(kind)
+            await ami.stale_all_cached(kind)
 
     # --- The full round ---------------------------------------------------------------
 
     async def _reload(self, ami: Ami, kinds: set[str], *, own_pjsip: bool) -> None:
         """A full round's reloads. A realtime node never reloads res_pjsip: endpoints,
-        AORs and auths are rows (their cache was emptied); what stays in files is
+        AORs and auths are rows (their cache expired or stale); what stays in files is
         reloaded module by module: the tenants' outbound registrations, and the
         carrier's identify when the node's own file changed (`own_pjsip`, or the round
         must reload all)."""

@@ -6,7 +6,8 @@ Asterisk has live (endpoints, contexts and their extensions, the PBX's numbers i
 [carrier-in]); on a realtime node also the rows Asterisk reads its objects from.
 Engineers run it (`provisioner check`, or GET /v1/nodes/{node}/check); with repair,
 every drifted PBX is written again and both modules are reloaded (on a realtime node:
-its rows written again and the cache emptied).
+its rows written again, the objects they changed expired, the rest of the cache marked
+stale).
 """
 
 from __future__ import annotations

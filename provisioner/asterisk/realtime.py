@@ -26,6 +26,9 @@ from provisioner.db.pjsip_rows import Fields, Key
 
 REGISTRATIONS = "res_pjsip_outbound_registration.so"
 IDENTIFY = "res_pjsip_endpoint_identifier_ip.so"  # the carrier's identify, from the file
+# A full round expires the objects it changed one by one (an AMI action each) up to this
+# many; beyond, it empties the whole cache at once (a node just switched to realtime).
+REFILL_AT = 1000
 
 # The columns of the views Asterisk reads (migration 0013), in their order. An option a
 # template writes must be one of them: `objects` refuses any other (tests render a PBX

@@ -116,11 +116,13 @@ class Node:
     file_group: int | None = setting(
         None, "Group (name or number) of Asterisk; empty: the group of output_dir.", _group
     )
+    # Realtime by default: a change is live in milliseconds with no reload that stalls
+    # every tenant of the node (README, "PJSIP realtime nodes", the bench's figures).
     pjsip: str = setting(
-        "files",
+        "realtime",
         "Where the node's Asterisk reads the tenants' PJSIP endpoints, AORs and auths: "
-        "`files` (a change reloads res_pjsip) or `realtime` (rows in this database, read "
-        "through a `provisioner pjsip-reader` role; a change reloads nothing).",
+        "`realtime` (rows in this database, read through a `provisioner pjsip-reader` "
+        "role; a change reloads nothing) or `files` (a change reloads res_pjsip).",
     )
 
     cdr_file: Path | None = setting(

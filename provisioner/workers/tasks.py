@@ -193,6 +193,17 @@ async def _pjsip_mode(pool: AsyncConnectionPool, node: Node, clock: Clock) -> No
                 missing = await pjsip_rows.pbxes_without_rows(conn, node.name)
                 for pbx_id in missing:
                     await apply_queue.request(conn, pbx_id, "realtime rows", clock())
+                readers = await pjsip_rows.readers(conn, node.name)
+            if not readers:
+                # Realtime is the default: a node entry written for files before it,
+                # without `pjsip`, is a realtime node now, and its Asterisk sees none of
+                # the rows. Said at every start, as `provisioner check` says it.
+                log.warning(
+                    "node %s has pjsip: realtime (the default), but no database role reads"
+                    " its rows: make its Asterisk's login with `provisioner pjsip-reader %s"
+                    " ROLE`, or set pjsip: files in its entry for a node that reads files",
+                    node.name, node.name,
+                )  # fmt: skip
             if missing:
                 log.warning("node %s: %d PBXs without realtime rows queued", node.name,
                             len(missing))  # fmt: skip
