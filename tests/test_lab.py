@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,3 +157,16 @@ def test_lab_config_mirrors_the_docker_image() -> None:
     dockerfile = (root / "Dockerfile").read_text()
     assert "COPY conf/ /etc/asterisk/" in dockerfile
     assert "/etc/asterisk/provisioner" in dockerfile
+
+
+def test_the_labs_asterisk_runs_with_the_docker_images_malloc_tunables(lab: Lab) -> None:
+    """Asterisk's heap settings (two malloc arenas: its memory stays flat over full
+    rounds, README) are in the running Asterisk's environment, and they are the
+    Dockerfile's: the lab and the image cannot drift apart."""
+    root = Path(__file__).resolve().parent.parent / "asterisk-docker"
+    image = re.search(r"^ENV GLIBC_TUNABLES=(\S+)$", (root / "Dockerfile").read_text(), re.M)
+    assert image is not None, "the Dockerfile sets no GLIBC_TUNABLES"
+    pid = json.loads((lab.folder / "lab.json").read_text())["pid"]
+    assert Path(f"/proc/{pid}/exe").resolve().name == "asterisk"
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"GLIBC_TUNABLES={image.group(1)}".encode() in environ

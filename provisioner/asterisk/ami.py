@@ -222,18 +222,18 @@ class Ami:
             raise OperationFailed(f"expire {kind} {name} from the cache: {message}")
 
     async def expire_all_cached(self, kind: str) -> None:
-        reply = (await self._send({"Action": "SorceryMemoryCacheExpire",
-                                   "Cache": f"res_pjsip/{kind}"}))[0]  # fmt: skip
-        if reply.get("Response") != "Success":
-            raise OperationFailed(f"expire the {kind} cache: {reply.get('Message')}")
+        """Empty res_pjsip/<kind>'s cache: every next lookup reads the database."""
+        await self._whole_cache("SorceryMemoryCacheExpire", kind, "expire")
 
     async def stale_all_cached(self, kind: str) -> None:
         """Mark every object of res_pjsip/<kind>'s cache stale: still served, and read
         again from the database in the background on its next use."""
-        reply = (await self._send({"Action": "SorceryMemoryCacheStale",
-                                   "Cache": f"res_pjsip/{kind}"}))[0]  # fmt: skip
+        await self._whole_cache("SorceryMemoryCacheStale", kind, "mark stale")
+
+    async def _whole_cache(self, action: str, kind: str, doing: str) -> None:
+        reply = (await self._send({"Action": action, "Cache": f"res_pjsip/{kind}"}))[0]
         if reply.get("Response") != "Success":
-            raise OperationFailed(f"mark the {kind} cache stale: {reply.get('Message')}")
+            raise OperationFailed(f"{doing} the {kind} cache: {reply.get('Message')}")
 
     async def endpoint_shown(self, name: str) -> str | None:
         """`pjsip show endpoint NAME` (None: there is no such endpoint). The CLI, not

@@ -344,7 +344,7 @@ class Applier:
         expired, as in an incremental round, and every other cached one marked stale:
         served as it is on its next use and refreshed from its row meanwhile, so an
         expiry that was ever lost heals at once and no REGISTER waits for PostgreSQL
-        (an emptied cache answered 977 REGISTER/s against 2,650 warm: README). With
+        (an emptied cache answers less than half as many: README, the bench). With
         more changed than REFILL_AT, one expiry of the whole cache is cheaper."""
         own = realtime.objects(node_files(Carrier.of(self.node)))
         async with self.pool.connection() as conn, conn.transaction():
