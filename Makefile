@@ -14,10 +14,12 @@ run: setup
 
 test: setup system-deps lint typecheck pytest
 
-# The edit loop's tier: no lab, no Docker, no browser, no fixed-duration test, no apt.
-# `make test` stays the whole truth.
+# The edit loop's tier: no lab, no Docker, no browser, no fixed-duration test, no apt;
+# PROVISIONER_TEST_TIER=fast makes whatever would start Asterisk, Kamailio, dockerd or sipp
+# fail its test (tests/tier.py). `make test` stays the whole truth.
+FAST_TIER = not lab and not docker and not browser and not slow
 test-fast: setup
-	$(BIN)/pytest -q -m "not lab and not docker and not browser and not slow"
+	PROVISIONER_TEST_TIER=fast $(BIN)/pytest -q -m "$(FAST_TIER)"
 
 setup: $(VENV)/.installed
 

@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 from sipp_peer import run_scenario
 
-from bench.__main__ import (
+from bench.common import (
     CARRIER,
     FIRST_EXT,
     PJSIP,

@@ -41,7 +41,7 @@ import aiohttp
 import psycopg
 from sipp_peer import Running, run_scenario, start_scenario
 
-from bench.__main__ import (
+from bench.common import (
     CARRIER,
     FIRST_EXT,
     LAB,
@@ -59,7 +59,7 @@ from bench.__main__ import (
     wait_service,
 )
 from bench.report import into_readme
-from bench.sip import Caller, CarrierUas, _bind, _close, _Endpoint, _headers
+from bench.sip import Caller, CarrierUas, UdpEndpoint, bind_udp, close_udp, parse_headers
 
 ROUTER_IP = "127.0.0.3"
 MEGA_BLOCKS = 10_000  # x 100 numbers
@@ -338,14 +338,14 @@ class Blaster:
     router_port: int
     sent: dict[str, tuple[float, str]] = field(default_factory=dict)  # call-id: (time, number)
     answered: dict[str, float] = field(default_factory=dict)
-    _endpoint: _Endpoint | None = None
+    _endpoint: UdpEndpoint | None = None
 
     async def start(self) -> None:
-        self._endpoint = await _bind(CARRIER, self.port)
+        self._endpoint = await bind_udp(CARRIER, self.port)
         self._reader = asyncio.create_task(self._read())
 
     def close(self) -> None:
-        _close(self._endpoint, self._reader)
+        close_udp(self._endpoint, self._reader)
 
     def invite(self, number: str) -> None:
         assert self._endpoint and self._endpoint.transport
@@ -368,7 +368,7 @@ class Blaster:
         assert self._endpoint and self._endpoint.transport
         while True:
             text, _ = await self._endpoint.queue.get()
-            first, headers = _headers(text)
+            first, headers = parse_headers(text)
             call_id = headers.get("call-id", "")
             if not first.startswith("SIP/2.0") or call_id not in self.sent:
                 continue

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 
-def _headers(text: str) -> tuple[str, dict[str, str]]:
+def parse_headers(text: str) -> tuple[str, dict[str, str]]:
     head = text.split("\r\n\r\n", 1)[0].split("\r\n")
     found: dict[str, str] = {}
     for line in head[1:]:
@@ -25,7 +25,7 @@ def _headers(text: str) -> tuple[str, dict[str, str]]:
     return head[0], found
 
 
-class _Endpoint(asyncio.DatagramProtocol):
+class UdpEndpoint(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.queue: asyncio.Queue[tuple[str, tuple[str, int]]] = asyncio.Queue()
         self.transport: asyncio.DatagramTransport | None = None
@@ -37,14 +37,14 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.queue.put_nowait((data.decode(errors="replace"), addr))
 
 
-async def _bind(host: str, port: int) -> _Endpoint:
+async def bind_udp(host: str, port: int) -> UdpEndpoint:
     """A UDP endpoint on host:port whose datagrams queue up."""
     loop = asyncio.get_running_loop()
-    _, endpoint = await loop.create_datagram_endpoint(_Endpoint, local_addr=(host, port))
+    _, endpoint = await loop.create_datagram_endpoint(UdpEndpoint, local_addr=(host, port))
     return endpoint
 
 
-def _close(endpoint: _Endpoint | None, task: asyncio.Task[None] | None = None) -> None:
+def close_udp(endpoint: UdpEndpoint | None, task: asyncio.Task[None] | None = None) -> None:
     """Stop a peer's reader (if it has one) and its socket."""
     if task:
         task.cancel()
@@ -60,13 +60,13 @@ class Caller:
     port: int
     asterisk_port: int
     asterisk_host: str = "127.0.0.1"  # or the SIP router in front of the nodes
-    _endpoint: _Endpoint | None = None
+    _endpoint: UdpEndpoint | None = None
 
     async def start(self) -> None:
-        self._endpoint = await _bind(self.host, self.port)
+        self._endpoint = await bind_udp(self.host, self.port)
 
     def close(self) -> None:
-        _close(self._endpoint)
+        close_udp(self._endpoint)
 
     def _send(self, text: str) -> None:
         assert self._endpoint and self._endpoint.transport
@@ -125,7 +125,7 @@ class Caller:
                     self._send(invite)
                     resend = min(resend * 2, 4.0)
                 continue
-            first, headers = _headers(text)
+            first, headers = parse_headers(text)
             if os.environ.get("BENCH_DEBUG"):
                 print(
                     f"      {time.time():.3f} caller got {first!r} call-id {headers.get('call-id')}"
@@ -156,21 +156,21 @@ class CarrierUas:
     port: int
     invites: list[tuple[float, str]] = field(default_factory=list)
     call_ids: list[str] = field(default_factory=list)  # of each INVITE in `invites`
-    _endpoint: _Endpoint | None = None
+    _endpoint: UdpEndpoint | None = None
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._endpoint = await _bind(self.host, self.port)
+        self._endpoint = await bind_udp(self.host, self.port)
         self._task = asyncio.create_task(self._serve())
 
     def close(self) -> None:
-        _close(self._endpoint, self._task)
+        close_udp(self._endpoint, self._task)
 
     async def _serve(self) -> None:
         assert self._endpoint and self._endpoint.transport
         while True:
             text, addr = await self._endpoint.queue.get()
-            first, headers = _headers(text)
+            first, headers = parse_headers(text)
             if not first.startswith("INVITE "):
                 continue
             self.invites.append((time.time(), first.split()[1]))
@@ -210,15 +210,15 @@ class Prober:
     final: dict[str, int] = field(default_factory=dict)
     answered_by: dict[str, str] = field(default_factory=dict)  # final's reason and Server
     _numbers: dict[str, str] = field(default_factory=dict)
-    _endpoint: _Endpoint | None = None
+    _endpoint: UdpEndpoint | None = None
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._endpoint = await _bind(self.host, self.port)
+        self._endpoint = await bind_udp(self.host, self.port)
         self._task = asyncio.create_task(self._read())
 
     def close(self) -> None:
-        _close(self._endpoint, self._task)
+        close_udp(self._endpoint, self._task)
 
     def invite(self, number: str) -> None:
         call_id = secrets.token_hex(8)
@@ -285,7 +285,7 @@ class Prober:
         assert self._endpoint
         while True:
             text, _ = await self._endpoint.queue.get()
-            first, headers = _headers(text)
+            first, headers = parse_headers(text)
             call_id = headers.get("call-id", "")
             if not first.startswith("SIP/2.0") or call_id not in self.sent:
                 continue
@@ -311,19 +311,19 @@ class RingingPhone:
 
     port: int
     invites: int = 0
-    _endpoint: _Endpoint | None = None
+    _endpoint: UdpEndpoint | None = None
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._endpoint = await _bind("127.0.0.1", self.port)
+        self._endpoint = await bind_udp("127.0.0.1", self.port)
         self._task = asyncio.create_task(self._serve())
 
     def close(self) -> None:
-        _close(self._endpoint, self._task)
+        close_udp(self._endpoint, self._task)
 
     def _reply(self, text: str, status: str, addr: tuple[str, int], method: str = "") -> None:
         assert self._endpoint and self._endpoint.transport
-        _, headers = _headers(text)
+        _, headers = parse_headers(text)
         head = text.split("\r\n\r\n", 1)[0].split("\r\n")
         vias = [line for line in head if line.lower().startswith(("via:", "v:"))]
         cseq = headers.get("cseq", "")

@@ -214,9 +214,7 @@ async def _check(settings: Settings, node_name: str | None, repair: bool) -> tup
     async with _pool(settings) as pool:
         for node in nodes:
             try:
-                pbxes, node_problems = await console.check_node(
-                    pool, node, settings.secret_box(), repair=repair
-                )
+                pbxes, node_problems = await console.check_node(pool, settings, node, repair=repair)
             except AsteriskUnavailable as exc:
                 lines.append(f"{node.name:<12} {'-':<14} {'unavailable':<10} {exc}")
                 clean = False

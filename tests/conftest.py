@@ -30,6 +30,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from aiosmtpd.controller import Controller
 from panoramisk import Manager
+from tier import refuse_in_fast_tier
 
 from provisioner.api.serving import server_options
 from provisioner.app import create_app
@@ -388,6 +389,7 @@ MARKED_BY_FIXTURE = {
     "lab": "lab",
     "second_lab": "lab",
     "realtime_lab": "lab",
+    "mode_lab": "lab",  # reaches its lab through request.getfixturevalue
     "docker_engine": "docker",
 }
 
@@ -434,6 +436,7 @@ class Lab:
 def running_lab(prefix: str, pjsip_db: str = "") -> Iterator[Lab]:
     """A lab Asterisk on free ports, stopped and removed after; a lab that cannot start
     FAILS the tests, with why. `pjsip_db`: a realtime node reading through that URL."""
+    refuse_in_fast_tier("Asterisk")
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     up = [str(LAB), "--dir", str(folder), "up"]
     up += ["--ami-port", str(free_port()), "--sip-port", str(free_port())]
@@ -576,6 +579,7 @@ def docker_engine() -> Iterator[None]:
     """A running Docker engine (Debian's docker.io; make test installs it): the one that
     runs, or a `dockerd` started here and stopped after the session. One that cannot be
     had FAILS the tests, with why."""
+    refuse_in_fast_tier("Docker engine")
     for tool in ("docker", "dockerd", "docker-compose"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: apt-get install docker.io docker-compose"

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from conftest import LAB, Lab, free_port
 from lab_helpers import lab_node
+from tier import refuse_in_fast_tier
 
 from provisioner.db import router as db_router
 from provisioner.domain.numbers import routing_candidates
@@ -47,6 +48,7 @@ class RouterLab:
         )  # fmt: skip
 
     def up(self) -> None:
+        refuse_in_fast_tier("Kamailio")
         done = self.command(
             "router-up", "--router-ip", ROUTER_IP, "--router-port", str(self.sip_port),
             "--rpc-port", str(self.rpc_port), "--db-url", self.db_url,

@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tier import refuse_in_fast_tier
+
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
 SIPP = "/usr/bin/sipp"
 
@@ -140,6 +142,7 @@ def start_scenario(
 ) -> Running:
     """Start tests/sipp/<scenario>.xml once against Asterisk (or the router) on
     <remote_ip>:<remote_port>."""
+    refuse_in_fast_tier("sipp")
     if shutil.which(SIPP) is None:
         raise AssertionError(f"{SIPP} is missing: install Debian's sip-tester (make test does)")
     work = Path(tempfile.mkdtemp(prefix="prov-sipp-"))

@@ -124,12 +124,19 @@ async def test_the_import_stores_each_record_once_and_leaves_a_half_written_line
         spool.write_text(line("2.1") + line("2.2"))
         assert await import_all(pool, node, billing) == 2
         assert [r[1] for r in stored(db)][-2:] == ["2.1", "2.2"]
+        # A new spool at the inode of the old one (a removed file's inode is often given
+        # to the next file at once), as long as the old one: its first line tells.
+        inode = spool.stat().st_ino
+        spool.write_text(line("3.1") + line("3.2"))
+        assert spool.stat().st_ino == inode
+        assert await import_all(pool, node, billing) == 2
+        assert [r[1] for r in stored(db)][-2:] == ["3.1", "3.2"]
         # Another node's records with the same uniqueid are other records.
         other = tmp_path / "other.csv"
         other.write_text(line("1.1"))
         await import_all(pool, spool_node(other, tmp_path, "node-b"), billing)
         assert ("node-b", "1.1", 0, 30) in stored(db)
-        assert len(stored(db)) == 8
+        assert len(stored(db)) == 10
 
 
 async def test_call_events_are_put_in_the_feed_when_asked(

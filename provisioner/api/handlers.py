@@ -13,13 +13,10 @@ from provisioner.api import keys, serialize
 from provisioner.api.auth import API_KEY_ROLE
 from provisioner.api.body import read_json
 from provisioner.api.unit_of_work import SHOWN_ONCE, UNIT
-from provisioner.asterisk import check
 from provisioner.asterisk.ami import AsteriskUnavailable
 from provisioner.domain import rules
 from provisioner.domain.errors import AsteriskDown, Forbidden, InvalidInput, NotFound
-from provisioner.router import check as router_check
-from provisioner.router.rpc import RouterRefused, RouterUnavailable
-from provisioner.service import accounts, assignments, blocks, config, events, pbx, usage
+from provisioner.service import accounts, assignments, blocks, config, console, events, pbx, usage
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -246,18 +243,11 @@ async def check_node(request: web.Request) -> web.Response:
     if node is None:
         raise NotFound(f"no node {request.match_info['node']}", code="node_not_found")
     try:
-        pbxes, problems = await check.check_node(
-            request.app[keys.POOL], node, request.app[keys.POLICY].secrets
+        pbxes, problems = await console.check_node(
+            request.app[keys.POOL], settings, node, router=True
         )
     except AsteriskUnavailable as exc:
         raise AsteriskDown(str(exc)) from None
-    if settings.router:
-        # The router's entries that should point at this node, or do.
-        try:
-            drift = await router_check.check_router(request.app[keys.POOL], settings.router)
-            problems = [*problems, *drift.problems(node.sip_uri)]
-        except (RouterUnavailable, RouterRefused) as exc:
-            problems = [*problems, f"router: unavailable: {exc}"]
     return _json(serialize.node_check(node.name, pbxes, problems))
 
 

@@ -57,7 +57,7 @@ from provisioner.metrics import APPLY_SECONDS, ROUNDS
 from provisioner.render.load import load_view
 from provisioner.render.render import node_files, pbx_files, redacted
 from provisioner.render.view import Carrier
-from provisioner.settings import Node
+from provisioner.settings import Node, Settings
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,17 @@ class Applier:
         self.pool, self.node, self.clock, self.secrets = pool, node, clock, secrets
         self.retry_seconds, self.incremental = retry_seconds, incremental
         self._cannot_leave: dict[int, str] = {}  # PBX id -> the reason last logged
+
+    @classmethod
+    def of(cls, settings: Settings, pool: AsyncConnectionPool, node: Node, clock: Clock) -> Applier:
+        """The node's applier as the settings make it: the one way the worker, the
+        console and the drift repair get one (a repair that used defaults and the system
+        clock once ignored `asterisk.retry_seconds` and the injected clock)."""
+        return cls(
+            pool, node, clock, settings.secret_box(),
+            retry_seconds=settings.asterisk.retry_seconds,
+            incremental=settings.asterisk.incremental,
+        )  # fmt: skip
 
     async def round(self, *, limit: int = 500, full: bool = False, wait: bool = False) -> int:
         """One round; returns how many PBX jobs and departures it took (0: nothing due).

@@ -20,7 +20,6 @@ from provisioner.asterisk import files, realtime
 from provisioner.asterisk.ami import Ami
 from provisioner.asterisk.apply import Applier
 from provisioner.asterisk.parse import dialplan_in, endpoints_in
-from provisioner.clock import system_clock
 from provisioner.db import apply_queue, apply_state, pjsip_rows, rounds
 from provisioner.db.pjsip_rows import Fields, Key
 from provisioner.domain.credentials import SecretBox
@@ -178,19 +177,17 @@ def _compare_live(drift: PbxDrift, wanted: dict[str, str], live: Live) -> None:
                 )
 
 
-async def repair_node(
-    pool: AsyncConnectionPool, node: Node, secrets: SecretBox, drifted: list[PbxDrift]
-) -> None:
+async def repair_node(applier: Applier, drifted: list[PbxDrift]) -> None:
     """Write every drifted PBX again (hand edits set aside) and reload both modules.
 
     The jobs carry `full_reload`: whichever applier takes them (the node's worker may,
     the moment they commit) reloads both modules, as live drift leaves the files as they
     were and an incremental round would find nothing to do. And the repair waits for a
     round already running, so that what it queued is done when it returns."""
-    async with pool.connection() as conn, conn.transaction():
-        for pbx in await rounds.node_pbxes(conn, node.name):
+    async with applier.pool.connection() as conn, conn.transaction():
+        for pbx in await rounds.node_pbxes(conn, applier.node.name):
             if any(d.slug == pbx.pbx.slug for d in drifted):
                 await apply_queue.request(
-                    conn, pbx.pbx.id, "drift repair", system_clock(), full_reload=True
+                    conn, pbx.pbx.id, "drift repair", applier.clock(), full_reload=True
                 )
-    await Applier(pool, node, system_clock, secrets).round(full=True, wait=True)
+    await applier.round(full=True, wait=True)

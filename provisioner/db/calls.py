@@ -14,6 +14,7 @@ from provisioner.domain.usage import CallRecord
 @dataclass(frozen=True)
 class SpoolPosition:
     inode: int
+    head: str  # fingerprint of the file's first line (asterisk/cdr.py)
     byte_offset: int
 
 
@@ -27,17 +28,20 @@ async def spool_position(conn: Conn, node: str, now: datetime) -> SpoolPosition:
     )
     async with conn.cursor(row_factory=class_row(SpoolPosition)) as cur:
         await cur.execute(
-            "SELECT inode, byte_offset FROM cdr_spools WHERE node = %s FOR UPDATE", (node,)
+            "SELECT inode, head, byte_offset FROM cdr_spools WHERE node = %s FOR UPDATE", (node,)
         )
         found = await cur.fetchone()
     assert found is not None
     return found
 
 
-async def move_spool(conn: Conn, node: str, inode: int, offset: int, now: datetime) -> None:
+async def move_spool(
+    conn: Conn, node: str, inode: int, head: str, offset: int, now: datetime
+) -> None:
     await conn.execute(
-        "UPDATE cdr_spools SET inode = %s, byte_offset = %s, updated_at = %s WHERE node = %s",
-        (inode, offset, now, node),
+        "UPDATE cdr_spools SET inode = %s, head = %s, byte_offset = %s, updated_at = %s"
+        " WHERE node = %s",
+        (inode, head, offset, now, node),
     )
 
 

@@ -9,11 +9,11 @@ from provisioner.asterisk import check
 from provisioner.asterisk.apply import Applier
 from provisioner.asterisk.check import PbxDrift
 from provisioner.asterisk.pjsip import PjsipReloader
-from provisioner.clock import system_clock
+from provisioner.clock import Clock, system_clock
 from provisioner.db import apply_queue, apply_state
 from provisioner.db.accounts import Pbx
-from provisioner.domain.credentials import SecretBox
 from provisioner.router import check as router_check
+from provisioner.router.rpc import RouterRefused, RouterUnavailable
 from provisioner.service.unit import Unit
 from provisioner.settings import Node, Settings
 from provisioner.settings import Router as RouterSettings
@@ -30,12 +30,7 @@ async def apply_now(
     objects reloaded at once if the round left them pending; what came of it, in a
     line that starts with the apply state ("applied", "failed", ...) or says why the
     change is still queued."""
-    applier = Applier(
-        pool, node, system_clock, settings.secret_box(),
-        retry_seconds=settings.asterisk.retry_seconds,
-        incremental=settings.asterisk.incremental,
-    )  # fmt: skip
-    taken = await applier.round(full=full)
+    taken = await Applier.of(settings, pool, node, system_clock).round(full=full)
     await PjsipReloader(pool, node, system_clock, min_interval=0, settle=0).step()
     async with pool.connection() as conn:
         state = await apply_state.get(conn, pbx.id)
@@ -51,15 +46,30 @@ async def apply_now(
 
 
 async def check_node(
-    pool: AsyncConnectionPool, node: Node, secrets: SecretBox, *, repair: bool
+    pool: AsyncConnectionPool,
+    settings: Settings,
+    node: Node,
+    *,
+    repair: bool = False,
+    router: bool = False,
+    clock: Clock = system_clock,
 ) -> tuple[list[PbxDrift], list[str]]:
-    """The node's drift check; with `repair`, what drifted is repaired (a full round)
-    and the node checked again, so what is returned is what is left."""
+    """The node's drift check (the console's and the API's); with `repair`, what drifted
+    is repaired (a full round) and the node checked again, so what is returned is what
+    is left. With `router`, the node's problems include the router's entries that should
+    point at this node, or do (a router that cannot be asked is one of them)."""
+    secrets = settings.secret_box()
     pbxes, node_problems = await check.check_node(pool, node, secrets)
     drifted = [d for d in pbxes if not d.ok]
     if repair and (drifted or node_problems):
-        await check.repair_node(pool, node, secrets, drifted)
+        await check.repair_node(Applier.of(settings, pool, node, clock), drifted)
         pbxes, node_problems = await check.check_node(pool, node, secrets)
+    if router and settings.router:
+        try:
+            drift = await router_check.check_router(pool, settings.router)
+            node_problems = [*node_problems, *drift.problems(node.sip_uri)]
+        except (RouterUnavailable, RouterRefused) as exc:
+            node_problems = [*node_problems, f"router: unavailable: {exc}"]
     return pbxes, node_problems
 
 

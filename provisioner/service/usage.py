@@ -58,8 +58,10 @@ async def import_step(
     assert node.cdr_file is not None
     async with pool.connection() as conn, conn.transaction():
         at = await db_calls.spool_position(conn, node.name, now)
-        chunk = await asyncio.to_thread(cdr.read, node.cdr_file, at.inode, at.byte_offset)
-        if chunk is None or (chunk.end == at.byte_offset and chunk.inode == at.inode):
+        chunk = await asyncio.to_thread(
+            cdr.read, node.cdr_file, cdr.Spool(at.inode, at.head), at.byte_offset
+        )
+        if chunk is None or (chunk.end == at.byte_offset and chunk.spool == (at.inode, at.head)):
             return 0
         records = []
         for line in chunk.lines:
@@ -73,7 +75,9 @@ async def import_step(
         if billing.call_events:
             for record in new:
                 await events.emit(conn, "call.ended", call_ended(node.name, record), now)
-        await db_calls.move_spool(conn, node.name, chunk.inode, chunk.end, now)
+        await db_calls.move_spool(
+            conn, node.name, chunk.spool.inode, chunk.spool.head, chunk.end, now
+        )
     IMPORTED.labels(node.name).inc(len(new))
     return len(chunk.lines)
 

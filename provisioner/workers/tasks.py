@@ -121,11 +121,7 @@ def node_workers(
     (polling its CDR spool), and its drift check on a slow timer."""
     secrets = settings.secret_box()
 
-    applier = Applier(
-        pool, node, clock, secrets,
-        retry_seconds=settings.asterisk.retry_seconds,
-        incremental=settings.asterisk.incremental,
-    )  # fmt: skip
+    applier = Applier.of(settings, pool, node, clock)
 
     reloader = PjsipReloader(
         pool, node, clock, min_interval=settings.asterisk.pjsip_reload_ms / 1000
@@ -158,7 +154,7 @@ def node_workers(
     if settings.asterisk.drift_check_seconds > 0:
         tasks.append(
             asyncio.create_task(
-                _drift_checks(pool, node, secrets, settings.asterisk.drift_check_seconds),
+                _drift_checks(applier, secrets, settings.asterisk.drift_check_seconds),
                 name=f"drift-{node.name}",
             )
         )
@@ -213,20 +209,19 @@ async def _pjsip_mode(pool: AsyncConnectionPool, node: Node, clock: Clock) -> No
             await asyncio.sleep(5)
 
 
-async def _drift_checks(
-    pool: AsyncConnectionPool, node: Node, secrets: SecretBox, every_seconds: int
-) -> None:
+async def _drift_checks(applier: Applier, secrets: SecretBox, every_seconds: int) -> None:
     """Compare database, files and live Asterisk for the whole node now and then, and
     repair what drifted (a hand edit, an object lost by somebody's reload) by a full
     round: the apply rounds themselves only look at what they change."""
+    node = applier.node
     while True:
         await asyncio.sleep(every_seconds)
         try:
-            drifted, problems = await check_node(pool, node, secrets)
+            drifted, problems = await check_node(applier.pool, node, secrets)
             bad = [d for d in drifted if d.status == "drift"]
             if bad or problems:
                 what = "; ".join([*problems, *(d.slug for d in bad)])[:500]
                 log.error("node %s drifted (%s); repairing by a full round", node.name, what)
-                await repair_node(pool, node, secrets, bad)
+                await repair_node(applier, bad)
         except Exception as exc:  # Asterisk away, database restarting: next time
             log.warning("drift check of node %s failed: %s", node.name, exc)
