@@ -31,6 +31,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiosmtpd.controller import Controller
 from panoramisk import Manager
 from tier import refuse_in_fast_tier
+from waiting import wait_until
 
 from provisioner.api.serving import server_options
 from provisioner.app import create_app
@@ -220,23 +221,16 @@ class Inbox:
         return "250 OK"
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(self.messages) < count:
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"expected {count} mails, got {len(self.messages)}")
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: len(self.messages) >= count, f"{count} mails", timeout)
         return self.messages
 
     async def wait_for_message(self, id_part: str, timeout: float = 10.0) -> EmailMessage:
         """The mail whose Message-ID contains `id_part` (kind, assignment id, side)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            for message in self.messages:
-                if id_part in str(message["Message-ID"]):
-                    return message
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"no mail {id_part} among {len(self.messages)}")
-            await asyncio.sleep(0.02)
+
+        def found() -> EmailMessage | None:
+            return next((m for m in self.messages if id_part in str(m["Message-ID"])), None)
+
+        return await wait_until(found, f"the mail {id_part}", timeout)
 
     def to(self, address: str) -> list[EmailMessage]:
         return [m for m in self.messages if m["To"] == address]

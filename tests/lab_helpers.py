@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -17,6 +16,7 @@ import psycopg
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import LAB, REALTIME_PASSWORD, REALTIME_ROLE, Api, Lab, free_port
 from helpers import BLOCK, OTHER, OWNER, TARGET, scene
+from waiting import wait_until
 
 from provisioner.app import create_app
 from provisioner.db import pjsip_rows
@@ -70,16 +70,18 @@ def point_at_database(lab: Lab, url: str) -> None:
 
 async def wait_applied(api: Api, customer: str, timeout: float = 20) -> dict[str, Any]:
     """Until the PBX's latest revision is live and stays so (no change queued behind it)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def applied() -> dict[str, Any] | None:
         state: dict[str, Any] = await api.ok("GET", f"/v1/accounts/{customer}/pbx/config")
-        if state["apply_state"] == "applied" and state["applied_revision"] == state["revision"]:
-            await asyncio.sleep(0.3)
-            if await api.ok("GET", f"/v1/accounts/{customer}/pbx/config") == state:
-                return state
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{customer} not applied within {timeout} s: {state}")
-        await asyncio.sleep(0.1)
+        if state["apply_state"] != "applied" or state["applied_revision"] != state["revision"]:
+            return None
+        # Stays so: a change queued right behind it would show as pending by now.
+        await asyncio.sleep(0.3)
+        return (
+            state if await api.ok("GET", f"/v1/accounts/{customer}/pbx/config") == state else None
+        )
+
+    return await wait_until(applied, f"{customer} not applied", timeout, interval=0.1)
 
 
 @contextlib.asynccontextmanager
@@ -195,28 +197,24 @@ def lab_command(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
 
 async def until_channel(lab: Lab, prefix: str, state: str, timeout: float = 15) -> None:
     """Until Asterisk has a channel named prefix... in `state` (Ringing, Up, ...)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def found() -> bool:
         listing = await asyncio.to_thread(lab.cli, "core show channels concise")
-        for line in listing.splitlines():
-            fields = line.split("!")
-            if fields[0].startswith(prefix) and len(fields) > 4 and fields[4] == state:
-                return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no channel {prefix}... in state {state}: {listing}")
-        await asyncio.sleep(0.05)
+        return any(
+            f[0].startswith(prefix) and len(f) > 4 and f[4] == state
+            for f in (line.split("!") for line in listing.splitlines())
+        )
+
+    await wait_until(found, f"no channel {prefix}... in state {state}", timeout)
 
 
 async def until_subscribed(lab: Lab, endpoint: str, timeout: float = 15) -> None:
     """Until Asterisk holds an inbound subscription (BLF) from this endpoint."""
-    deadline = time.monotonic() + timeout
-    while True:
-        listing = await asyncio.to_thread(lab.cli, "pjsip show subscriptions inbound")
-        if endpoint in listing:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no subscription from {endpoint}: {listing}")
-        await asyncio.sleep(0.05)
+
+    async def found() -> bool:
+        return endpoint in await asyncio.to_thread(lab.cli, "pjsip show subscriptions inbound")
+
+    await wait_until(found, f"no subscription from {endpoint}", timeout)
 
 
 async def lab_up_again(lab: Lab) -> None:

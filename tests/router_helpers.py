@@ -3,6 +3,7 @@ the two-node platform around it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -16,9 +17,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import LAB, Lab, free_port
-from lab_helpers import lab_node
+from conftest import LAB, Api, Inbox, Lab, free_port
+from helpers import BLOCK, OWNER, OWNER_MAIL, TARGET, TARGET_MAIL, path_of, request_assignment
+from lab_helpers import CARRIER_HOST, lab_node, lab_service, wait_applied
+from sipp_peer import SipResult, run_scenario, start_scenario
 from tier import refuse_in_fast_tier
+from waiting import wait_until
 
 from provisioner.db import router as db_router
 from provisioner.domain.numbers import routing_candidates
@@ -170,3 +174,121 @@ def routed_uri(router: RouterLab, number: str) -> str | None:
         if value is not None:
             return str(value)
     return None
+
+
+@dataclass(frozen=True)
+class Phone:
+    username: str
+    password: str
+    port: int
+
+
+@dataclass
+class Platform:
+    api: Api
+    settings: Settings
+    router: RouterLab
+    labs: dict[str, Lab]  # node name -> its lab
+    phones: dict[str, Phone]  # "A" and "B": each PBX's phone 100
+
+    def register(self, who: str, node: str) -> None:
+        phone = self.phones[who]
+        result = run_scenario(
+            "register", remote_port=self.labs[node].sip_port, service=phone.username,
+            username=phone.username, password=phone.password, local_port=phone.port,
+            variables={"expires": "300"},
+        )  # fmt: skip
+        assert result.ok, result.evidence()
+
+    async def call_rings(self, dial: str, who: str, node: str) -> None:
+        """The carrier calls `dial` through the router; `who`'s phone, registered on
+        `node`, answers it (and nobody else gets it)."""
+        self.register(who, node)
+        phone = self.phones[who]
+        answering = start_scenario("uas_answer", remote_port=self.labs[node].sip_port,
+                                   local_port=phone.port, timeout=15)  # fmt: skip
+        call = await asyncio.to_thread(self.carrier_calls, dial)
+        answered = await asyncio.to_thread(answering.wait, 15)
+        evidence = call.evidence() + "\n--- phone ---\n" + answered.evidence()
+        assert call.ok, evidence
+        assert answered.ok, evidence
+        invite = next(m for m in answered.messages if m.method == "INVITE")
+        assert "+4940999999" in invite.headers["from"], evidence
+
+    def carrier_calls(
+        self, dial: str, local_ip: str = CARRIER_HOST, timeout: float = 10
+    ) -> SipResult:
+        return run_scenario(
+            "carrier_call", remote_ip=ROUTER_IP, remote_port=self.router.sip_port,
+            local_ip=local_ip, variables={"dial": dial}, timeout=timeout,
+        )  # fmt: skip
+
+    async def routed(self, customer: str, timeout: float = 20) -> dict[str, Any]:
+        """Until the PBX is applied and the router sends its numbers to its node."""
+
+        async def routed_state() -> dict[str, Any] | None:
+            state: dict[str, Any] = await wait_applied(self.api, customer, timeout)
+            return state if state["live"]["router"] == "routed" else None
+
+        return await wait_until(routed_state, f"{customer} not routed", timeout)
+
+
+async def put_phone(api: Api, customer: str, block: str) -> Phone:
+    made = await api.ok("PUT", f"/v1/accounts/{customer}/pbx/extensions/100",
+                        {"name": f"Phone of {customer}", "site_block": block})  # fmt: skip
+    return Phone(made["sip_username"], made["sip_password"], free_port())
+
+
+@contextlib.asynccontextmanager
+async def platform_of(
+    settings: Settings, first: Lab, second: Lab, tmp_path: Path
+) -> AsyncIterator[Platform]:
+    """A on node `default` (the first lab), B on `node-b` (the second), the router in
+    front; each PBX with its phone 100 and its block's numbers routed."""
+    async with (
+        running_router(tmp_path, settings.database.url.value) as router,
+        platform_behind(settings, router, first, second) as scene,
+    ):
+        yield scene
+
+
+@contextlib.asynccontextmanager
+async def platform_behind(
+    settings: Settings, router: RouterLab, first: Lab, second: Lab
+) -> AsyncIterator[Platform]:
+    """As platform_of, behind a router that is already running."""
+    both = platform(settings, router, first, second)
+    async with lab_service(both, first, nodes=both.asterisk.nodes) as (api, _):
+        for customer, name, mail, node, block, number in (
+            (OWNER, "Isar Logistik GmbH", OWNER_MAIL, "default", BLOCK, "+4989123456"),
+            (TARGET, "Spree Logistik GmbH", TARGET_MAIL, "node-b", "ber-main", "+4930123456"),
+        ):
+            await api.ok("PUT", f"/v1/accounts/{customer}",
+                         {"name": name, "email": mail, "language": "en"})  # fmt: skip
+            await api.ok("PUT", f"/v1/accounts/{customer}/pbx", {"node": node})
+            body = {"number": number, "range": "0-99", "mode": "pbx"}
+            await api.ok("PUT", f"/v1/accounts/{customer}/blocks/{block}", body)
+        phones = {
+            "A": await put_phone(api, OWNER, BLOCK),
+            "B": await put_phone(api, TARGET, "ber-main"),
+        }
+        for customer, block, number in (
+            (OWNER, BLOCK, "+4989123456"),
+            (TARGET, "ber-main", "+4930123456"),
+        ):
+            body = {"number": number, "range": "0-99", "mode": "pbx", "default_target": "100"}
+            await api.ok("PUT", f"/v1/accounts/{customer}/blocks/{block}", body)
+        scene = Platform(api, both, router, {"default": first, "node-b": second}, phones)
+        await scene.routed(OWNER)
+        await scene.routed(TARGET)
+        yield scene
+
+
+async def assign_to_b(scene: Platform, inbox: Inbox) -> None:
+    _, owner_link, target_link = await request_assignment(scene.api, inbox)
+    # B names where the block's numbers ring in its PBX, while the assignment waits.
+    await scene.api.ok(
+        "PUT", f"/v1/accounts/{TARGET}/pbx/blocks/{BLOCK}", {"default_target": "100"}
+    )
+    assert (await scene.api.client.post(path_of(owner_link))).status == 200
+    assert (await scene.api.client.post(path_of(target_link))).status == 200

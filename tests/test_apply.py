@@ -42,7 +42,7 @@ async def lab_api(settings: Settings, clock: FakeClock, clean_lab: Lab) -> Async
         yield api
 
 
-async def live(ami: Manager) -> tuple[set[str], set[str]]:
+async def live_names(ami: Manager) -> tuple[set[str], set[str]]:
     reply: Any = await ami.send_action({"Action": "PJSIPShowEndpoints"}, as_list=True)
     endpoints = {m.ObjectName for m in reply if m.get("Event") == "EndpointList"}
     plan: Any = await ami.send_action({"Action": "ShowDialPlan"}, as_list=True)
@@ -56,7 +56,7 @@ async def test_full_flow_reaches_asterisk_and_reset_removes_it(
     api = lab_api
     await branch_scene(api)
     await wait_applied(api, TARGET)
-    endpoints, contexts = await live(ami)
+    endpoints, contexts = await live_names(ami)
     assert {"k100200-100", "k100200-trunk-ber-main", "carrier"} <= endpoints
     assert "k100200-trunk-muc-main" not in endpoints
 
@@ -78,7 +78,7 @@ async def test_full_flow_reaches_asterisk_and_reset_removes_it(
     on_disk = (clean_lab.output_dir / "pjsip/tenant-k100200.conf").read_text()
     assert "password = Munich-trunk-1" in on_disk and "Munich-trunk-1" not in pjsip
     assert redact(on_disk) == pjsip
-    endpoints, contexts = await live(ami)
+    endpoints, contexts = await live_names(ami)
     assert {"k100200-200", "k100200-trunk-muc-main"} <= endpoints
     assert {"k100200-in-muc-main", "k100200-site-muc-main", "carrier-in"} <= contexts
 
@@ -87,7 +87,7 @@ async def test_full_flow_reaches_asterisk_and_reset_removes_it(
 
     await api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment")
     state = await wait_applied(api, TARGET)
-    endpoints, contexts = await live(ami)
+    endpoints, contexts = await live_names(ami)
     assert "k100200-trunk-muc-main" not in endpoints
     assert "k100200-in-muc-main" not in contexts and "k100200-site-muc-main" not in contexts
     assert "k100200-200" in endpoints  # the phone stays, without the Munich numbers
@@ -143,7 +143,7 @@ async def test_a_broken_tenant_file_breaks_no_other_pbx(
         {"name": "Ben Berlin", "site_block": "ber-main"},
     )
     await wait_applied(api, TARGET)
-    endpoints, _ = await live(ami)
+    endpoints, _ = await live_names(ami)
     assert {"k100200-100", "k100200-101", "k300400-100", "carrier"} <= endpoints
     kept = list(broken.parent.glob("tenant-k300400.conf.hand-edited-*"))
     assert kept and "[globtest" in kept[0].read_text()
@@ -180,7 +180,7 @@ async def test_a_pbx_that_cannot_be_rendered_holds_back_no_other(
     await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/101",
                  {"name": "Ben Berlin", "site_block": "ber-main"})  # fmt: skip
     await wait_applied(api, TARGET)
-    endpoints, _ = await live(ami)
+    endpoints, _ = await live_names(ami)
     assert {"k100200-100", "k100200-101"} <= endpoints
     state = await api.ok("GET", f"/v1/accounts/{long_customer}/pbx/config")
     assert state["apply_state"] == "failed", state
@@ -308,7 +308,7 @@ async def test_a_node_without_file_group_writes_files_asterisk_can_read(
     folder_group = clean_lab.output_dir.stat().st_gid
     written = clean_lab.output_dir / "pjsip/tenant-k100200.conf"
     assert written.stat().st_gid == folder_group != os.getgid()
-    endpoints, _ = await live(ami)
+    endpoints, _ = await live_names(ami)
     assert "k100200-100" in endpoints
 
 

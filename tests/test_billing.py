@@ -21,8 +21,8 @@ from conftest import Api, Inbox, Lab, free_port, make_settings
 from helpers import BLOCK, OWNER, TARGET
 from lab_helpers import CARRIER_HOST, branch_scene, lab_service, wait_applied
 from psycopg_pool import AsyncConnectionPool
+from router_helpers import Platform, assign_to_b, platform_of
 from sipp_peer import SipResult, run_scenario, start_scenario
-from test_router import Platform, assign_to_b, platform_of
 
 from provisioner.db import embedded
 from provisioner.service import usage

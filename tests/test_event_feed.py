@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from conftest import Api, Inbox, confirm_link, free_port
 from helpers import OWNER, TARGET, path_of, scene
-from test_webhooks import SECRET, Receiver, service, until
+from waiting import wait_until
+from webhook_helpers import SECRET, Receiver, service
 
 from provisioner.settings import Secret, Settings, Webhook
 
@@ -51,15 +52,19 @@ async def test_an_event_committed_late_below_a_cursor_still_reaches_every_reader
 
                 first = await api.ok("GET", "/v1/events")
                 assert [e["id"] for e in first["events"]] == ["evt_fast"]
-                await until(lambda: [e["id"] for e in receiver.got] == ["evt_fast"], 10,
-                            "the webhook endpoint did not get the fast event")  # fmt: skip
+                await wait_until(
+                    lambda: [e["id"] for e in receiver.got] == ["evt_fast"],
+                    "the webhook endpoint did not get the fast event",
+                    10,
+                )
                 slow.commit()
 
             later = await api.ok("GET", f"/v1/events?after={first['next']}")
             assert [e["id"] for e in later["events"]] == ["evt_slow"]
             assert int(later["next"]) > int(first["next"])
-            await until(lambda: len(receiver.got) == 2, 10,
-                        f"the webhook endpoint got only {receiver.got}")  # fmt: skip
+            await wait_until(
+                lambda: len(receiver.got) == 2, f"the webhook endpoint got only {receiver.got}", 10
+            )
             assert [e["id"] for e in receiver.got] == ["evt_fast", "evt_slow"]
     finally:
         await receiver.stop()
@@ -128,15 +133,19 @@ async def test_under_concurrent_assignments_every_event_reaches_the_poller_and_t
 
             poller = asyncio.create_task(poll())
             await asyncio.gather(*(assign_over_and_over(n) for n in range(BLOCKS)))
-            await asyncio.sleep(0.5)  # mails of the last resets, apply outcomes
+            # Every event here is an assignment's, committed before its request returned
+            # (no node, no router: no worker emits any), so the feed is whole now.
             done.set()
             await asyncio.wait_for(poller, 30)
             with psycopg.connect(db_url) as conn:
                 rows = conn.execute(
                     "SELECT event_id, type, data->>'assignment_id' FROM events ORDER BY position"
                 ).fetchall()
-            await until(lambda: {e["id"] for e in receiver.got} >= {r[0] for r in rows}, 30,
-                        "the webhook endpoint is missing events")  # fmt: skip
+            await wait_until(
+                lambda: {e["id"] for e in receiver.got} >= {r[0] for r in rows},
+                "the webhook endpoint is missing events",
+                30,
+            )
     finally:
         await receiver.stop()
 

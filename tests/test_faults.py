@@ -34,6 +34,7 @@ from lab_helpers import (
     lab_up_again,
     wait_applied,
 )
+from waiting import wait_until
 
 from provisioner.app import create_app
 from provisioner.asterisk import files
@@ -61,10 +62,7 @@ def asterisk_stopped(lab: Lab) -> Iterator[int]:
 async def until(condition: Any, timeout: float, what: str) -> float:
     """Poll until condition() is true; the seconds it took."""
     started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.05)
+    await wait_until(condition, what, timeout)
     return time.monotonic() - started
 
 
@@ -93,13 +91,12 @@ async def api_only(settings: Settings, node: Node) -> AsyncIterator[Api]:
 
 async def applied_with(api: Api, customer: str, text: str, timeout: float) -> dict[str, Any]:
     """Until the PBX's applied config contains `text` (not merely: is applied)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def applied() -> dict[str, Any] | None:
         state = await wait_applied(api, customer, timeout=timeout)
-        if any(text in f for f in state["files"].values()):
-            return state
-        assert time.monotonic() < deadline, f"{text} not applied for {customer}: {state}"
-        await asyncio.sleep(0.2)
+        return state if any(text in f for f in state["files"].values()) else None
+
+    return await wait_until(applied, f"{text} not applied for {customer}", timeout, interval=0.2)
 
 
 def revisions_with(db: psycopg.Connection[Any], text: str) -> int:
@@ -254,13 +251,12 @@ async def test_an_unwritable_output_folder_delays_the_apply_and_loses_nothing(
         await wait_applied(api, OTHER)
         with read_only(clean_lab.output_dir / "pjsip"):
             await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx/extensions/101", PHONE_101)
-            deadline = time.monotonic() + 20
-            while True:
+
+            async def failed() -> dict[str, Any] | None:
                 state = await api.ok("GET", f"/v1/accounts/{TARGET}/pbx/config")
-                if state["apply_state"] == "failed":
-                    break
-                assert time.monotonic() < deadline, state
-                await asyncio.sleep(0.1)
+                return state if state["apply_state"] == "failed" else None
+
+            state = await wait_until(failed, "the apply did not fail", 20, interval=0.1)
             assert "Read-only file system" in state["apply_error"], state
         state = await applied_with(api, TARGET, "[k100200-101]", timeout=60)
         assert state["apply_error"] is None

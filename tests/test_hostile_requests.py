@@ -21,6 +21,7 @@ from conftest import PORTAL_KEY, Api, FakeClock, Inbox, snapshot
 from helpers import BLOCK, OTHER, OWNER, TARGET, request_assignment, scene
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from waiting import wait_until
 from yarl import URL
 
 from provisioner.api import middleware
@@ -151,10 +152,7 @@ async def go_away_mid_body(api: Api, head: str) -> None:
 
 
 async def logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
-    deadline = time.monotonic() + 5
-    while text not in caplog.text:
-        assert time.monotonic() < deadline, caplog.text
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: text in caplog.text, f"{text!r} not logged", 5)
 
 
 async def test_confirm_links_store_no_idempotency_keys(

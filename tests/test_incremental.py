@@ -27,7 +27,7 @@ async def lab_api(settings: Settings, clock: FakeClock, clean_lab: Lab) -> Async
         yield api
 
 
-async def live(ami: Manager) -> tuple[set[tuple[str, ...]], set[str]]:
+async def live_lines(ami: Manager) -> tuple[set[tuple[str, ...]], set[str]]:
     """Every dialplan line (context, extension, priority, application, data) and include,
     and every endpoint, as Asterisk has them now (who registered them aside)."""
     plan: Any = await ami.send_action({"Action": "ShowDialPlan"}, as_list=True)
@@ -92,7 +92,7 @@ async def test_incremental_changes_end_where_a_full_reload_of_the_files_ends(
                  {"name": "Fritz Köln", "site_block": "cgn-main"})  # fmt: skip
     await wait_applied(api, TARGET)
     await wait_applied(api, OTHER)
-    moved, _ = await live(ami)
+    moved, _ = await live_lines(ami)
     assert ("carrier-in", "_+4989123456X", "7", "Goto", "k100200-in-muc-main,${EXTEN},1") in moved
     # A resets: the numbers leave B's PBX again.
     await api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment")
@@ -104,11 +104,11 @@ async def test_incremental_changes_end_where_a_full_reload_of_the_files_ends(
     assert delta(after, start, PBX_CONFIG) == 0, "a dialplan change reloaded pbx_config"
     assert delta(after, start, RES_PJSIP) >= 1  # the new phones and trunks came with one
 
-    incremental = await live(ami)
+    incremental = await live_lines(ami)
     assert not any("k100200-in-muc-main" in line for line in incremental[0])
     clean_lab.cli("dialplan reload")
     clean_lab.cli("module reload res_pjsip.so")
-    full = await live(ami)
+    full = await live_lines(ami)
     assert incremental[0] == full[0], (
         f"only live incrementally: {sorted(incremental[0] - full[0])[:10]},"
         f" only after a full reload: {sorted(full[0] - incremental[0])[:10]}"
@@ -132,7 +132,7 @@ async def test_a_change_that_does_not_read_back_falls_back_to_a_full_reload(
     assert delta(after, start, FALLBACK) == 1
     assert delta(after, start, PBX_CONFIG) == 1
     assert state["apply_error"] is None
-    lines, endpoints = await live(ami)
+    lines, endpoints = await live_lines(ami)
     assert not any(line[:2] == ("k100200-internal", "999") for line in lines)
     assert ("k100200-internal", "101", "1", "Dial", "PJSIP/k100200-101,30,tT") in lines
     assert "k100200-101" in endpoints
@@ -169,7 +169,7 @@ async def test_deleted_extensions_and_ring_groups_leave_asterisk(
     })  # fmt: skip
     await wait_applied(api, TARGET)
     await wait_applied(api, OTHER)
-    lines, endpoints = await live(ami)
+    lines, endpoints = await live_lines(ami)
     assert "k100200-101" in endpoints
     assert any(line[:2] == ("k100200-internal", "600") for line in lines)
 
@@ -183,7 +183,7 @@ async def test_deleted_extensions_and_ring_groups_leave_asterisk(
     state = await wait_applied(api, TARGET)
     assert "k100200-101" not in state["files"]["pjsip/tenant-k100200.conf"]
 
-    lines, endpoints = await live(ami)
+    lines, endpoints = await live_lines(ami)
     assert "k100200-101" not in endpoints
     assert not any(line[0] == "k100200-internal" and line[1] in ("101", "600") for line in lines)
     assert {"k100200-100", "k300400-100", "carrier"} <= endpoints  # the rest untouched
@@ -193,7 +193,7 @@ async def test_deleted_extensions_and_ring_groups_leave_asterisk(
     listed = await api.ok("GET", f"{pbx}/extensions")
     assert [e["ext"] for e in listed["extensions"]] == ["100"]
     clean_lab.cli("dialplan reload")
-    assert (await live(ami))[0] == lines  # what a full reload of the files gives
+    assert (await live_lines(ami))[0] == lines  # what a full reload of the files gives
 
 
 async def test_a_removed_pbx_leaves_asterisk_and_can_come_back(
@@ -204,7 +204,7 @@ async def test_a_removed_pbx_leaves_asterisk_and_can_come_back(
     await cologne_pbx(api)
     await wait_applied(api, TARGET)
     await wait_applied(api, OTHER)
-    before, _ = await live(ami)
+    before, _ = await live_lines(ami)
     b_lines = {line for line in before if line[0].startswith("k100200-")}
 
     # B's PBX has a block waiting for confirmations: it cannot go.
@@ -216,7 +216,7 @@ async def test_a_removed_pbx_leaves_asterisk_and_can_come_back(
     await api.problem(404, "pbx_not_found", "DELETE", f"/v1/accounts/{OTHER}/pbx")
 
     async def gone() -> bool:
-        lines, endpoints = await live(ami)
+        lines, endpoints = await live_lines(ami)
         files = list(clean_lab.output_dir.rglob("tenant-k300400.conf"))
         return (
             not files
@@ -226,9 +226,9 @@ async def test_a_removed_pbx_leaves_asterisk_and_can_come_back(
 
     deadline = asyncio.get_running_loop().time() + 20
     while not await gone():
-        assert asyncio.get_running_loop().time() < deadline, await live(ami)
+        assert asyncio.get_running_loop().time() < deadline, await live_lines(ami)
         await asyncio.sleep(0.2)
-    lines, endpoints = await live(ami)
+    lines, endpoints = await live_lines(ami)
     assert {line for line in lines if line[0].startswith("k100200-")} == b_lines
     assert "k100200-100" in endpoints
     blocks = await api.ok("GET", f"/v1/accounts/{OTHER}/blocks")
@@ -239,10 +239,10 @@ async def test_a_removed_pbx_leaves_asterisk_and_can_come_back(
     assert created.status == 201
     state = await wait_applied(api, OTHER)
     assert "[k300400-100]" not in state["files"]["pjsip/tenant-k300400.conf"]
-    lines, _ = await live(ami)
+    lines, _ = await live_lines(ami)
     assert any(line[0] == "k300400-in-cgn-main" for line in lines)
     clean_lab.cli("dialplan reload")
-    assert (await live(ami))[0] == lines  # what a full reload of the files gives
+    assert (await live_lines(ami))[0] == lines  # what a full reload of the files gives
 
 
 async def test_the_worker_finds_drift_on_its_timer_and_repairs_it(
@@ -260,7 +260,7 @@ async def test_the_worker_finds_drift_on_its_timer_and_repairs_it(
         clean_lab.cli("dialplan remove extension 100@k100200-internal")
         deadline = asyncio.get_running_loop().time() + 20
         while True:
-            lines, _ = await live(ami)
+            lines, _ = await live_lines(ami)
             if ("k100200-internal", "100", "1", "Dial", "PJSIP/k100200-100,30,tT") in lines:
                 break
             assert asyncio.get_running_loop().time() < deadline, "drift not repaired"
@@ -280,7 +280,7 @@ async def test_a_pbx_moves_to_another_node_live_there_before_it_leaves(
         await cologne_pbx(api)
         await wait_applied(api, TARGET)
         await wait_applied(api, OTHER)
-        c_before = {line for line in (await live(ami))[0] if line[0].startswith("k300400")}
+        c_before = {line for line in (await live_lines(ami))[0] if line[0].startswith("k300400")}
 
         moved = await api.ok("PUT", f"/v1/accounts/{TARGET}/pbx", {"node": "node-b"})
         assert moved["node"] == "node-b" and moved["moving_from"] == "default"
@@ -303,7 +303,7 @@ async def test_a_pbx_moves_to_another_node_live_there_before_it_leaves(
         assert "k100200-100" in second.cli("pjsip show endpoints")
         assert "k100200-in-ber-main" in second.cli("dialplan show +49301234567@carrier-in")
         assert not list(clean_lab.output_dir.rglob("tenant-k100200.conf"))
-        lines, endpoints = await live(ami)
+        lines, endpoints = await live_lines(ami)
         assert not any(e.startswith("k100200-") for e in endpoints)
         assert not any("k100200" in " ".join(line) for line in lines)
         # C, on the old node, untouched.

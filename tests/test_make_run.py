@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import LAB, ROOT, free_port
+from waiting import wait_until_sync
 
 # It runs the lab through `make run`, not through the `lab` fixture: marked by hand.
 pytestmark = pytest.mark.lab
@@ -36,16 +36,15 @@ def call(base: str, method: str, path: str, body: Any = None) -> Any:
 
 
 def until(check: Any, seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
+    """wait_until_sync, with a connection refused counting as not yet."""
+
+    def answered() -> Any:
         try:
-            value = check()
+            return check()
         except OSError:
-            value = None
-        if value:
-            return value
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
+            return None
+
+    return wait_until_sync(answered, what, seconds, interval=0.2)
 
 
 def test_make_run_applies_to_the_lab_and_ctrl_c_leaves_nothing() -> None:

@@ -53,7 +53,7 @@ async def ids(db: psycopg.AsyncConnection[Any]) -> dict[str, int]:
     return {row[0]: row[1] for row in await cur.fetchall()}
 
 
-async def live(db: psycopg.AsyncConnection[Any], pbx_id: int) -> None:
+async def as_if_applied(db: psycopg.AsyncConnection[Any], pbx_id: int) -> None:
     """As if the PBX's apply round had made its latest config live."""
     await db.execute("DELETE FROM apply_queue WHERE pbx_id = %s", (pbx_id,))
     await db.execute(
@@ -98,7 +98,7 @@ async def test_a_block_switches_only_once_live_and_the_old_pbx_serves_it_until_t
         a, b = pbx[OWNER], pbx[TARGET]
         # Not before A's config is live.
         assert await switch(db) == []
-        await live(db, a)
+        await as_if_applied(db, a)
         [first] = await switch(db)
         assert (first.pbx_id, first.node, first.old_pbx_id) == (a, "default", None)
         # 0-99: the ten 11-digit numbers are one key, the ninety 12-digit ones nine.
@@ -110,7 +110,7 @@ async def test_a_block_switches_only_once_live_and_the_old_pbx_serves_it_until_t
         assert await switch(db) == []
         assert await serves(db, a) == [BLOCK]
         assert await serves(db, b) == [BLOCK]
-        await live(db, b)
+        await as_if_applied(db, b)
         [moved] = await switch(db)
         assert (moved.pbx_id, moved.node, moved.old_pbx_id, moved.old_node) == (
             b, "node-b", a, "default"
@@ -121,7 +121,7 @@ async def test_a_block_switches_only_once_live_and_the_old_pbx_serves_it_until_t
         assert (await api.call("DELETE", f"/v1/blocks/{BLOCK}/assignment")).status == 200
         assert await switch(db) == []
         assert await serves(db, b) == [BLOCK]
-        await live(db, a)
+        await as_if_applied(db, a)
         [back] = await switch(db)
         assert (back.pbx_id, back.old_pbx_id) == (a, b)
         assert await serves(db, b) == []
@@ -147,7 +147,7 @@ async def test_a_same_node_reassignment_is_not_held(api: Api, inbox: Inbox, db_u
                  {"number": "+4989123456", "range": "0-99", "mode": "pbx"})  # fmt: skip
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as db:
         pbx = await ids(db)
-        await live(db, pbx[OWNER])
+        await as_if_applied(db, pbx[OWNER])
         await switch(db)
         await assign_and_confirm(api, inbox)
         assert await serves(db, pbx[OWNER]) == []

@@ -6,82 +6,33 @@ same events from GET /v1/events."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import psycopg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from conftest import Api, Inbox, free_port
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment, scene
-from standardwebhooks import Webhook as Verifier
+from waiting import wait_until
+from webhook_helpers import SECRET, Receiver, service
 
-from provisioner.app import create_app
 from provisioner.settings import Secret, Settings, SettingsError, Webhook
 from provisioner.settings.load import load
 
-SECRET = "whsec_" + base64.b64encode(b"portal-webhook-test-key-32-bytes").decode()
 
-
-class Receiver:
-    """The portal's webhook endpoint: verifies every request, keeps what it got."""
-
-    def __init__(self, port: int) -> None:
-        self.port, self.refused = port, 0
-        self.got: list[dict[str, Any]] = []
-        self.verifier = Verifier(SECRET)
-        self._runner: web.AppRunner | None = None
-
-    async def _hook(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        try:
-            self.verifier.verify(body, dict(request.headers))
-        except Exception:  # a bad signature: refuse, as the portal would
-            self.refused += 1
-            return web.Response(status=400)
-        event = json.loads(body)
-        assert event["id"] == request.headers["webhook-id"]
-        self.got.append(event)
-        return web.Response(status=204)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-@contextlib.asynccontextmanager
-async def service(settings: Settings) -> AsyncIterator[Api]:
-    """The service on the real clock (signatures carry a timestamp the receiver checks)."""
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
-    await client.start_server()
-    try:
-        yield Api(client)
-    finally:
-        await client.close()
-
-
-async def until(check: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
+def cursor(db_url: str, url: str) -> tuple[Any, ...] | None:
+    """The webhook's delivery cursor: (last_event, attempts, last_error)."""
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(
+            "SELECT last_event, attempts, last_error FROM webhook_cursors WHERE url = %s", (url,)
+        ).fetchone()
 
 
 async def test_events_reach_a_receiver_that_was_down_across_a_restart_in_order(
-    settings: Settings, inbox: Inbox
+    settings: Settings, inbox: Inbox, db_url: str
 ) -> None:
     receiver = Receiver(free_port())
     hook = Webhook(url=f"http://127.0.0.1:{receiver.port}/hook", secret=Secret(SECRET))
@@ -94,13 +45,14 @@ async def test_events_reach_a_receiver_that_was_down_across_a_restart_in_order(
         await api.ok("DELETE", f"/v1/blocks/{BLOCK}/assignment",
                      headers={"X-Acting-Customer": OWNER})  # fmt: skip
         pulled = await api.ok("GET", "/v1/events")
-        await asyncio.sleep(1.5)  # a few failed attempts
+        await wait_until(lambda: (cursor(db_url, hook.url) or (0, 0))[1] >= 1,
+                         "a failed attempt while the receiver is down", 10)  # fmt: skip
     await receiver.start()
     try:
         async with service(settings) as api:  # restarted: the outbox is in PostgreSQL
             wanted = [e["id"] for e in pulled["events"]]
-            await until(lambda: {e["id"] for e in receiver.got} >= set(wanted), 30,
-                        f"delivered {len(receiver.got)} of {len(wanted)}")  # fmt: skip
+            await wait_until(lambda: {e["id"] for e in receiver.got} >= set(wanted),
+                             f"not every event of {len(wanted)} delivered", 30)  # fmt: skip
             again = await api.ok("GET", f"/v1/events?after={pulled['events'][1]['cursor']}")
     finally:
         await receiver.stop()
@@ -195,9 +147,9 @@ async def test_a_slow_endpoint_delays_no_other_endpoint(settings: Settings, inbo
                 await scene(api)
                 started = time.monotonic()
                 await request_assignment(api, inbox)
-                await until(lambda: slow.hits >= 1, 5, "the slow endpoint got nothing")
-                await until(lambda: len(receiver.got) >= 1, 3,
-                            "the fast endpoint waited for the slow one")  # fmt: skip
+                await wait_until(lambda: slow.hits >= 1, "the slow endpoint got nothing", 5)
+                await wait_until(lambda: len(receiver.got) >= 1,
+                                 "the fast endpoint waited for the slow one", 3)  # fmt: skip
                 took = time.monotonic() - started
     finally:
         await receiver.stop()
@@ -217,8 +169,11 @@ async def test_a_redirect_is_a_failed_delivery_and_is_not_followed(
             async with service(replace(settings, webhooks=(hook,))) as api:
                 await scene(api)
                 await request_assignment(api, inbox)
-                await until(lambda: redirecting.hits >= 1, 5, "no delivery was tried")
-                await asyncio.sleep(0.5)
+                # The attempt is over when its failure is stored: had it followed the
+                # redirect, the receiver would have the event by then.
+                await wait_until(lambda: (cursor(db_url, hook.url) or (0, 0, None))[2],
+                                 "no failed delivery was stored", 5)  # fmt: skip
+                assert redirecting.hits >= 1
     finally:
         await receiver.stop()
     assert receiver.got == [], "the signed event went where the redirect pointed"
@@ -238,7 +193,7 @@ async def test_an_unreachable_endpoint_is_logged_without_headers_or_body(
     async with service(replace(settings, webhooks=(hook,))) as api:
         await scene(api)
         await request_assignment(api, inbox)
-        await until(lambda: "not delivered" in caplog.text, 5, "no failure was logged")
+        await wait_until(lambda: "not delivered" in caplog.text, "no failure was logged", 5)
     lines = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
     assert lines and all("cannot connect" in line for line in lines), lines
     for secret in ("webhook-signature", "v1,", "t0ps3cret", "assignment.created", SECRET):

@@ -12,6 +12,7 @@ from provisioner.db.assignments import Assignment, Event
 from provisioner.db.blocks import BlockRow
 from provisioner.db.calls import Call, UsageRow
 from provisioner.db.pbx import Extension, RingGroup
+from provisioner.domain import names
 from provisioner.domain.numbers import describe
 from provisioner.render.view import PbxView
 from provisioner.service.config import ConfigStatus
@@ -103,12 +104,8 @@ def extension(e: Extension, view: PbxView) -> dict[str, Any]:
         "site_block": e.site_block,
         "did": e.did,
         "pickup_group": e.pickup_group,
-        "sip_username": f"{view.slug}-{e.ext}",
-        "effective_site_block": (
-            phone.site_context.removeprefix(f"{view.slug}-site-")
-            if phone and phone.site_context != view.internal_context
-            else None
-        ),
+        "sip_username": names.phone(view.slug, e.ext),
+        "effective_site_block": names.site_block(view.slug, phone.site_context) if phone else None,
         "effective_caller_id": phone.out_number if phone else None,
         "did_active": live_did,
         "fallback": phone.fallback if phone else False,

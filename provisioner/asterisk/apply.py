@@ -52,6 +52,7 @@ from provisioner.db import apply_queue, departures, locks, pjsip_rows, rounds
 from provisioner.db import router as db_router
 from provisioner.db.apply_queue import Job
 from provisioner.db.pjsip_rows import Key
+from provisioner.domain import names
 from provisioner.domain.credentials import SecretBox
 from provisioner.metrics import APPLY_SECONDS, ROUNDS
 from provisioner.render.load import load_view
@@ -158,8 +159,7 @@ class Applier:
                 log.exception("apply round on node %s failed; %d applies wait",
                               self.node.name, len(jobs))  # fmt: skip
             async with self.pool.connection() as conn, conn.transaction():
-                await record_retry(conn, jobs, str(exc), self.clock(), self.retry_seconds,
-                                   full=True)  # fmt: skip
+                await record_retry(conn, jobs, str(exc), self.clock(), self.retry_seconds)
         finally:
             renewing.cancel()
             await asyncio.gather(renewing, return_exceptions=True)
@@ -514,6 +514,6 @@ class Applier:
                     await execute.reload_module(ami, realtime.REGISTRATIONS)
             elif any(kind_of(path) == "pjsip" for path in gone.files):
                 await execute.reload(ami, {"pjsip"})
-            stale = await ami.endpoints_like(f"{gone.pbx.slug}-")
+            stale = await ami.endpoints_like(names.owned_prefix(gone.pbx.slug))
         if problems or stale:
             raise OperationFailed(f"still live: {problems[:3]}, endpoints {sorted(stale)[:3]}")

@@ -22,6 +22,7 @@ from provisioner.asterisk.apply import Applier
 from provisioner.asterisk.parse import dialplan_in, endpoints_in
 from provisioner.db import apply_queue, apply_state, pjsip_rows, rounds
 from provisioner.db.pjsip_rows import Fields, Key
+from provisioner.domain import names
 from provisioner.domain.credentials import SecretBox
 from provisioner.render.load import load_view
 from provisioner.render.render import node_files, pbx_files
@@ -149,17 +150,16 @@ def _compare_rows(drift: PbxDrift, wanted: dict[str, str], rows: dict[Key, Field
 
 
 def _compare_live(drift: PbxDrift, wanted: dict[str, str], live: Live) -> None:
-    prefix = f"{drift.slug}-"
     expected_endpoints = endpoints_in(wanted)
     missing = sorted(expected_endpoints - live.endpoints)
-    stale = sorted({e for e in live.endpoints if e.startswith(prefix)} - expected_endpoints)
+    stale = sorted({e for e in live.endpoints if names.owns(drift.slug, e)} - expected_endpoints)
     if missing:
         drift.live.append(f"endpoints not live: {', '.join(missing[:10])}")
     if stale:
         drift.live.append(f"endpoints live but not in the files: {', '.join(stale[:10])}")
     plan = dialplan_in(wanted)
     own_contexts = {c for c in plan if c != CARRIER_IN}
-    stale_contexts = sorted({c for c in live.dialplan if c.startswith(prefix)} - own_contexts)
+    stale_contexts = sorted({c for c in live.dialplan if names.owns(drift.slug, c)} - own_contexts)
     if stale_contexts:
         drift.live.append(f"contexts live but not in the files: {', '.join(stale_contexts)}")
     for context, extensions in sorted(plan.items()):

@@ -26,6 +26,7 @@ from provisioner.asterisk.plan import (
 )
 from provisioner.db.accounts import OfPbx, Pbx
 from provisioner.db.apply_queue import Job
+from provisioner.domain import names
 from provisioner.metrics import OPERATIONS, RELOADS
 from provisioner.render.render import redact, redacted
 from provisioner.settings import Node
@@ -185,7 +186,7 @@ async def verify_node(ami: Ami, expect: dict[Tenant, dict[str, str]]) -> dict[Te
     for t, config in expect.items():
         wanted = endpoints_in(config)
         missing = wanted - live
-        stale = {e for e in live if e.startswith(f"{t.slug}-")} - wanted
+        stale = {e for e in live if names.owns(t.slug, e)} - wanted
         absent = set(dialplan_in(config)) - set(contexts)
         if missing or stale or absent:
             failing[t] = (

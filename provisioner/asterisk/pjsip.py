@@ -29,6 +29,7 @@ from provisioner.asterisk.record import outcome
 from provisioner.clock import Clock
 from provisioner.db import apply_queue, apply_state, locks, rounds
 from provisioner.db.rounds import PjsipPending
+from provisioner.domain import names
 from provisioner.metrics import PJSIP_WAIT
 from provisioner.render.render import redact
 from provisioner.settings import Node
@@ -142,7 +143,7 @@ async def _check(ami: Ami, p: PjsipPending) -> str:
     change = pjsip_change(of_kind(p.live, "pjsip"), of_kind(p.files, "pjsip"))
     if change is None:
         return ""
-    live = await ami.endpoints_like(f"{p.slug}-")
+    live = await ami.endpoints_like(names.owned_prefix(p.slug))
     missing = sorted(change.endpoints - live)
     stale = sorted(change.gone & live)
     if missing or stale:

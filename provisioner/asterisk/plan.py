@@ -127,10 +127,6 @@ class PjsipChange:
     endpoints: frozenset[str]
     gone: frozenset[str]
 
-    @property
-    def empty(self) -> bool:
-        return not self.endpoints and not self.gone
-
 
 def pjsip_change(before: Mapping[str, str], after: Mapping[str, str]) -> PjsipChange | None:
     """What differs between two sets of pjsip files (None: nothing, no reload needed).

@@ -116,12 +116,12 @@ async def _record_broken(
 
 
 async def record_retry(
-    conn: Conn, jobs: list[Job], error: str, now: datetime, retry_seconds: int, *, full: bool
+    conn: Conn, jobs: list[Job], error: str, now: datetime, retry_seconds: int
 ) -> None:
     """The whole round stopped (Asterisk away, or anything unexpected): every job of it
-    waits for a retry, by full reload when Asterisk may hold part of the change."""
+    waits for a retry, by full reload, as Asterisk may hold part of the change."""
     for job in jobs:
         await apply_queue.retry_job(
-            conn, job, error, now + backoff(job, retry_seconds), full_reload=full
+            conn, job, error, now + backoff(job, retry_seconds), full_reload=True
         )
         await apply_state.set_state(conn, job.pbx_id, "pending", now, error=f"waiting: {error}")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
-from psycopg.rows import class_row
+from psycopg.rows import class_row, dict_row
 
 from provisioner.db import Conn
 from provisioner.db.blocks import COLUMNS, BlockRow
+
+BLOCK_FIELDS = tuple(f.name for f in dataclasses.fields(BlockRow))
 
 
 @dataclass(frozen=True)
@@ -202,19 +205,23 @@ async def used_blocks(conn: Conn, pbx_id: int) -> list[UsedBlock]:
 
     def select(target: str) -> str:
         return (
-            f"SELECT {columns}, b.trunk_username, b.trunk_sealed, b.trunk_password,"
+            f"SELECT {columns}, b.trunk_username, b.trunk_sealed,"
+            " b.trunk_password AS trunk_unsealed_legacy,"
             " (SELECT t.target FROM default_targets t WHERE t.pbx_id = p.id"
-            f"  AND t.block_id = b.id {target}), b.trunk_register"
+            f"  AND t.block_id = b.id {target}) AS default_target, b.trunk_register"
         )
 
     # A block used now rings its current choice; a held one also a choice that ended
     # (a reset) while the router still sends its numbers here.
-    cur = await conn.execute(
-        select("AND t.ended_at IS NULL") + _USAGE + " AND p.id = %s UNION "
-        + select("") + _HELD + " ORDER BY 1",
-        (pbx_id, pbx_id),
-    )  # fmt: skip
-    return [UsedBlock(BlockRow(*row[:10]), *row[10:15]) for row in await cur.fetchall()]
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            select("AND t.ended_at IS NULL") + _USAGE + " AND p.id = %s UNION "
+            + select("") + _HELD + " ORDER BY 1",
+            (pbx_id, pbx_id),
+        )  # fmt: skip
+        rows = await cur.fetchall()
+    # By name: the block's columns make its BlockRow, the rest UsedBlock's own fields.
+    return [UsedBlock(BlockRow(**{f: row.pop(f) for f in BLOCK_FIELDS}), **row) for row in rows]
 
 
 async def set_trunk(

@@ -50,12 +50,6 @@ class Conflict(ProblemError):
     title = "Conflicts with the current state"
 
 
-class Gone(ProblemError):
-    status = 410
-    code = "gone"
-    title = "No longer valid"
-
-
 class RequestTimeout(ProblemError):
     status = 408
     code = "request_timeout"

@@ -7,7 +7,7 @@ here and nowhere else fails a test.
 
 Lengths follow from Asterisk: a dialplan context name has at most 79 characters (80
 with the terminating NUL). The longest generated name is <slug>-trunk-<block>
-(render/view.py), where the slug is the customer number in lower case.
+(domain/names.py), where the slug is the customer number in lower case.
 
 The patterns are written `^...$` because the OpenAPI document (ECMA regex) and the SQL
 CHECKs (POSIX regex) use the same text, and there `$` is the end of the string. In

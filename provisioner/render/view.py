@@ -1,18 +1,11 @@
 """The typed view a PBX's templates see, built by one pure function from database rows.
 
-Names in the generated config, all derived from the PBX slug so tenants never collide:
-  <slug>-<ext>              phone endpoint, aor and auth
-  <slug>-trunk-<block>      a block's trunk to the carrier (outbound, auth, accountcode)
-  <slug>-internal           extensions, ring groups, hints (the BLF subscribe context)
-  <slug>-site-<block>       a site's dialing rules: local area code, emergency, outbound
-  <slug>-in-<block>         calls from the carrier to the numbers of a block
-  <slug>-outbound           the subroutine every external call leaves through
+Names in the generated config derive from the PBX slug, by the rule in domain/names.py.
 Calls from the carrier arrive on the node's one carrier endpoint (identified by the SBC's
 address) in [carrier-in], to which each PBX adds the numbers of the blocks it uses.
 
 Every name fits Asterisk: a dialplan context name has at most 79 characters (80 with the
-terminating NUL). The longest is <slug>-trunk-<block>, so what the API accepts for a
-block id follows from the longest slug (a customer number) and that suffix.
+terminating NUL); domain/rules.py bounds a block id by the longest name.
 """
 
 from __future__ import annotations
@@ -22,14 +15,13 @@ from dataclasses import dataclass
 
 from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup, UsedBlock
-from provisioner.domain import rules
+from provisioner.domain import names, rules
 from provisioner.domain.numbering import plan_for_code
 from provisioner.domain.numbers import Block, describe
 from provisioner.settings import Node
 
 MAX_NAME = rules.MAX_CONFIG_NAME
 SLUG_MAX = rules.CUSTOMER_MAX  # a slug is the customer number in lower case
-LONGEST_BLOCK_INFIX = rules.LONGEST_BLOCK_INFIX
 BLOCK_ID_MAX = rules.BLOCK_ID_MAX
 
 
@@ -131,7 +123,7 @@ def _listed(items: list[str]) -> str:
 def _site(slug: str, u: UsedBlock, trunk: str) -> Site:
     plan = plan_for_code(u.block.block.country_code)
     return Site(
-        context=f"{slug}-site-{u.block.id}",
+        context=names.site(slug, u.block.id),
         block_id=u.block.id,
         area_code=u.block.area_code,
         trunk=trunk,
@@ -177,12 +169,12 @@ def build(
     """The view of one PBX; `trunk_passwords` are the opened trunk passwords by block id."""
     trunk_passwords = trunk_passwords or {}
     slug = pbx.slug
-    internal = f"{slug}-internal"
+    internal = names.internal(slug)
     by_id = {u.block.id: u for u in used}
     numbers_of = {u.block.id: set(u.block.block.numbers()) for u in used}
 
     def trunk_name(block_id: str) -> str:
-        return f"{slug}{LONGEST_BLOCK_INFIX}{block_id}"
+        return names.trunk(slug, block_id)
 
     def block_of(number: str) -> str | None:
         return next((bid for bid, nums in numbers_of.items() if number in nums), None)
@@ -207,12 +199,12 @@ def build(
         phones.append(
             Phone(
                 ext=e.ext,
-                endpoint=f"{slug}-{e.ext}",
+                endpoint=names.phone(slug, e.ext),
                 name=e.name,
                 realm=e.sip_realm,
                 ha1=e.sip_ha1,
-                site_context=f"{slug}-site-{site.block.id}" if site else internal,
-                pickup_group=f"{slug}-{e.pickup_group}" if e.pickup_group else None,
+                site_context=names.site(slug, site.block.id) if site else internal,
+                pickup_group=names.pickup_group(slug, e.pickup_group) if e.pickup_group else None,
                 out_number=out_number,
                 out_trunk=trunk_name(out_block) if out_block else None,
                 out_account=by_id[out_block].block.owner if out_block else None,
@@ -233,7 +225,7 @@ def build(
             owner=u.block.owner,
             username=u.trunk_username,
             password=trunk_passwords.get(u.block.id),
-            in_context=f"{slug}-in-{u.block.id}",
+            in_context=names.inbound(slug, u.block.id),
             carrier_patterns=carrier_patterns(u.block.block),
             routes=tuple(sorted(routes[u.block.id], key=lambda r: r.number)),
             default_target=u.default_target,
@@ -259,7 +251,7 @@ def build(
         customer=pbx.customer,
         name=account_name,
         internal_context=internal,
-        outbound_context=f"{slug}-outbound",
+        outbound_context=names.outbound(slug),
         phones=tuple(phones),
         ring_groups=groups,
         trunks=trunks,

@@ -12,7 +12,7 @@ from provisioner.db import blocks as db_blocks
 from provisioner.db import pbx as db_pbx
 from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup
-from provisioner.domain import numbering, rules
+from provisioner.domain import names, numbering, rules
 from provisioner.domain.credentials import sip_ha1
 from provisioner.domain.errors import Conflict, InvalidInput, NotFound
 from provisioner.domain.numbering import Plan
@@ -108,8 +108,8 @@ async def put_extension(
 
 
 def sip_username(pbx: Pbx, ext: str) -> str:
-    """A phone registers as its endpoint's name (render.view names it the same)."""
-    return f"{pbx.slug}-{ext}"
+    """A phone registers as its endpoint's name."""
+    return names.phone(pbx.slug, ext)
 
 
 async def view_of(u: Unit, customer: str) -> PbxView:
