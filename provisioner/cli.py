@@ -29,7 +29,6 @@ from provisioner.db.pool import DatabaseUnfit, open_pool
 from provisioner.domain import rules
 from provisioner.domain.credentials import SecretBox
 from provisioner.mail.compose import Composer
-from provisioner.render.view import Carrier
 from provisioner.router.rpc import RouterRefused, RouterUnavailable
 from provisioner.service import blocks, console, demo
 from provisioner.service import config as config_service
@@ -135,7 +134,7 @@ async def _render(settings: Settings, customer: str) -> dict[str, str]:
     async with _pool(settings) as pool, _unit(pool, settings, "cli") as unit:
         pbx = await pbx_service.require_pbx(unit, customer)
         node = _node_of(settings, pbx)
-        return await config_service.render(unit.conn, pbx, Carrier.of(node), settings.secret_box())
+        return await config_service.render(unit.conn, pbx, node, settings.secret_box())
 
 
 def cmd_render(args: argparse.Namespace) -> int:

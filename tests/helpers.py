@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import Api, Inbox, confirm_link
+from fixtures_mail import Inbox, confirm_link
+from fixtures_service import Api
 
 OWNER = "K200300"  # Munich, owns the block
 TARGET = "K100200"  # Berlin, has the cloud PBX

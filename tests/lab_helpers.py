@@ -14,8 +14,10 @@ from typing import Any
 
 import psycopg
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import LAB, REALTIME_PASSWORD, REALTIME_ROLE, Api, Lab, free_port
+from fixtures_lab import LAB, REALTIME_PASSWORD, REALTIME_ROLE, Lab
+from fixtures_service import Api
 from helpers import BLOCK, OTHER, OWNER, TARGET, scene
+from ports import free_port
 from waiting import wait_until
 
 from provisioner.app import create_app
@@ -166,7 +168,7 @@ def console_env(
     router if there is one."""
     import json
 
-    from conftest import SECRETS_KEY
+    from fixtures_service import SECRETS_KEY
 
     def entry(n: Node) -> dict[str, object]:
         return {

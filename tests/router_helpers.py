@@ -17,9 +17,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import LAB, Api, Inbox, Lab, free_port
+from fixtures_lab import LAB, Lab
+from fixtures_mail import Inbox
+from fixtures_service import Api
 from helpers import BLOCK, OWNER, OWNER_MAIL, TARGET, TARGET_MAIL, path_of, request_assignment
 from lab_helpers import CARRIER_HOST, lab_node, lab_service, wait_applied
+from ports import free_port
 from sipp_peer import SipResult, run_scenario, start_scenario
 from tier import refuse_in_fast_tier
 from waiting import wait_until

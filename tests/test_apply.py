@@ -14,7 +14,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import ENGINEER_KEY, Api, FakeClock, Inbox, Lab
+from fixtures_lab import Lab
+from fixtures_mail import Inbox
+from fixtures_service import ENGINEER_KEY, Api, FakeClock
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment
 from lab_helpers import (
     branch_scene,

@@ -9,8 +9,10 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
-from conftest import Api, FakeClock, Lab, free_port
+from fixtures_lab import Lab
+from fixtures_service import Api, FakeClock
 from lab_helpers import CARRIER_HOST, lab_service, wait_applied
+from ports import free_port
 from sipp_peer import run_scenario, start_scenario
 
 from provisioner.domain.numbering import plan

@@ -6,7 +6,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import ENGINEER_KEY, Api, Inbox, snapshot
+from fixtures_db import snapshot
+from fixtures_mail import Inbox
+from fixtures_service import ENGINEER_KEY, Api
 from helpers import BLOCK, OTHER, OWNER, TARGET, request_assignment, scene
 
 ACCOUNT = {"name": "Neu GmbH", "email": "neu@example.com", "language": "de"}

@@ -17,9 +17,12 @@ from typing import Any
 
 import pgserver
 import pytest
-from conftest import Api, Inbox, Lab, free_port, make_settings
+from fixtures_lab import Lab
+from fixtures_mail import Inbox
+from fixtures_service import Api, make_settings
 from helpers import BLOCK, OWNER, TARGET
 from lab_helpers import CARRIER_HOST, branch_scene, lab_service, wait_applied
+from ports import free_port
 from psycopg_pool import AsyncConnectionPool
 from router_helpers import Platform, assign_to_b, platform_of
 from sipp_peer import SipResult, run_scenario, start_scenario

@@ -9,7 +9,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Api, Inbox, snapshot
+from fixtures_db import snapshot
+from fixtures_mail import Inbox
+from fixtures_service import Api
 from helpers import BLOCK, request_assignment, scene
 from playwright.async_api import BrowserContext, async_playwright
 

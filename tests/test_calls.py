@@ -19,7 +19,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from conftest import Api, FakeClock, Inbox, Lab, ami_of, free_port
+from fixtures_lab import Lab, ami_of
+from fixtures_mail import Inbox
+from fixtures_service import Api, FakeClock
 from helpers import BLOCK, OTHER, OWNER, TARGET, path_of, request_assignment
 from lab_helpers import (
     CARRIER_HOST,
@@ -31,6 +33,7 @@ from lab_helpers import (
     wait_applied,
 )
 from panoramisk import Manager
+from ports import free_port
 from sipp_peer import SipResult, assert_blind_transfer, run_scenario, start_scenario
 
 from provisioner.settings import Settings

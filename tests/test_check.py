@@ -8,7 +8,9 @@ import subprocess
 import sys
 from typing import Any
 
-from conftest import ENGINEER_KEY, Inbox, Lab
+from fixtures_lab import Lab
+from fixtures_mail import Inbox
+from fixtures_service import ENGINEER_KEY
 from helpers import OTHER, TARGET
 from lab_helpers import branch_scene, cologne_pbx, console_env, lab_service, wait_applied
 

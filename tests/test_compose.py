@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port
+from ports import free_port
 from sipp_peer import run_scenario, start_scenario
 
 ROOT = Path(__file__).resolve().parent.parent

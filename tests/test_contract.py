@@ -15,7 +15,8 @@ import jsonschema
 import psycopg
 import pytest
 import yaml
-from conftest import Api, Inbox
+from fixtures_mail import Inbox
+from fixtures_service import Api
 from helpers import BLOCK, OWNER, TARGET, request_assignment, scene
 
 from provisioner import cli

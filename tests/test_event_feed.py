@@ -13,8 +13,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Api, Inbox, confirm_link, free_port
+from fixtures_mail import Inbox, confirm_link
+from fixtures_service import Api
 from helpers import OWNER, TARGET, path_of, scene
+from ports import free_port
 from waiting import wait_until
 from webhook_helpers import SECRET, Receiver, service
 

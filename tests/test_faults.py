@@ -22,7 +22,9 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import Api, Inbox, Lab
+from fixtures_lab import Lab
+from fixtures_mail import Inbox
+from fixtures_service import Api
 from helpers import OTHER, TARGET
 from lab_helpers import (
     branch_scene,

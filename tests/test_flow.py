@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from conftest import Api, FakeClock, Inbox, body_of, snapshot
+from fixtures_db import snapshot
+from fixtures_mail import Inbox, body_of
+from fixtures_service import Api, FakeClock
 from helpers import (
     BLOCK,
     OTHER,

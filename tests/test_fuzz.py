@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import ENGINEER_KEY, PORTAL_KEY, Api, Inbox
+from fixtures_mail import Inbox
+from fixtures_service import ENGINEER_KEY, PORTAL_KEY, Api
 from helpers import request_assignment, scene
 
 pytestmark = pytest.mark.slow  # 40 s a role, whatever it finds

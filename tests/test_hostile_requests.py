@@ -17,7 +17,9 @@ import aiohttp
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import PORTAL_KEY, Api, FakeClock, Inbox, snapshot
+from fixtures_db import snapshot
+from fixtures_mail import Inbox
+from fixtures_service import PORTAL_KEY, Api, FakeClock
 from helpers import BLOCK, OTHER, OWNER, TARGET, request_assignment, scene
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -6,7 +6,9 @@ import asyncio
 from typing import Any
 
 import psycopg
-from conftest import ENGINEER_KEY, Api, Inbox, snapshot
+from fixtures_db import snapshot
+from fixtures_mail import Inbox
+from fixtures_service import ENGINEER_KEY, Api
 from helpers import BLOCK, OWNER, TARGET, scene
 
 

@@ -12,7 +12,9 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from conftest import Api, FakeClock, Inbox, Lab
+from fixtures_lab import Lab
+from fixtures_mail import Inbox
+from fixtures_service import Api, FakeClock
 from helpers import BLOCK, OTHER, TARGET, assign_and_confirm, request_assignment
 from lab_helpers import branch_scene, cologne_pbx, lab_node, lab_service, wait_applied
 from panoramisk import Manager

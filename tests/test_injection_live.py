@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
-from conftest import Lab
+from fixtures_lab import Lab
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lab_helpers import clean_output

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Lab
+from fixtures_lab import Lab
 from panoramisk import Manager
 from sipp_peer import run_scenario
 

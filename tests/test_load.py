@@ -14,7 +14,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import ENGINEER_KEY, Inbox, Lab, confirm_link
+from fixtures_lab import Lab
+from fixtures_mail import Inbox, confirm_link
+from fixtures_service import ENGINEER_KEY
 from helpers import BLOCK, OTHER, OWNER, TARGET, path_of
 from lab_helpers import branch_scene, cologne_pbx, lab_service, wait_applied
 

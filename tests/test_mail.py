@@ -13,7 +13,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import FakeClock, Inbox, free_port
+from fixtures_mail import Inbox
+from fixtures_service import FakeClock
+from ports import free_port
 from psycopg_pool import AsyncConnectionPool
 
 from provisioner.db import outbox

@@ -17,11 +17,14 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import LAB, ROOT, free_port
+from fixtures_lab import LAB
+from ports import free_port
 from waiting import wait_until_sync
 
 # It runs the lab through `make run`, not through the `lab` fixture: marked by hand.
 pytestmark = pytest.mark.lab
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DEV_KEY = "portal-dev-key"  # config/dev.yaml's public development key
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import SECRETS_KEY, Api, Inbox, snapshot
+from fixtures_db import snapshot
+from fixtures_mail import Inbox
+from fixtures_service import SECRETS_KEY, Api
 from helpers import BLOCK, OTHER, OWNER, TARGET, path_of, request_assignment, scene
 
 from provisioner.db import accounts as db_accounts

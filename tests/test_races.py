@@ -7,7 +7,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Api, Inbox
+from fixtures_mail import Inbox
+from fixtures_service import Api
 from helpers import BLOCK, OTHER, OWNER, TARGET, path_of, request_assignment, scene
 
 ROUNDS = 5

@@ -20,7 +20,8 @@ from typing import Any
 import pgserver
 import psycopg
 import pytest
-from conftest import REALTIME_PASSWORD, REALTIME_ROLE, Api, Lab, ami_of, free_port, running_lab
+from fixtures_lab import REALTIME_PASSWORD, REALTIME_ROLE, Lab, ami_of, running_lab
+from fixtures_service import Api
 from lab_helpers import (
     lab_command,
     lab_service,
@@ -29,6 +30,7 @@ from lab_helpers import (
     until_channel,
     wait_applied,
 )
+from ports import free_port
 from sipp_peer import SipResult, run_scenario, start_scenario
 
 from provisioner.db import embedded, pjsip_rows
@@ -273,7 +275,7 @@ async def test_postgresql_restarted_cached_phones_call_on_and_new_ones_work_when
 async def test_a_row_changed_by_hand_is_drift_and_the_repair_puts_it_back(
     settings: Settings, clean_realtime_lab: Lab, db_url: str
 ) -> None:
-    from conftest import ENGINEER_KEY
+    from fixtures_service import ENGINEER_KEY
     from test_check import console
 
     lab = clean_realtime_lab

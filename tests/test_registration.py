@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from conftest import FakeClock, Inbox, Lab
+from fixtures_lab import Lab
+from fixtures_mail import Inbox
+from fixtures_service import FakeClock
 from helpers import BLOCK, OWNER, TARGET, assign_and_confirm
 from lab_helpers import CARRIER_HOST, branch_scene, lab_service, wait_applied
 from sipp_peer import Running, SipMessage, parse_trace, start_scenario

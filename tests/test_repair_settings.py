@@ -13,8 +13,9 @@ from typing import Any
 
 import psycopg
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import Api, FakeClock, free_port
+from fixtures_service import Api, FakeClock
 from helpers import TARGET
+from ports import free_port
 
 from provisioner.app import create_app
 from provisioner.asterisk.apply import Applier

@@ -11,8 +11,10 @@ import pgserver
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import Api, FakeClock, Inbox, confirm_link, free_port, make_settings
+from fixtures_mail import Inbox, confirm_link
+from fixtures_service import Api, FakeClock, make_settings
 from helpers import BLOCK, TARGET, path_of, scene
+from ports import free_port
 
 from provisioner.app import create_app
 from provisioner.db import embedded

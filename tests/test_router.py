@@ -18,10 +18,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import LAB, Inbox, Lab, free_port, free_ports_in_a_row
+from fixtures_lab import LAB, Lab
+from fixtures_mail import Inbox
 from helpers import BLOCK, OWNER, TARGET
 from lab_helpers import CARRIER_HOST, console_env, lab_service, realtime_node, wait_applied
 from panoramisk import Manager
+from ports import free_port, free_ports_in_a_row
 from router_helpers import (
     ROUTER_IP,
     STRANGER_IP,

@@ -13,8 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import Api, Inbox, free_port
+from fixtures_mail import Inbox
+from fixtures_service import Api
 from helpers import BLOCK, OWNER, OWNER_MAIL, TARGET, TARGET_MAIL, assign_and_confirm
+from ports import free_port
 
 from provisioner.app import create_app
 from provisioner.db import pbx as db_pbx

@@ -22,7 +22,10 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from conftest import ENGINEER_KEY, PORTAL_KEY, SECRETS_KEY, Api, Inbox, Lab, snapshot
+from fixtures_db import snapshot
+from fixtures_lab import Lab
+from fixtures_mail import Inbox
+from fixtures_service import ENGINEER_KEY, PORTAL_KEY, SECRETS_KEY, Api
 from helpers import BLOCK, OTHER, OWNER, TARGET, path_of, request_assignment, scene
 from lab_helpers import branch_scene, cologne_pbx, lab_service, wait_applied
 

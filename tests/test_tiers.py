@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import LAB
+from fixtures_lab import LAB
 from tier import VARIABLE, refuse_in_fast_tier
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import ENGINEER_KEY, Api, FakeClock
+from fixtures_service import ENGINEER_KEY, Api, FakeClock
 from helpers import OTHER, OWNER, TARGET, scene
 from psycopg_pool import AsyncConnectionPool
 

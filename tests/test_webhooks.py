@@ -14,8 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp import web
-from conftest import Api, Inbox, free_port
+from fixtures_mail import Inbox
+from fixtures_service import Api
 from helpers import BLOCK, OWNER, TARGET, path_of, request_assignment, scene
+from ports import free_port
 from waiting import wait_until
 from webhook_helpers import SECRET, Receiver, service
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import Api
+from fixtures_service import Api
 from standardwebhooks import Webhook as Verifier
 
 from provisioner.app import create_app

@@ -37,14 +37,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
 from provisioner.asterisk import execute, files, plan, realtime
 from provisioner.asterisk.ami import Ami, AsteriskUnavailable, OperationFailed
-from provisioner.asterisk.execute import ALL_KINDS, DIALPLAN, MODULES, PJSIP, Rendered, Tenant
+from provisioner.asterisk.execute import ALL_KINDS, DIALPLAN, MODULES, PJSIP, Rendered
 from provisioner.asterisk.parse import NotOurs, dialplan_texts, kind_of, parse_dialplan
 from provisioner.asterisk.record import Outcome, record_retry, record_round
 from provisioner.clock import Clock
@@ -52,12 +52,12 @@ from provisioner.db import apply_queue, departures, locks, pjsip_rows, rounds
 from provisioner.db import router as db_router
 from provisioner.db.apply_queue import Job
 from provisioner.db.pjsip_rows import Key
+from provisioner.db.rounds import Tenant
 from provisioner.domain import names
 from provisioner.domain.credentials import SecretBox
 from provisioner.metrics import APPLY_SECONDS, ROUNDS
-from provisioner.render.load import load_view
-from provisioner.render.render import node_files, pbx_files, redacted
-from provisioner.render.view import Carrier
+from provisioner.render.load import files_for_node
+from provisioner.render.render import own_files, redacted
 from provisioner.settings import Node, Settings
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,10 @@ class Applier:
         self.pool, self.node, self.clock, self.secrets = pool, node, clock, secrets
         self.retry_seconds, self.incremental = retry_seconds, incremental
         self._cannot_leave: dict[int, str] = {}  # PBX id -> the reason last logged
+        # The node's own files and the dialplan they hold (its [carrier-in], which every
+        # PBX adds to): from the node's settings, so made once, not once a step.
+        self.own_files = own_files(node)
+        self.shared = frozenset(parse_dialplan(dialplan_texts(self.own_files)))
 
     @classmethod
     def of(cls, settings: Settings, pool: AsyncConnectionPool, node: Node, clock: Clock) -> Applier:
@@ -187,8 +191,7 @@ class Applier:
             return Rendered(files={})  # removed: its files go, and with them its objects
         try:
             async with self.pool.connection() as conn, conn.transaction():
-                view = await load_view(conn, t.pbx, self.secrets)
-            return Rendered(files=pbx_files(view, Carrier.of(self.node)))
+                return Rendered(files=await files_for_node(conn, t.pbx, self.node, self.secrets))
         except Exception as exc:
             log.exception("PBX %s cannot be rendered", t.slug)
             return Rendered(broken=f"cannot render: {exc}")
@@ -196,7 +199,7 @@ class Applier:
     def _write_node_files(self) -> frozenset[str]:
         """The node's own files (carrier endpoint), from the config; kinds changed."""
         changed = set()
-        for path, text in node_files(Carrier.of(self.node)).items():
+        for path, text in self.own_files.items():
             if files.read(self.node.output_dir, path) != text:
                 files.write_atomic(self.node.output_dir, path, text, group=self.node.file_group)
                 changed.add(kind_of(path))
@@ -245,14 +248,7 @@ class Applier:
         async with self.pool.connection() as conn:
             found = await rounds.round_pbxes(conn, list(by_pbx))
         tenants = [
-            Tenant(
-                f.pbx,
-                by_pbx[f.pbx.id],
-                f.written,
-                f.good,
-                live_dialplan=f.live_dialplan,
-                pjsip_live=f.pjsip_live,
-            )
+            replace(f, job=by_pbx[f.pbx.id])
             for f in found
             if f.pbx.node == self.node.name  # moved away meanwhile: the next round is full
         ]
@@ -293,7 +289,7 @@ class Applier:
         once the operations are sent), then the pjsip files, then the read-back.
         Returns what writing each PBX's pjsip file did."""
         try:
-            shared = set(parse_dialplan(dialplan_texts(node_files(Carrier.of(self.node)))))
+            shared = self.shared
             before = parse_dialplan(text for t in ready for text in dialplan_texts(t.live_dialplan))
             after = parse_dialplan(
                 text for wanted in ready.values() for text in dialplan_texts(wanted)
@@ -357,7 +353,7 @@ class Applier:
         expiry that was ever lost heals at once and no REGISTER waits for PostgreSQL
         (an emptied cache answers less than half as many: README, the bench). With
         more changed than REFILL_AT, one expiry of the whole cache is cheaper."""
-        own = realtime.objects(node_files(Carrier.of(self.node)))
+        own = realtime.objects(self.own_files)
         async with self.pool.connection() as conn, conn.transaction():
             changed = await pjsip_rows.replace(conn, self.node.name, None, own, self.clock())
         changed |= await self._store_rows(config)
@@ -389,7 +385,7 @@ class Applier:
         node, by_pbx = self.node, {job.pbx_id: job for job in jobs}
         async with self.pool.connection() as conn:
             found = await rounds.node_pbxes(conn, node.name)
-        tenants = [Tenant(f.pbx, by_pbx.get(f.pbx.id), f.written, f.good) for f in found]
+        tenants = [replace(f, job=by_pbx.get(f.pbx.id)) for f in found]
         # Only PBXs with a job are rendered; the others must stay as last written.
         with_jobs = {t: await self._render(t) if t.job else Rendered() for t in tenants}
         own = self._write_node_files()
@@ -499,7 +495,7 @@ class Applier:
         for path in gone.files:
             files.remove(folder, path)
         files.keep_good(folder, {}, gone.files)  # its last good copies go too
-        shared = set(parse_dialplan(dialplan_texts(node_files(Carrier.of(self.node)))))
+        shared = self.shared
         before = parse_dialplan(dialplan_texts(gone.files))
         operations = plan.dialplan_operations(before, {}, shared)
         async with Ami(self.node) as ami:

@@ -24,9 +24,8 @@ from provisioner.db import apply_queue, apply_state, pjsip_rows, rounds
 from provisioner.db.pjsip_rows import Fields, Key
 from provisioner.domain import names
 from provisioner.domain.credentials import SecretBox
-from provisioner.render.load import load_view
-from provisioner.render.render import node_files, pbx_files
-from provisioner.render.view import Carrier
+from provisioner.render.load import files_for_node
+from provisioner.render.render import own_files
 from provisioner.settings import Node
 
 CARRIER_IN = "carrier-in"
@@ -66,7 +65,6 @@ async def check_node(
     pool: AsyncConnectionPool, node: Node, secrets: SecretBox
 ) -> tuple[list[PbxDrift], list[str]]:
     """Every PBX of the node, and the node's own problems (its carrier files)."""
-    carrier = Carrier.of(node)
     found = []
     async with pool.connection() as conn:
         for pbx in await rounds.node_pbxes(conn, node.name):
@@ -80,7 +78,7 @@ async def check_node(
                 wanted = (
                     {}
                     if pbx.pbx.removed_at is not None
-                    else pbx_files(await load_view(conn, pbx.pbx, secrets), carrier)
+                    else await files_for_node(conn, pbx.pbx, node, secrets)
                 )
             except Exception as exc:
                 drift.files.append(f"cannot render: {exc}")
@@ -98,9 +96,9 @@ async def check_node(
         strays = sorted(pbx_id for pbx_id in rows if pbx_id is not None and pbx_id not in ours)
         if strays:
             node_problems.append(f"PJSIP rows of PBXs not on this node: ids {strays[:10]}")
-        if rows.get(None, {}) != realtime.objects(node_files(carrier)):
+        if rows.get(None, {}) != realtime.objects(own_files(node)):
             node_problems.append("the node's own PJSIP rows differ from its file (carrier)")
-    written = [*node_files(carrier), *(path for _, wanted, *_ in found for path in wanted)]
+    written = [*own_files(node), *(path for _, wanted, *_ in found for path in wanted)]
     node_problems += files.unreadable(node.output_dir, written)
     for drift, wanted, removed, pbx_id in found:
         _compare_files(node, drift, wanted)
@@ -113,7 +111,7 @@ async def check_node(
 
 def _compare_node(node: Node, live: Live) -> list[str]:
     problems = []
-    for path, text in node_files(Carrier.of(node)).items():
+    for path, text in own_files(node).items():
         if files.read(node.output_dir, path) != text:
             problems.append(f"{path} differs from what the config says")
     if "carrier" not in live.endpoints:

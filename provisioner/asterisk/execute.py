@@ -8,7 +8,8 @@ check of what should now be live.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from datetime import datetime
 
 from provisioner.asterisk import files
@@ -24,8 +25,7 @@ from provisioner.asterisk.plan import (
     live_differences,
     touched,
 )
-from provisioner.db.accounts import OfPbx, Pbx
-from provisioner.db.apply_queue import Job
+from provisioner.db.rounds import Tenant
 from provisioner.domain import names
 from provisioner.metrics import OPERATIONS, RELOADS
 from provisioner.render.render import redact, redacted
@@ -34,21 +34,6 @@ from provisioner.settings import Node
 log = logging.getLogger(__name__)
 
 MODULES = {"pjsip": "res_pjsip.so", "dialplan": "pbx_config.so"}
-
-
-@dataclass(frozen=True, eq=False)  # compared by identity: two PBXs are never "equal"
-class Tenant(OfPbx):
-    """One PBX of the node as the database has it when a round starts. No step changes
-    it: each step returns what it did as a value of its own."""
-
-    pbx: Pbx
-    job: Job | None
-    written: dict[str, str]  # what we last wrote (latest revision, redacted)
-    good: dict[str, str] | None  # last revision verified live in both parts (redacted)
-    # Incremental rounds only: the files whose dialplan is live, and whether the PJSIP
-    # objects of the latest revision are live.
-    live_dialplan: dict[str, str] = field(default_factory=dict)
-    pjsip_live: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,7 +207,11 @@ async def run_dialplan(ami: Ami, operations: list[Operation]) -> None:
 
 
 async def verify_dialplan(
-    ami: Ami, operations: list[Operation], before: Dialplan, after: Dialplan, shared: set[str]
+    ami: Ami,
+    operations: list[Operation],
+    before: Dialplan,
+    after: Dialplan,
+    shared: AbstractSet[str],
 ) -> list[str]:
     """Read back every context the operations touched, and compare with the files."""
     problems: list[str] = []

@@ -15,6 +15,7 @@ incremental round gets there by the smallest change instead:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from provisioner.asterisk.parse import Context, Dialplan, sections
@@ -56,7 +57,9 @@ class RemoveContext:
 Operation = AddStep | RemoveStep | AddInclude | RemoveInclude | RemoveContext
 
 
-def dialplan_operations(before: Dialplan, after: Dialplan, shared: set[str]) -> list[Operation]:
+def dialplan_operations(
+    before: Dialplan, after: Dialplan, shared: AbstractSet[str]
+) -> list[Operation]:
     """From live `before` to wanted `after`. Additions come first and the shared entry
     contexts last among them (a number is routed only once its target contexts exist);
     removals come after, entry contexts first (nothing routes into a context that is

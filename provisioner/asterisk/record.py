@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from provisioner.asterisk.execute import Tenant
 from provisioner.db import Conn, apply_queue, apply_state, events, revisions
 from provisioner.db.accounts import Pbx
 from provisioner.db.apply_queue import Job
+from provisioner.db.rounds import Tenant
 from provisioner.domain.events import ApplyOutcome
 from provisioner.metrics import BROKEN
 from provisioner.render.render import digest, redacted

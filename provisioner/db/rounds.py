@@ -5,11 +5,12 @@ res_pjsip reload), and the PBXs whose PJSIP objects wait for that reload."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from provisioner.db import Conn, channels
 from provisioner.db.accounts import PBX_COLUMNS, OfPbx, Pbx, with_pbx
+from provisioner.db.apply_queue import Job
 
 # The latest revision written and the last one live in both parts, of PBX p.
 _REVISIONS = (
@@ -22,20 +23,27 @@ _REVISIONS = (
 )
 
 
-@dataclass(frozen=True)
-class NodePbx:
-    """A PBX of a node with what an apply round compares against."""
+@dataclass(frozen=True, eq=False)  # compared by identity: two PBXs are never "equal"
+class Tenant(OfPbx):
+    """One PBX of the node as the database has it when a round starts, with the round's
+    job for it (None: a full round looks at it without one). No step of the round
+    changes it: each returns what it did as a value of its own."""
 
     pbx: Pbx
     latest: int | None  # the latest revision written
-    written: dict[str, str]  # its files (what should be on disk)
-    good: dict[str, str] | None  # the files of the last revision verified live
+    written: dict[str, str]  # its files (what should be on disk; redacted)
+    good: dict[str, str] | None  # the files of the last revision verified live (redacted)
+    # Incremental rounds only: the files whose dialplan is live, and whether the PJSIP
+    # objects of the latest revision are live.
+    live_dialplan: dict[str, str] = field(default_factory=dict)
+    pjsip_live: bool = False
+    job: Job | None = None
 
 
-async def node_pbxes(conn: Conn, node: str) -> list[NodePbx]:
+async def node_pbxes(conn: Conn, node: str) -> list[Tenant]:
     """Every PBX of the node with its latest and last good revision (a full round looks
     at all of them)."""
-    async with conn.cursor(row_factory=with_pbx(NodePbx)) as cur:
+    async with conn.cursor(row_factory=with_pbx(Tenant)) as cur:
         await cur.execute(
             f"SELECT {PBX_COLUMNS}, latest.revision AS latest,"
             " coalesce(latest.files, '{}') AS written, good.files AS good"
@@ -67,21 +75,10 @@ async def node_written(conn: Conn, node: str) -> list[OnDisk]:
         return await cur.fetchall()
 
 
-@dataclass(frozen=True)
-class RoundPbx:
-    """A PBX with a job in an incremental round, with what is live of it."""
-
-    pbx: Pbx
-    latest: int | None
-    written: dict[str, str]  # files of the latest revision (redacted)
-    good: dict[str, str] | None  # files of the last revision live in both parts
-    live_dialplan: dict[str, str]  # files of the revision whose dialplan is live
-    pjsip_live: bool  # the latest revision's PJSIP objects are live
-
-
-async def round_pbxes(conn: Conn, pbx_ids: list[int]) -> list[RoundPbx]:
-    """Only the PBXs with jobs: a round's reads do not grow with the node."""
-    async with conn.cursor(row_factory=with_pbx(RoundPbx)) as cur:
+async def round_pbxes(conn: Conn, pbx_ids: list[int]) -> list[Tenant]:
+    """Only the PBXs with jobs, with what is live of them (an incremental round): a
+    round's reads do not grow with the node."""
+    async with conn.cursor(row_factory=with_pbx(Tenant)) as cur:
         await cur.execute(
             f"SELECT {PBX_COLUMNS}, latest.revision AS latest,"
             " coalesce(latest.files, '{}') AS written, good.files AS good,"

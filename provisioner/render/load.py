@@ -1,5 +1,6 @@
-"""A PBX's typed view, loaded from the database: the input of its templates. Used by
-the apply, the drift check and the config API alike, so all render the same thing."""
+"""A PBX's typed view, loaded from the database: the input of its templates; and the
+PBX's files for its node (`files_for_node`), the one way the apply, the drift check and
+the console render a PBX, so all render the same thing."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from provisioner.db import accounts as db_accounts
 from provisioner.db import pbx as db_pbx
 from provisioner.db.accounts import Pbx
 from provisioner.domain.credentials import SecretBox
-from provisioner.render.view import PbxView, build
+from provisioner.render.render import pbx_files
+from provisioner.render.view import Carrier, PbxView, build
+from provisioner.settings import Node
 
 
 async def load_view(conn: Conn, pbx: Pbx, secrets_box: SecretBox | None) -> PbxView:
@@ -32,3 +35,11 @@ async def load_view(conn: Conn, pbx: Pbx, secrets_box: SecretBox | None) -> PbxV
         await db_pbx.ring_groups(conn, pbx.id),
         passwords,
     )
+
+
+async def files_for_node(
+    conn: Conn, pbx: Pbx, node: Node, secrets_box: SecretBox | None
+) -> dict[str, str]:
+    """The PBX's files as its node must have them now (with a box, trunk passwords in
+    them), by path relative to the node's output folder."""
+    return pbx_files(await load_view(conn, pbx, secrets_box), Carrier.of(node))

@@ -9,6 +9,7 @@ import jinja2
 
 from provisioner.render import safe
 from provisioner.render.view import Carrier, PbxView
+from provisioner.settings import Node
 
 
 def _environment() -> jinja2.Environment:
@@ -62,6 +63,11 @@ def pbx_files(view: PbxView, carrier: Carrier) -> dict[str, str]:
             ENVIRONMENT.get_template("dialplan/tenant.conf.j2").render(v=view)
         ),
     }
+
+
+def own_files(node: Node) -> dict[str, str]:
+    """The node's own files, as its settings make them (node_files of its carrier)."""
+    return node_files(Carrier.of(node))
 
 
 def node_files(carrier: Carrier) -> dict[str, str]:

@@ -12,11 +12,11 @@ from provisioner.db.apply_state import ApplyState
 from provisioner.db.revisions import Revision
 from provisioner.domain.credentials import SecretBox
 from provisioner.domain.errors import NotFound
-from provisioner.render.load import load_view
-from provisioner.render.render import pbx_files, redacted
-from provisioner.render.view import Carrier
+from provisioner.render.load import files_for_node
+from provisioner.render.render import redacted
 from provisioner.service.pbx import require_pbx
 from provisioner.service.unit import Unit
+from provisioner.settings import Node
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,10 @@ async def current(u: Unit, customer: str) -> ConfigStatus:
     return ConfigStatus(customer, pbx.node, await revisions.latest_revision(u.conn, pbx.id), state)
 
 
-async def render(conn: Conn, pbx: Pbx, carrier: Carrier, secrets: SecretBox) -> dict[str, str]:
+async def render(conn: Conn, pbx: Pbx, node: Node, secrets: SecretBox) -> dict[str, str]:
     """What the PBX's files would be now, from the database, as people may see them
     (secrets redacted); touches no Asterisk."""
-    return redacted(pbx_files(await load_view(conn, pbx, secrets), carrier))
+    return redacted(await files_for_node(conn, pbx, node, secrets))
 
 
 async def _files(u: Unit, pbx: Pbx, number: int | None) -> tuple[str, dict[str, str]]:

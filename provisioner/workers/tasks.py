@@ -22,8 +22,7 @@ from provisioner.db import router as db_router
 from provisioner.domain.credentials import SecretBox
 from provisioner.mail import sender
 from provisioner.mail.compose import Composer
-from provisioner.render.render import node_files
-from provisioner.render.view import Carrier
+from provisioner.render.render import own_files
 from provisioner.router.sync import RouterSync
 from provisioner.service import assignments, usage
 from provisioner.service.unit import Actor, Policy, Unit
@@ -183,7 +182,7 @@ async def _pjsip_mode(pool: AsyncConnectionPool, node: Node, clock: Clock) -> No
                         log.warning("node %s has pjsip: files; its realtime rows are dropped",
                                     node.name)  # fmt: skip
                     return
-                own = realtime.objects(node_files(Carrier.of(node)))
+                own = realtime.objects(own_files(node))
                 if await pjsip_rows.replace(conn, node.name, None, own, clock()):
                     log.warning("node %s: its own realtime rows (carrier) written", node.name)
                 missing = await pjsip_rows.pbxes_without_rows(conn, node.name)
