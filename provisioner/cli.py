@@ -164,20 +164,20 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _apply(settings: Settings, customer: str, full: bool) -> str:
+async def _apply(settings: Settings, customer: str, full: bool, wait: float) -> str:
     async with _pool(settings) as pool:
         async with _unit(pool, settings, "cli") as unit:
             pbx = await pbx_service.require_pbx(unit, customer)
             node = _node_of(settings, pbx)
-            await console.queue_apply(unit, pbx)
+            await console.queue_apply(unit, pbx, full=full)
         # Committed: the round below (or any instance's applier) picks the job up.
-        return await console.apply_now(pool, settings, node, pbx, full=full)
+        return await console.apply_now(pool, settings, node, pbx, full=full, wait_seconds=wait)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _logging(settings)
-    outcome = asyncio.run(_apply(settings, args.customer, args.full))
+    outcome = asyncio.run(_apply(settings, args.customer, args.full, args.wait))
     print(outcome)
     return 0 if outcome.startswith("applied") else 1
 
@@ -391,6 +391,10 @@ def parser() -> argparse.ArgumentParser:
     found["apply"].add_argument(
         "--full", action="store_true",
         help="reload both modules and check the whole node, not only what changed",
+    )  # fmt: skip
+    found["apply"].add_argument(
+        "--wait", type=float, default=30.0, metavar="SECONDS",
+        help="how long to wait for another instance's round on the node (default 30)",
     )  # fmt: skip
     found["router-reader"].add_argument("role", help="role name (e.g. kamailio)")
     found["pjsip-reader"].add_argument("node", help="the realtime node (asterisk.nodes name)")

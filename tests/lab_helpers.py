@@ -73,8 +73,11 @@ def point_at_database(lab: Lab, url: str) -> None:
 async def wait_applied(api: Api, customer: str, timeout: float = 20) -> dict[str, Any]:
     """Until the PBX's latest revision is live and stays so (no change queued behind it)."""
 
+    seen: list[dict[str, Any]] = [{}]
+
     async def applied() -> dict[str, Any] | None:
         state: dict[str, Any] = await api.ok("GET", f"/v1/accounts/{customer}/pbx/config")
+        seen[0] = state
         if state["apply_state"] != "applied" or state["applied_revision"] != state["revision"]:
             return None
         # Stays so: a change queued right behind it would show as pending by now.
@@ -83,7 +86,9 @@ async def wait_applied(api: Api, customer: str, timeout: float = 20) -> dict[str
             state if await api.ok("GET", f"/v1/accounts/{customer}/pbx/config") == state else None
         )
 
-    return await wait_until(applied, f"{customer} not applied", timeout, interval=0.1)
+    return await wait_until(
+        applied, lambda: f"{customer} not applied: {seen[0]}", timeout, interval=0.1
+    )
 
 
 @contextlib.asynccontextmanager

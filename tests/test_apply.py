@@ -6,7 +6,6 @@ import asyncio
 import os
 import re
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from lab_helpers import (
 )
 from panoramisk import Manager
 from psycopg_pool import AsyncConnectionPool
+from waiting import wait_until
 
 from provisioner.asterisk import files
 from provisioner.db import locks
@@ -112,13 +112,12 @@ async def test_asterisk_down_keeps_the_apply_pending_until_it_is_back(
     assert "rootfs-sid" not in await asyncio.to_thread(Path("/proc/mounts").read_text)
     try:
         await branch_scene(api)
-        deadline = time.monotonic() + 10
-        while True:
+
+        async def failing() -> dict[str, Any] | None:
             state = await api.ok("GET", f"/v1/accounts/{TARGET}/pbx/config")
-            if state["apply_error"]:
-                break
-            assert time.monotonic() < deadline, state
-            await asyncio.sleep(0.2)
+            return state if state["apply_error"] else None
+
+        state = await wait_until(failing, "no apply error while the node is down", 10, 0.2)
         assert state["apply_state"] == "pending" and "AMI" in state["apply_error"]
     finally:
         await lab_up_again(clean_lab)
@@ -340,13 +339,12 @@ async def test_files_of_a_group_asterisk_is_not_in_are_named_as_the_reason(
     node = replace(lab_node(clean_lab), file_group=0)
     async with lab_service(settings, clean_lab, nodes=(node,)) as (api, _):
         await branch_scene(api)
-        deadline = time.monotonic() + 60
-        while True:
+
+        async def unreadable() -> dict[str, Any] | None:
             state = await api.ok("GET", f"/v1/accounts/{TARGET}/pbx/config")
-            if "Asterisk cannot read" in (state["apply_error"] or ""):
-                break
-            assert time.monotonic() < deadline, state
-            await asyncio.sleep(0.2)
+            return state if "Asterisk cannot read" in (state["apply_error"] or "") else None
+
+        state = await wait_until(unreadable, "the apply never said Asterisk cannot read", 60, 0.2)
         check = await api.ok("GET", "/v1/nodes/default/check", key=ENGINEER_KEY)
     assert "pjsip/tenant-k100200.conf: mode 0640, group root" in state["apply_error"]
     assert any("Asterisk cannot read" in p for p in check["problems"]), check

@@ -26,6 +26,7 @@ from ports import free_port
 from psycopg_pool import AsyncConnectionPool
 from router_helpers import Platform, assign_to_b, platform_of
 from sipp_peer import SipResult, run_scenario, start_scenario
+from waiting import wait_until
 
 from provisioner.db import embedded
 from provisioner.service import usage
@@ -53,14 +54,13 @@ def usage_rows(answer: dict[str, Any]) -> dict[tuple[Any, ...], tuple[int, int, 
 
 async def records(api: Api, customer: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
     """The account's call records, once there are `count` (the import runs every 100 ms)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        path = f"/v1/accounts/{customer}/calls?limit=1000&from={SINCE}"
+    path = f"/v1/accounts/{customer}/calls?limit=1000&from={SINCE}"
+
+    async def enough() -> list[dict[str, Any]] | None:
         found: list[dict[str, Any]] = (await api.ok("GET", path))["calls"]
-        if len(found) >= count:
-            return found
-        assert time.monotonic() < deadline, f"{customer}: {len(found)} of {count} records"
-        await asyncio.sleep(0.1)
+        return found if len(found) >= count else None
+
+    return await wait_until(enough, f"{customer}: fewer than {count} records", timeout, 0.1)
 
 
 def held(result: SipResult) -> float:
@@ -215,13 +215,12 @@ async def billing_scene(scene: Platform, inbox: Inbox) -> None:
 
 async def call_up(lab: Lab, endpoint: str, timeout: float = 10) -> None:
     """Until the node has the call to `endpoint` answered (a channel of it Up)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def up() -> bool:
         channels = await asyncio.to_thread(lab.cli, "core show channels concise")
-        if any(f"PJSIP/{endpoint}-" in c and "!Up!" in c for c in channels.splitlines()):
-            return
-        assert time.monotonic() < deadline, channels
-        await asyncio.sleep(0.05)
+        return any(f"PJSIP/{endpoint}-" in c and "!Up!" in c for c in channels.splitlines())
+
+    await wait_until(up, f"no call to {endpoint} is up", timeout, 0.05)
 
 
 @pytest.mark.slow  # PostgreSQL is away for 60 s

@@ -157,6 +157,27 @@ async def test_flow_target_confirms_first(api: Api, inbox: Inbox) -> None:
     assert state["state"] == "active"
 
 
+async def test_waiting_for_the_outbox_sees_a_duplicate_that_comes_late(
+    api: Api, inbox: Inbox, db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """What the "nothing more arrives" checks wait on (mail_settled) catches a second
+    mail that arrives long after the first: a planted copy of a sent mail, sent by an
+    SMTP server that takes a second over each mail (a fixed sleep of 0.3 s, as this
+    file once had, would have looked before it came)."""
+    await scene(api)
+    await request_assignment(api, inbox)
+    await mail_settled(db_url)
+    before = len(inbox.messages)
+    inbox.delay = 1.0
+    db.execute(
+        "INSERT INTO mail_outbox (message_id, recipient, subject, body, created_at,"
+        " next_attempt_at) SELECT 'late.' || message_id, recipient, subject, body,"
+        " created_at, created_at FROM mail_outbox ORDER BY id LIMIT 1"
+    )
+    await mail_settled(db_url)
+    assert len(inbox.messages) == before + 1
+
+
 async def test_confirming_again_is_harmless(api: Api, inbox: Inbox, db_url: str) -> None:
     await scene(api)
     assignment, owner_link, target_link = await request_assignment(api, inbox)

@@ -5,7 +5,6 @@ the files say falls back to a full reload and ends applied."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -18,6 +17,7 @@ from fixtures_service import Api, FakeClock
 from helpers import BLOCK, OTHER, TARGET, assign_and_confirm, request_assignment
 from lab_helpers import branch_scene, cologne_pbx, lab_node, lab_service, wait_applied
 from panoramisk import Manager
+from waiting import wait_until
 
 from provisioner.settings import Settings
 
@@ -226,10 +226,7 @@ async def test_a_removed_pbx_leaves_asterisk_and_can_come_back(
             and not any(line[0].startswith("k300400-") or "k300400" in line[-1] for line in lines)
         )
 
-    deadline = asyncio.get_running_loop().time() + 20
-    while not await gone():
-        assert asyncio.get_running_loop().time() < deadline, await live_lines(ami)
-        await asyncio.sleep(0.2)
+    await wait_until(gone, "k300400 still on the node", 20, 0.2)
     lines, endpoints = await live_lines(ami)
     assert {line for line in lines if line[0].startswith("k100200-")} == b_lines
     assert "k100200-100" in endpoints
@@ -260,13 +257,12 @@ async def test_the_worker_finds_drift_on_its_timer_and_repairs_it(
         await wait_applied(api, TARGET)
         start = await counters(api)
         clean_lab.cli("dialplan remove extension 100@k100200-internal")
-        deadline = asyncio.get_running_loop().time() + 20
-        while True:
+
+        async def repaired() -> bool:
             lines, _ = await live_lines(ami)
-            if ("k100200-internal", "100", "1", "Dial", "PJSIP/k100200-100,30,tT") in lines:
-                break
-            assert asyncio.get_running_loop().time() < deadline, "drift not repaired"
-            await asyncio.sleep(0.2)
+            return ("k100200-internal", "100", "1", "Dial", "PJSIP/k100200-100,30,tT") in lines
+
+        await wait_until(repaired, "drift not repaired", 20, 0.2)
         after = await counters(api)
         assert delta(after, start, 'provisioner_apply_rounds{mode="full"}') >= 1
         assert delta(after, start, PBX_CONFIG) >= 1
@@ -295,10 +291,7 @@ async def test_a_pbx_moves_to_another_node_live_there_before_it_leaves(
             pbx = await api.ok("GET", f"/v1/accounts/{TARGET}/pbx")
             return pbx["moving_from"] is None
 
-        deadline = asyncio.get_running_loop().time() + 20
-        while not await left():
-            assert asyncio.get_running_loop().time() < deadline, "never left node default"
-            await asyncio.sleep(0.2)
+        await wait_until(left, "never left node default", 20, 0.2)
 
         # The new node has it, files and live; the old one has nothing of it left.
         assert (second.output_dir / "pjsip/tenant-k100200.conf").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.parser import BytesParser
@@ -17,6 +16,7 @@ from fixtures_mail import Inbox
 from fixtures_service import FakeClock
 from ports import free_port
 from psycopg_pool import AsyncConnectionPool
+from waiting import wait_until
 
 from provisioner.db import outbox
 from provisioner.mail import sender
@@ -149,10 +149,7 @@ async def test_a_worker_stopped_mid_conversation_finishes_it_and_sends_nothing_t
         return await sender.send_due(pool, transport, SENDER, clock)
 
     worker = asyncio.create_task(loop.run("mail", step, idle_seconds=60))
-    deadline = time.monotonic() + 10
-    while inbox.receiving == 0:
-        assert time.monotonic() < deadline, "the mail never reached DATA"
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: inbox.receiving > 0, "the mail never reached DATA", interval=0.01)
     worker.cancel()
     with pytest.raises(asyncio.CancelledError):
         await worker

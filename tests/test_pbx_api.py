@@ -327,7 +327,7 @@ def test_apply_command_says_so_when_another_instance_holds_the_node(
         other_instance.execute(
             "SELECT 1 FROM service_locks WHERE name = 'apply:default' FOR UPDATE"
         )
-        done = provisioner("apply", "K100200")
+        done = provisioner("apply", "K100200", "--wait", "1")
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.startswith("not applied yet, the change stays queued"), done.stdout
     assert "another instance is applying to node default" in done.stdout

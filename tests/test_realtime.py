@@ -32,6 +32,7 @@ from lab_helpers import (
 )
 from ports import free_port
 from sipp_peer import SipResult, run_scenario, start_scenario
+from waiting import wait_until
 
 from provisioner.db import embedded, pjsip_rows
 from provisioner.db.migrate import migrate
@@ -77,18 +78,13 @@ async def until_applied(
 ) -> dict[str, Any]:
     """Until the PBX has a revision newer than `after` and it is applied (no settling,
     so the next change can follow at once: `after` tells this change from the last)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def applied() -> dict[str, Any] | None:
         state: dict[str, Any] = await api.ok("GET", f"/v1/accounts/{customer}/pbx/config")
-        if (
-            state["apply_state"] == "applied"
-            and state["applied_revision"] == state["revision"]
-            and (state["revision"] or 0) > after
-        ):
-            return state
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{customer} not applied within {timeout} s: {state}")
-        await asyncio.sleep(0.02)
+        done = state["apply_state"] == "applied" and state["applied_revision"] == state["revision"]
+        return state if done and (state["revision"] or 0) > after else None
+
+    return await wait_until(applied, f"{customer} not applied", timeout)
 
 
 def register(lab: Lab, phone: Phone) -> SipResult:

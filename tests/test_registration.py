@@ -5,7 +5,6 @@ block leaves the PBX; sipp is the registrar and checks every digest."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 from fixtures_lab import Lab
 from fixtures_mail import Inbox
@@ -13,6 +12,7 @@ from fixtures_service import FakeClock
 from helpers import BLOCK, OWNER, TARGET, assign_and_confirm
 from lab_helpers import CARRIER_HOST, branch_scene, lab_service, wait_applied
 from sipp_peer import Running, SipMessage, parse_trace, start_scenario
+from waiting import wait_until
 
 from provisioner.settings import Settings
 
@@ -66,20 +66,18 @@ async def until_granted(registrar: Running, count: int, timeout: float = 30) -> 
     """Until the running registrar has granted `count` REGISTERs (read from the trace
     sipp writes as it goes)."""
     trace = registrar.work / "messages.log"
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def enough() -> bool:
         text = trace.read_text(errors="replace") if trace.exists() else ""
-        if len(granted(parse_trace(text))) >= count:
-            return
-        assert time.monotonic() < deadline, text[-3000:]
-        await asyncio.sleep(0.2)
+        return len(granted(parse_trace(text))) >= count
+
+    await wait_until(enough, f"the registrar granted fewer than {count}", timeout, 0.2)
 
 
 async def until_registered(lab: Lab, name: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def registered() -> bool:
         listing = await asyncio.to_thread(lab.cli, "pjsip show registrations")
-        if any(name in line and "Registered" in line for line in listing.splitlines()):
-            return
-        assert time.monotonic() < deadline, listing
-        await asyncio.sleep(0.2)
+        return any(name in line and "Registered" in line for line in listing.splitlines())
+
+    await wait_until(registered, f"{name} not registered", timeout, 0.2)

@@ -15,6 +15,7 @@ from fixtures_mail import Inbox, confirm_link
 from fixtures_service import Api, FakeClock, make_settings
 from helpers import BLOCK, TARGET, path_of, scene
 from ports import free_port
+from waiting import mail_settled, wait_until
 
 from provisioner.app import create_app
 from provisioner.db import embedded
@@ -40,7 +41,9 @@ async def test_database_restart_delays_mail_and_loses_none(
         assignment = await api.ok(
             "POST", f"/v1/blocks/{BLOCK}/assignment", {"target_customer": TARGET}
         )
-        await asyncio.sleep(0.5)
+        # Both refusals are recorded (each mail tried once and waiting for its retry):
+        # only then does an empty inbox prove that nothing got through.
+        await wait_until(lambda: refused(url) == 2, "both mails refused and recorded")
         assert inbox.messages == []
 
         # The database goes away: the service says so, and nothing is lost.
@@ -67,11 +70,20 @@ async def test_database_restart_delays_mail_and_loses_none(
         state = await api.ok("GET", f"/v1/blocks/{BLOCK}/assignment")
         assert state["state"] == "active"
         await inbox.wait_for(4, timeout=20)
-        await asyncio.sleep(1)
+        await mail_settled(url)  # every mail of the outbox sent: none can come later
         ids = [m["Message-ID"] for m in inbox.messages]
         assert len(ids) == len(set(ids)) == 4, ids
     finally:
         await client.close()
+
+
+def refused(url: str) -> int:
+    """Mails tried and refused, waiting in the outbox for their retry."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM mail_outbox WHERE sent_at IS NULL AND attempts > 0"
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 async def test_the_service_refuses_a_database_that_is_not_utf8(

@@ -22,18 +22,25 @@ T = TypeVar("T")
 @overload
 async def wait_until(
     condition: Callable[[], Awaitable[T | None]],
-    what: str,
+    what: str | Callable[[], str],
     timeout: float = ...,
     interval: float = ...,
 ) -> T: ...
 @overload
 async def wait_until(
-    condition: Callable[[], T | None], what: str, timeout: float = ..., interval: float = ...
+    condition: Callable[[], T | None],
+    what: str | Callable[[], str],
+    timeout: float = ...,
+    interval: float = ...,
 ) -> T: ...
 async def wait_until(
-    condition: Callable[[], Any], what: str, timeout: float = 10.0, interval: float = 0.02
+    condition: Callable[[], Any],
+    what: str | Callable[[], str],
+    timeout: float = 10.0,
+    interval: float = 0.02,
 ) -> Any:
-    """The condition's first truthy value; AssertionError("<what>...") after `timeout`."""
+    """The condition's first truthy value; AssertionError("<what>...") after `timeout`
+    (`what` may be a callable, asked at that moment: the state last seen, say)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -42,7 +49,8 @@ async def wait_until(
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} (not within {timeout:g} s; last: {value!r})")
+            said = what() if callable(what) else what
+            raise AssertionError(f"{said} (not within {timeout:g} s; last: {value!r})")
         await asyncio.sleep(interval)
 
 

@@ -3,6 +3,9 @@ they do and what their outcome means; cli.py only parses and prints."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from psycopg_pool import AsyncConnectionPool
 
 from provisioner.asterisk import check
@@ -18,19 +21,43 @@ from provisioner.service.unit import Unit
 from provisioner.settings import Node, Settings
 from provisioner.settings import Router as RouterSettings
 
+# How often the console looks whether another instance's round has taken its job.
+WAIT_STEP = 0.2
 
-async def queue_apply(u: Unit, pbx: Pbx) -> None:
-    await apply_queue.request(u.conn, pbx.id, "provisioner apply", u.now)
+
+async def queue_apply(u: Unit, pbx: Pbx, *, full: bool = False) -> None:
+    """The PBX's job, committed before the console's round: any instance's applier may
+    take it the moment it commits, and with `full` that one reloads fully too."""
+    await apply_queue.request(u.conn, pbx.id, "provisioner apply", u.now, full_reload=full)
 
 
 async def apply_now(
-    pool: AsyncConnectionPool, settings: Settings, node: Node, pbx: Pbx, *, full: bool
+    pool: AsyncConnectionPool,
+    settings: Settings,
+    node: Node,
+    pbx: Pbx,
+    *,
+    full: bool,
+    wait_seconds: float = 30,
 ) -> str:
     """One round on the PBX's node now (its job queued and committed before), its PJSIP
     objects reloaded at once if the round left them pending; what came of it, in a
     line that starts with the apply state ("applied", "failed", ...) or says why the
-    change is still queued."""
-    taken = await Applier.of(settings, pool, node, system_clock).round(full=full)
+    change is still queued. Another instance's round holding the node (the service's
+    applier is woken by the job's commit and often takes it first) is waited for, up to
+    `wait_seconds`: once the job is gone, its outcome is the state that round left."""
+    applier = Applier.of(settings, pool, node, system_clock)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        taken = await applier.round(full=full)
+        async with pool.connection() as conn:
+            waiting = await apply_queue.waiting_job(conn, pbx.id)
+        # Waited for: a due job another instance's round holds. Not: a job that waits
+        # for its retry time (its reason is the answer), or the time is up.
+        due = waiting is not None and waiting.next_attempt_at <= system_clock()
+        if taken or not due or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(WAIT_STEP)
     await PjsipReloader(pool, node, system_clock, min_interval=0, settle=0).step()
     async with pool.connection() as conn:
         state = await apply_state.get(conn, pbx.id)
