@@ -16,11 +16,13 @@ from pbx_rows import CARRIER, PASSWORDS, T, block_row, two_site_pbx
 
 from provisioner.db.accounts import Pbx
 from provisioner.db.pbx import Extension, RingGroup, UsedBlock
+from provisioner.domain import names
 from provisioner.domain.credentials import sip_ha1
 from provisioner.domain.numbers import parse_block
-from provisioner.render.render import node_files, pbx_files
+from provisioner.render.render import node_files, own_files, pbx_files
 from provisioner.render.safe import UnsafeValue
-from provisioner.render.view import build, carrier_patterns
+from provisioner.render.view import Carrier, build, carrier_patterns
+from provisioner.settings import Node, Secret
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -148,3 +150,36 @@ def test_an_interpolation_without_a_filter_is_checked_as_a_token() -> None:
     for evil in EVIL:
         with pytest.raises(UnsafeValue):
             template.render(name=evil, caller="x")
+
+
+def test_the_naming_rule_names_a_pbxs_objects_and_reads_a_site_back() -> None:
+    """domain/names.py: every name of a PBX starts with its slug and a dash, and is the
+    PBX's by that (a slug that is another's prefix is not); a site's block is read back
+    from its context, and no other context of the PBX is a site."""
+    slug = "k100200"
+    made = [
+        names.phone(slug, "100"), names.trunk(slug, "ber-main"), names.internal(slug),
+        names.site(slug, "ber-main"), names.inbound(slug, "ber-main"), names.outbound(slug),
+        names.pickup_group(slug, "office"),
+    ]  # fmt: skip
+    assert made == [
+        "k100200-100", "k100200-trunk-ber-main", "k100200-internal",
+        "k100200-site-ber-main", "k100200-in-ber-main", "k100200-outbound",
+        "k100200-office",
+    ]  # fmt: skip
+    assert all(names.owns(slug, name) for name in made)
+    assert names.owned_prefix(slug) == "k100200-"
+    assert not names.owns("k10020", "k100200-100") and not names.owns(slug, "k1002000-100")
+    assert names.site_block(slug, names.site(slug, "muc-2")) == "muc-2"
+    assert names.site_block(slug, names.internal(slug)) is None
+    assert names.site_block(slug, names.site("k300400", "muc-2")) is None
+
+
+def test_the_node_files_follow_the_nodes_carrier() -> None:
+    node = Node(
+        name="default", ami_username="x", ami_secret=Secret("x"), output_dir=Path("/nonexistent"),
+        carrier_host="127.0.0.2", carrier_port=5070, router_host="127.0.0.9",
+    )  # fmt: skip
+    own = own_files(node)
+    assert own == node_files(Carrier("127.0.0.2", 5070, "127.0.0.9"))
+    assert "127.0.0.2:5070" in own["pjsip/node-carrier.conf"]
