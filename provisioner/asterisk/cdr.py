@@ -48,8 +48,13 @@ def _head(handle: BinaryIO) -> str:
     return hashlib.sha256(first).hexdigest()[:32] if first.endswith(b"\n") else ""
 
 
-def _same(spool: Spool, inode: int, handle: BinaryIO) -> bool:
-    return inode == spool.inode and (not spool.head or _head(handle) == spool.head)
+def _identity(handle: BinaryIO) -> Spool:
+    """The open file's inode and first-line fingerprint, read once per open file."""
+    return Spool(os.fstat(handle.fileno()).st_ino, _head(handle))
+
+
+def _same(spool: Spool, this: Spool) -> bool:
+    return this.inode == spool.inode and (not spool.head or this.head == spool.head)
 
 
 def _whole_lines(spool: Spool, offset: int, data: bytes, limit: int) -> Chunk:
@@ -67,7 +72,7 @@ def _renamed(path: Path, spool: Spool) -> Path | None:
     for candidate in sorted(path.parent.glob(path.name + "?*")):
         try:
             with candidate.open("rb") as handle:
-                if _same(spool, os.fstat(handle.fileno()).st_ino, handle):
+                if _same(spool, _identity(handle)):
                     return candidate
         except OSError:
             continue
@@ -80,26 +85,25 @@ def read(path: Path, spool: Spool, offset: int, limit: int = CHUNK_BYTES) -> Chu
     first if it is still there under a rotated name; then the new one from its start.
     A spool shorter than the offset (truncated) is read from its start. A record read
     twice is stored once, so starting over loses nothing."""
-    if spool.inode:
-        try:
-            with path.open("rb") as handle:
-                rotated = not _same(spool, os.fstat(handle.fileno()).st_ino, handle)
-        except FileNotFoundError:
-            rotated = True
-        old = _renamed(path, spool) if rotated else None
+    try:
+        current: BinaryIO | None = path.open("rb")
+    except FileNotFoundError:
+        current = None
+    this = _identity(current) if current is not None else None
+    if spool.inode and (this is None or not _same(spool, this)):
+        old = _renamed(path, spool)
         if old is not None:
             with old.open("rb") as handle:
                 handle.seek(offset)
                 rest = _whole_lines(spool, offset, handle.read(limit), limit)
             if rest.end > offset:
+                if current is not None:
+                    current.close()
                 return rest
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
+    if current is None or this is None:
         return None
-    with handle:
-        this = Spool(os.fstat(handle.fileno()).st_ino, _head(handle))
-        if not _same(spool, this.inode, handle) or os.fstat(handle.fileno()).st_size < offset:
+    with current:
+        if not _same(spool, this) or os.fstat(current.fileno()).st_size < offset:
             offset = 0
-        handle.seek(offset)
-        return _whole_lines(this, offset, handle.read(limit), limit)
+        current.seek(offset)
+        return _whole_lines(this, offset, current.read(limit), limit)

@@ -19,7 +19,6 @@ from provisioner.clock import Clock
 from provisioner.db import apply_queue, idempotency, outbox, pjsip_rows, rounds
 from provisioner.db import events as db_events
 from provisioner.db import router as db_router
-from provisioner.domain.credentials import SecretBox
 from provisioner.mail import sender
 from provisioner.mail.compose import Composer
 from provisioner.render.render import own_files
@@ -118,7 +117,6 @@ def node_workers(
     queue), its coalesced PJSIP reloader (woken when a round leaves PJSIP objects
     pending), the check of its PJSIP mode at start, the import of its call records
     (polling its CDR spool), and its drift check on a slow timer."""
-    secrets = settings.secret_box()
 
     applier = Applier.of(settings, pool, node, clock)
 
@@ -153,7 +151,7 @@ def node_workers(
     if settings.asterisk.drift_check_seconds > 0:
         tasks.append(
             asyncio.create_task(
-                _drift_checks(applier, secrets, settings.asterisk.drift_check_seconds),
+                _drift_checks(applier, settings.asterisk.drift_check_seconds),
                 name=f"drift-{node.name}",
             )
         )
@@ -208,7 +206,7 @@ async def _pjsip_mode(pool: AsyncConnectionPool, node: Node, clock: Clock) -> No
             await asyncio.sleep(5)
 
 
-async def _drift_checks(applier: Applier, secrets: SecretBox, every_seconds: int) -> None:
+async def _drift_checks(applier: Applier, every_seconds: int) -> None:
     """Compare database, files and live Asterisk for the whole node now and then, and
     repair what drifted (a hand edit, an object lost by somebody's reload) by a full
     round: the apply rounds themselves only look at what they change."""
@@ -216,7 +214,7 @@ async def _drift_checks(applier: Applier, secrets: SecretBox, every_seconds: int
     while True:
         await asyncio.sleep(every_seconds)
         try:
-            drifted, problems = await check_node(applier.pool, node, secrets)
+            drifted, problems = await check_node(applier.pool, node, applier.secrets)
             bad = [d for d in drifted if d.status == "drift"]
             if bad or problems:
                 what = "; ".join([*problems, *(d.slug for d in bad)])[:500]
