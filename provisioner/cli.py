@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from provisioner import settings as settings_module
 from provisioner.api.serving import server_options
 from provisioner.app import create_app, database_url
-from provisioner.asterisk import check
+from provisioner.apply import check
 from provisioner.asterisk.ami import AsteriskUnavailable
 from provisioner.clock import system_clock
 from provisioner.db import pjsip_rows

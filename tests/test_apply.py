@@ -239,7 +239,7 @@ async def test_two_instances_share_a_node_without_applying_twice(
     lets one round through at a time, and every job is applied exactly once."""
     from psycopg_pool import AsyncConnectionPool
 
-    from provisioner.asterisk.apply import Applier
+    from provisioner.apply.round import Applier
     from provisioner.clock import system_clock
 
     await branch_scene(api)  # `api` runs no applier: it has no nodes configured

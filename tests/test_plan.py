@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provisioner.asterisk.parse import Context, Dialplan, NotOurs, parse_dialplan
-from provisioner.asterisk.plan import (
+from provisioner.apply.plan import (
     AddInclude,
     AddStep,
     Operation,
@@ -23,6 +22,7 @@ from provisioner.asterisk.plan import (
     live_differences,
     pjsip_change,
 )
+from provisioner.asterisk.parse import Context, Dialplan, NotOurs, parse_dialplan
 
 GOLDEN = Path(__file__).parent / "golden"
 SHARED = {"carrier-in"}

@@ -18,8 +18,8 @@ from helpers import TARGET
 from ports import free_port
 
 from provisioner.app import create_app
-from provisioner.asterisk.apply import Applier
-from provisioner.asterisk.check import PbxDrift, repair_node
+from provisioner.apply.check import PbxDrift, repair_node
+from provisioner.apply.round import Applier
 from provisioner.db.pool import open_pool
 from provisioner.settings import Node, Secret, Settings
 

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from provisioner.asterisk.check import PbxDrift, node_clean
+from provisioner.apply.check import PbxDrift, node_clean
 from provisioner.db.accounts import Account, Pbx
 from provisioner.db.assignments import Assignment, Event
 from provisioner.db.blocks import BlockRow

@@ -136,7 +136,7 @@ async def revive_pbx(conn: Conn, pbx_id: int) -> Pbx:
 
 async def move_pbx(conn: Conn, pbx_id: int, node: str) -> Pbx:
     """Home the PBX on `node`. Nothing of it is live there yet; the old node keeps its
-    latest revision until the new node has it live (then asterisk/apply.py removes it)."""
+    latest revision until the new node has it live (then apply/round.py removes it)."""
     async with conn.cursor(row_factory=class_row(Pbx)) as cur:
         await cur.execute(
             "UPDATE pbxes SET leaving_node = node, node = %s, leaving_revision ="

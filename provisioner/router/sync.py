@@ -6,7 +6,7 @@ moving) is make before break:
 1. node 2's apply round makes the numbers live there (its [carrier-in] entries), while
    node 1 keeps serving them: its PBX renders blocks the router still sends to it
    (db/pbx.py `_HELD`), and a PBX that moved away does not leave its old node while
-   the router still sends numbers there (asterisk/apply.py `_leave`);
+   the router still sends numbers there (apply/round.py `_leave`);
 2. this step sees the block due (`db/router.due`: its new PBX has no apply job left and
    its dialplan is live), records the switch as under way (`router_switching`), sets
    the block's keys on the router (a key per number prefix and length: a few per

@@ -8,10 +8,10 @@ import time
 
 from psycopg_pool import AsyncConnectionPool
 
-from provisioner.asterisk import check
-from provisioner.asterisk.apply import Applier
-from provisioner.asterisk.check import PbxDrift
-from provisioner.asterisk.pjsip import PjsipReloader
+from provisioner.apply import check
+from provisioner.apply.check import PbxDrift
+from provisioner.apply.pjsip import PjsipReloader
+from provisioner.apply.round import Applier
 from provisioner.clock import Clock, system_clock
 from provisioner.db import apply_queue, apply_state
 from provisioner.db.accounts import Pbx

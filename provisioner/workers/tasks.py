@@ -11,10 +11,10 @@ from datetime import timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
+from provisioner.apply.check import check_node, repair_node
+from provisioner.apply.pjsip import PjsipReloader
+from provisioner.apply.round import Applier
 from provisioner.asterisk import realtime
-from provisioner.asterisk.apply import Applier
-from provisioner.asterisk.check import check_node, repair_node
-from provisioner.asterisk.pjsip import PjsipReloader
 from provisioner.clock import Clock
 from provisioner.db import apply_queue, idempotency, outbox, pjsip_rows, rounds
 from provisioner.db import events as db_events

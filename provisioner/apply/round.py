@@ -37,26 +37,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
-from provisioner.asterisk import execute, files, plan, realtime
+from provisioner.apply import execute, plan, reads, record
+from provisioner.apply.execute import ALL_KINDS, DIALPLAN, MODULES, PJSIP
+from provisioner.apply.reads import Rendered
+from provisioner.apply.record import Outcome
+from provisioner.asterisk import files, realtime
 from provisioner.asterisk.ami import Ami, AsteriskUnavailable, OperationFailed
-from provisioner.asterisk.execute import ALL_KINDS, DIALPLAN, MODULES, PJSIP, Rendered
 from provisioner.asterisk.parse import NotOurs, dialplan_texts, kind_of, parse_dialplan
-from provisioner.asterisk.record import Outcome, record_retry, record_round
 from provisioner.clock import Clock
-from provisioner.db import apply_queue, departures, locks, pjsip_rows, rounds
-from provisioner.db import router as db_router
 from provisioner.db.apply_queue import Job
-from provisioner.db.pjsip_rows import Key
+from provisioner.db.departures import Leaving
+from provisioner.db.pjsip_rows import Fields, Key
 from provisioner.db.rounds import Tenant
 from provisioner.domain import names
 from provisioner.domain.credentials import SecretBox
 from provisioner.metrics import APPLY_SECONDS, ROUNDS
-from provisioner.render.load import files_for_node
 from provisioner.render.render import own_files, redacted
 from provisioner.settings import Node, Settings
 
@@ -120,13 +120,11 @@ class Applier:
         file changed (a drift repair, a retry after Asterisk failed). `wait`: wait for a
         round another applier is running, instead of leaving the node to it (a repair
         must not return before what it queued is done)."""
-        async with locks.held(self.pool, locks.node(self.node.name), wait=wait) as mine:
+        async with reads.node_lock(self.pool, self.node, wait=wait) as mine:
             if not mine:
                 return 0  # another instance is applying to this node right now
             left = await self._leave()
-            async with self.pool.connection() as conn, conn.transaction():
-                now = self.clock()
-                jobs = await apply_queue.claim_jobs(conn, self.node.name, now, now + LEASE, limit)
+            jobs = await reads.claim(self.pool, self.node, self.clock(), LEASE, limit)
             if not jobs and not full:
                 return left
             # A full round runs without jobs too: it writes and reloads the node's own
@@ -162,8 +160,7 @@ class Applier:
             else:
                 log.exception("apply round on node %s failed; %d applies wait",
                               self.node.name, len(jobs))  # fmt: skip
-            async with self.pool.connection() as conn, conn.transaction():
-                await record_retry(conn, jobs, str(exc), self.clock(), self.retry_seconds)
+            await record.retry(self.pool, jobs, str(exc), self.clock(), self.retry_seconds)
         finally:
             renewing.cancel()
             await asyncio.gather(renewing, return_exceptions=True)
@@ -175,26 +172,14 @@ class Applier:
         while True:
             await asyncio.sleep(LEASE.total_seconds() / 3)
             try:
-                async with self.pool.connection() as conn:
-                    ids = [j.pbx_id for j in jobs]
-                    await apply_queue.renew_lease(conn, ids, self.clock() + LEASE)
+                await record.renew(self.pool, jobs, self.clock() + LEASE)
             except Exception as exc:  # the round itself will meet the same trouble
                 log.warning("could not renew the lease of %d apply jobs: %s", len(jobs), exc)
 
     # --- Steps every mode uses ---------------------------------------------------------
 
     async def _render(self, t: Tenant) -> Rendered:
-        """The PBX's files as they should be now; a PBX that cannot be rendered (a value
-        config cannot carry, a key that no longer opens its trunk password) is broken
-        with the reason, and the round goes on with the others."""
-        if t.pbx.removed_at is not None:
-            return Rendered(files={})  # removed: its files go, and with them its objects
-        try:
-            async with self.pool.connection() as conn, conn.transaction():
-                return Rendered(files=await files_for_node(conn, t.pbx, self.node, self.secrets))
-        except Exception as exc:
-            log.exception("PBX %s cannot be rendered", t.slug)
-            return Rendered(broken=f"cannot render: {exc}")
+        return await reads.render(self.pool, self.node, self.secrets, t)
 
     def _write_node_files(self) -> frozenset[str]:
         """The node's own files (carrier endpoint), from the config; kinds changed."""
@@ -234,24 +219,12 @@ class Applier:
             if live and o.on_disk is not None:
                 files.keep_good(self.node.output_dir, o.on_disk, o.tenant.good or {},
                                 group=self.node.file_group)  # fmt: skip
-        async with self.pool.connection() as conn, conn.transaction():
-            await record_round(conn, outcomes, self.clock(), self.retry_seconds)
-            if any(o.pjsip_due and o.broken is None for o in outcomes):
-                await rounds.notify_pjsip_due(conn)
-            # Numbers now live here may be switched on the SIP router (router/sync.py).
-            await db_router.notify_due(conn)
+        await record.record(self.pool, outcomes, self.clock(), self.retry_seconds)
 
     # --- The incremental round ----------------------------------------------------------
 
     async def _incremental(self, jobs: list[Job]) -> list[Outcome]:
-        by_pbx = {job.pbx_id: job for job in jobs}
-        async with self.pool.connection() as conn:
-            found = await rounds.round_pbxes(conn, list(by_pbx))
-        tenants = [
-            replace(f, job=by_pbx[f.pbx.id])
-            for f in found
-            if f.pbx.node == self.node.name  # moved away meanwhile: the next round is full
-        ]
+        tenants = await reads.with_jobs(self.pool, self.node, jobs)
         rendered = {t: await self._render(t) for t in tenants}
         own = self._write_node_files()
         if "dialplan" in own:
@@ -321,14 +294,10 @@ class Applier:
     async def _store_rows(self, config: dict[Tenant, dict[str, str]]) -> set[Key]:
         """Each PBX's rows made the objects of its pjsip files (one transaction per
         PBX); the keys that changed."""
-        changed: set[Key] = set()
-        async with self.pool.connection() as conn:
-            for t, files_ in config.items():
-                async with conn.transaction():
-                    changed |= await pjsip_rows.replace(
-                        conn, self.node.name, t.pbx_id, realtime.objects(files_), self.clock()
-                    )
-        return changed
+        objects: dict[int | None, dict[Key, Fields]] = {
+            t.pbx_id: realtime.objects(files_) for t, files_ in config.items()
+        }
+        return await record.store_rows(self.pool, self.node.name, objects, self.clock())
 
     async def _publish(self, ami: Ami, config: dict[Tenant, dict[str, str]]) -> list[str]:
         """A realtime node's PJSIP part of a round: the rows, then each changed object
@@ -354,8 +323,7 @@ class Applier:
         (an emptied cache answers less than half as many: README, the bench). With
         more changed than REFILL_AT, one expiry of the whole cache is cheaper."""
         own = realtime.objects(self.own_files)
-        async with self.pool.connection() as conn, conn.transaction():
-            changed = await pjsip_rows.replace(conn, self.node.name, None, own, self.clock())
+        changed = await record.store_rows(self.pool, self.node.name, {None: own}, self.clock())
         changed |= await self._store_rows(config)
         if len(changed) > realtime.REFILL_AT:
             for kind in realtime.COLUMNS:
@@ -382,10 +350,8 @@ class Applier:
         await execute.reload(ami, kinds)
 
     async def _full(self, jobs: list[Job], *, reload_all: bool) -> list[Outcome]:
-        node, by_pbx = self.node, {job.pbx_id: job for job in jobs}
-        async with self.pool.connection() as conn:
-            found = await rounds.node_pbxes(conn, node.name)
-        tenants = [replace(f, job=by_pbx.get(f.pbx.id)) for f in found]
+        node = self.node
+        tenants = await reads.of_node(self.pool, node, jobs)
         # Only PBXs with a job are rendered; the others must stay as last written.
         with_jobs = {t: await self._render(t) if t.job else Rendered() for t in tenants}
         own = self._write_node_files()
@@ -467,12 +433,7 @@ class Applier:
         how many left; one that cannot yet is tried again on the next pass (every 2 s
         while the node is down: said once in the log, and again when the reason
         changes)."""
-        async with self.pool.connection() as conn:
-            found = await departures.leaving(conn, self.node.name)
-            # Make before break: not while the SIP router still sends numbers here.
-            found = [
-                g for g in found if not await db_router.routed_to(conn, g.pbx.id, self.node.name)
-            ]
+        found = await reads.ready_to_leave(self.pool, self.node)
         done = 0
         for gone in found:
             try:
@@ -484,13 +445,12 @@ class Applier:
                 self._cannot_leave[gone.pbx.id] = str(exc)
                 continue
             self._cannot_leave.pop(gone.pbx.id, None)
-            async with self.pool.connection() as conn:
-                await departures.left(conn, gone.pbx.id)
+            await record.left(self.pool, gone.pbx.id)
             log.info("PBX %s left node %s for %s", gone.pbx.slug, self.node.name, gone.pbx.node)
             done += 1
         return done
 
-    async def _remove(self, gone: departures.Leaving) -> None:
+    async def _remove(self, gone: Leaving) -> None:
         folder = self.node.output_dir
         for path in gone.files:
             files.remove(folder, path)
@@ -502,9 +462,8 @@ class Applier:
             await execute.run_dialplan(ami, operations)
             problems = await execute.verify_dialplan(ami, operations, before, {}, shared)
             if self.node.realtime:
-                async with self.pool.connection() as conn, conn.transaction():
-                    rows = await pjsip_rows.replace(conn, self.node.name, gone.pbx.id, {},
-                                                    self.clock())  # fmt: skip
+                rows = await record.store_rows(self.pool, self.node.name, {gone.pbx.id: {}},
+                                               self.clock())  # fmt: skip
                 problems += await realtime.make_live(ami, rows, {})
                 if realtime.registrations(gone.files):
                     await execute.reload_module(ami, realtime.REGISTRATIONS)

@@ -1,14 +1,30 @@
-"""Storing the outcome of a round: one apply state per PBX (and a revision when its
-files changed), its job finished or put back for a retry."""
+"""Everything a round writes to the database, in one place: one apply state per PBX
+(and a revision when its files changed), its job finished or put back for a retry; the
+lease of its jobs; a realtime node's rows; a departure done. Its reads are in
+`reads.py`. Each write is its own transaction: what it stores is true once it commits
+(the rows before Asterisk's cache is expired, the outcome after Asterisk took it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from provisioner.db import Conn, apply_queue, apply_state, events, revisions
+from psycopg_pool import AsyncConnectionPool
+
+from provisioner.db import (
+    Conn,
+    apply_queue,
+    apply_state,
+    departures,
+    events,
+    pjsip_rows,
+    revisions,
+    rounds,
+)
+from provisioner.db import router as db_router
 from provisioner.db.accounts import Pbx
 from provisioner.db.apply_queue import Job
+from provisioner.db.pjsip_rows import Fields, Key
 from provisioner.db.rounds import Tenant
 from provisioner.domain.events import ApplyOutcome
 from provisioner.metrics import BROKEN
@@ -36,7 +52,20 @@ class Outcome:
     pjsip_due: bool = False  # dialplan live; its PJSIP objects wait for the reload
 
 
-async def record_round(
+async def record(
+    pool: AsyncConnectionPool, outcomes: list[Outcome], now: datetime, retry_seconds: int
+) -> None:
+    """The round's outcomes, in one transaction; the node's PJSIP reloader is woken for
+    PBXs whose objects wait for it, and the router step for numbers now live here."""
+    async with pool.connection() as conn, conn.transaction():
+        await _record_outcomes(conn, outcomes, now, retry_seconds)
+        if any(o.pjsip_due and o.broken is None for o in outcomes):
+            await rounds.notify_pjsip_due(conn)
+        # Numbers now live here may be switched on the SIP router (router/sync.py).
+        await db_router.notify_due(conn)
+
+
+async def _record_outcomes(
     conn: Conn, outcomes: list[Outcome], now: datetime, retry_seconds: int
 ) -> None:
     for o in outcomes:
@@ -59,7 +88,7 @@ async def record_round(
             await outcome(conn, t.pbx, "failed", revision, error, now)
         elif o.pjsip_due:
             # Routing (the dialplan) is live now; its PJSIP objects come with the node's
-            # next coalesced reload (asterisk/pjsip.py), which makes it applied.
+            # next coalesced reload (apply/pjsip.py), which makes it applied.
             await apply_state.set_state(
                 conn, t.pbx_id, "pending", now, revision=revision,
                 dialplan_revision=revision, error=error,
@@ -115,13 +144,42 @@ async def _record_broken(
         await apply_queue.retry_job(conn, t.job, broken, now + backoff(t.job, retry_seconds))
 
 
-async def record_retry(
-    conn: Conn, jobs: list[Job], error: str, now: datetime, retry_seconds: int
+async def retry(
+    pool: AsyncConnectionPool, jobs: list[Job], error: str, now: datetime, retry_seconds: int
 ) -> None:
     """The whole round stopped (Asterisk away, or anything unexpected): every job of it
     waits for a retry, by full reload, as Asterisk may hold part of the change."""
-    for job in jobs:
-        await apply_queue.retry_job(
-            conn, job, error, now + backoff(job, retry_seconds), full_reload=True
-        )
-        await apply_state.set_state(conn, job.pbx_id, "pending", now, error=f"waiting: {error}")
+    async with pool.connection() as conn, conn.transaction():
+        for job in jobs:
+            await apply_queue.retry_job(
+                conn, job, error, now + backoff(job, retry_seconds), full_reload=True
+            )
+            await apply_state.set_state(conn, job.pbx_id, "pending", now, error=f"waiting: {error}")
+
+
+async def renew(pool: AsyncConnectionPool, jobs: list[Job], until: datetime) -> None:
+    """The round's jobs stay leased to it until then."""
+    async with pool.connection() as conn:
+        await apply_queue.renew_lease(conn, [j.pbx_id for j in jobs], until)
+
+
+async def store_rows(
+    pool: AsyncConnectionPool,
+    node: str,
+    objects: dict[int | None, dict[Key, Fields]],
+    now: datetime,
+) -> set[Key]:
+    """A realtime node's rows: each PBX's (None: the node's own) made these objects, one
+    transaction per PBX; the keys that changed, for Asterisk's cache to forget."""
+    changed: set[Key] = set()
+    async with pool.connection() as conn:
+        for pbx_id, wanted in objects.items():
+            async with conn.transaction():
+                changed |= await pjsip_rows.replace(conn, node, pbx_id, wanted, now)
+    return changed
+
+
+async def left(pool: AsyncConnectionPool, pbx_id: int) -> None:
+    """The PBX is gone from the node it moved away from."""
+    async with pool.connection() as conn:
+        await departures.left(conn, pbx_id)

@@ -20,12 +20,12 @@ import time
 
 from psycopg_pool import AsyncConnectionPool
 
+from provisioner.apply.execute import MODULES, reload
+from provisioner.apply.plan import pjsip_change
+from provisioner.apply.record import outcome
 from provisioner.asterisk import files
 from provisioner.asterisk.ami import Ami, AsteriskUnavailable, OperationFailed
-from provisioner.asterisk.execute import MODULES, reload
 from provisioner.asterisk.parse import of_kind
-from provisioner.asterisk.plan import pjsip_change
-from provisioner.asterisk.record import outcome
 from provisioner.clock import Clock
 from provisioner.db import apply_queue, apply_state, locks, rounds
 from provisioner.db.rounds import PjsipPending

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from psycopg_pool import AsyncConnectionPool
 
+from provisioner.apply.round import Applier
 from provisioner.asterisk import files, realtime
 from provisioner.asterisk.ami import Ami
-from provisioner.asterisk.apply import Applier
 from provisioner.asterisk.parse import dialplan_in, endpoints_in
 from provisioner.db import apply_queue, apply_state, pjsip_rows, rounds
 from provisioner.db.pjsip_rows import Fields, Key

@@ -12,10 +12,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 
-from provisioner.asterisk import files
-from provisioner.asterisk.ami import Ami, AsteriskUnavailable
-from provisioner.asterisk.parse import Context, Dialplan, dialplan_in, endpoints_in, kind_of
-from provisioner.asterisk.plan import (
+from provisioner.apply.plan import (
     AddInclude,
     AddStep,
     Operation,
@@ -25,6 +22,9 @@ from provisioner.asterisk.plan import (
     live_differences,
     touched,
 )
+from provisioner.asterisk import files
+from provisioner.asterisk.ami import Ami, AsteriskUnavailable
+from provisioner.asterisk.parse import Context, Dialplan, dialplan_in, endpoints_in, kind_of
 from provisioner.db.rounds import Tenant
 from provisioner.domain import names
 from provisioner.metrics import OPERATIONS, RELOADS
@@ -34,15 +34,6 @@ from provisioner.settings import Node
 log = logging.getLogger(__name__)
 
 MODULES = {"pjsip": "res_pjsip.so", "dialplan": "pbx_config.so"}
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """What a PBX's files should be now (`files`), or why they cannot be (`broken`: it
-    waits for a retry, and the node's other PBXs go on without it)."""
-
-    files: dict[str, str] | None = None
-    broken: str | None = None
 
 
 def expected(t: Tenant, wanted: dict[str, str] | None) -> dict[str, str]:
