@@ -13,6 +13,8 @@ sed -e "s|@SIP_IP@|$SIP_IP|g" -e "s|@SIP_PORT@|$SIP_PORT|g" \
     -e "s|@RPC_IP@|$RPC_IP|g" -e "s|@RPC_PORT@|$RPC_PORT|g" \
     -e "s|@CARRIER_IP@|$CARRIER_IP|g" -e "s|@DB_URL@|$db_url|g" \
     -e "s|@MODULES@|/usr/lib/x86_64-linux-gnu/kamailio/modules/|g" \
+    -e "s|@PROBE_INTERVAL@|${PROBE_INTERVAL:-1}|g" \
+    -e "s|@PROBE_THRESHOLD@|${PROBE_THRESHOLD:-2}|g" \
     /usr/share/provisioner-router/kamailio.cfg.in > "$config"
 kamailio -c -f "$config" >/dev/null 2>&1 || kamailio -c -f "$config"
 exec kamailio -f "$config" -DD -E -m "$SHM_MB" -M 16 -Y /run/kamailio \

@@ -46,3 +46,8 @@ ROUTER_SECONDS = Histogram(
     "Time to switch one block on the SIP router (its numbers set and read back)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+NODE_UP = Gauge(
+    "provisioner_node_up",
+    "1 while the SIP router's OPTIONS probes reach the node, 0 while it marks it down",
+    ["node"],
+)

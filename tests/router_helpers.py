@@ -179,6 +179,12 @@ def routed_uri(router: RouterLab, number: str) -> str | None:
     return None
 
 
+def final_status(result: SipResult) -> int | None:
+    """The first final answer a sipp scenario got (None: none)."""
+    statuses = [s for s in result.received_statuses() if s >= 200]
+    return statuses[0] if statuses else None
+
+
 @dataclass(frozen=True)
 class Phone:
     username: str

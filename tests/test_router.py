@@ -32,6 +32,7 @@ from router_helpers import (
     RouterLab,
     alive,
     assign_to_b,
+    final_status,
     platform_behind,
     platform_of,
     reader_url,
@@ -39,7 +40,7 @@ from router_helpers import (
     rpc,
     running_router,
 )
-from sipp_peer import SipResult, assert_blind_transfer, run_scenario, start_scenario
+from sipp_peer import assert_blind_transfer, run_scenario, start_scenario
 
 from bench.sip import Prober, RingingPhone
 from provisioner.db import pjsip_rows
@@ -48,11 +49,6 @@ from provisioner.settings import Settings
 MUNICH = "+49891234567"  # A's block muc-main, no extension of its own: the default target
 MUNICH_KEY = "+4989123456/11"  # the router's key for it: every 11-digit number of the block
 BERLIN = "+49301234560"  # B's block ber-main
-
-
-def final_status(result: SipResult) -> int | None:
-    statuses = [s for s in result.received_statuses() if s >= 200]
-    return statuses[0] if statuses else None
 
 
 @pytest.fixture
@@ -257,7 +253,11 @@ async def test_the_routers_role_reads_its_view_and_nothing_else(db_url: str) -> 
     url = await reader_url(db_url)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute("SELECT * FROM router_numbers")
-        for table in ("router_blocks", "blocks", "accounts", "apply_state"):
+        # The nodes it probes (dispatcher), and the version row Kamailio checks them by.
+        await conn.execute("SELECT * FROM router_dispatcher")
+        await conn.execute("SELECT * FROM version WHERE table_name = 'router_dispatcher'")
+        for table in ("router_blocks", "router_nodes", "node_health", "blocks", "accounts",
+                      "apply_state"):  # fmt: skip
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 await conn.execute(f"SELECT 1 FROM {table}")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):

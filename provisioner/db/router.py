@@ -170,8 +170,9 @@ async def table(conn: Conn) -> dict[str, str]:
 
 
 async def make_reader(conn: Conn, role: str, password: str) -> None:
-    """A login role that may read router_numbers and nothing else (Kamailio's); an
-    existing one gets the new password."""
+    """A login role that may read router_numbers and the nodes it probes
+    (router_dispatcher, and the `version` row Kamailio checks its shape by), nothing
+    else (Kamailio's); an existing one gets the new password."""
     cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
     verb = "ALTER" if await cur.fetchone() else "CREATE"
     await conn.execute(
@@ -179,7 +180,11 @@ async def make_reader(conn: Conn, role: str, password: str) -> None:
             sql.Identifier(role), sql.Literal(password)
         )
     )
-    await conn.execute(sql.SQL("GRANT SELECT ON router_numbers TO {}").format(sql.Identifier(role)))
+    await conn.execute(
+        sql.SQL("GRANT SELECT ON router_numbers, router_dispatcher, version TO {}").format(
+            sql.Identifier(role)
+        )
+    )
 
 
 async def forget(conn: Conn) -> int:
@@ -188,3 +193,36 @@ async def forget(conn: Conn) -> int:
     cur = await conn.execute("DELETE FROM router_blocks")
     await conn.execute("DELETE FROM router_switching")
     return cur.rowcount
+
+
+@dataclass(frozen=True)
+class Health:
+    """What the router last said of a node: up, or marked down by its probes."""
+
+    node: str
+    up: bool
+    since: datetime
+
+
+async def record_health(conn: Conn, seen: dict[str, bool], now: datetime) -> list[Health]:
+    """Store the router's marks (node -> up); returns the changes. A node seen for the
+    first time is a change only when it is down (a platform that starts does not say
+    every node is up). Two instances storing the same mark: one of them changes it."""
+    changed = []
+    for node, up in sorted(seen.items()):
+        cur = await conn.execute(
+            "INSERT INTO node_health AS h (node, up, since) VALUES (%s, %s, %s)"
+            " ON CONFLICT (node) DO UPDATE SET up = EXCLUDED.up, since = EXCLUDED.since"
+            " WHERE h.up <> EXCLUDED.up"
+            " RETURNING xmax = 0 AS first",
+            (node, up, now),
+        )
+        row = await cur.fetchone()
+        if row is not None and not (row[0] and up):
+            changed.append(Health(node, up, now))
+    return changed
+
+
+async def health(conn: Conn) -> dict[str, Health]:
+    cur = await conn.execute("SELECT node, up, since FROM node_health")
+    return {row[0]: Health(row[0], row[1], row[2]) for row in await cur.fetchall()}

@@ -64,7 +64,18 @@ class CallEnded:
     block_id: str | None
 
 
-Payload = AssignmentChange | ApplyOutcome | RouterOutcome | CallEnded
+@dataclass(frozen=True, kw_only=True)
+class NodeHealth:
+    """The SIP router marks a node down (its OPTIONS probes go unanswered: calls for it
+    are refused at once) or up again; `since` is when this service saw the change."""
+
+    node: str
+    sip_uri: str
+    up: bool
+    since: str
+
+
+Payload = AssignmentChange | ApplyOutcome | RouterOutcome | CallEnded | NodeHealth
 
 # Every event type, with the payload it carries.
 TYPES: dict[str, type[Payload]] = {
@@ -79,6 +90,8 @@ TYPES: dict[str, type[Payload]] = {
     "router.routed": RouterOutcome,
     "router.pending": RouterOutcome,
     "call.ended": CallEnded,
+    "node.down": NodeHealth,
+    "node.up": NodeHealth,
 }
 
 

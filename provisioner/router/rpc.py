@@ -113,3 +113,26 @@ class Router:
             for slot in entry.get("slot", []):
                 table[str(slot["name"])] = str(slot["value"])
         return table
+
+    async def marks(self) -> dict[str, bool]:
+        """The router's nodes (dispatcher's destinations, by SIP URI) and whether its
+        probes find each up: a destination flagged inactive (I) or disabled (D) is
+        down; active (A), and still answering while it is being tried (T), is up."""
+        try:
+            result = await self.call("dispatcher.list")
+        except RouterRefused as exc:
+            if "No Destination Sets" in str(exc):  # it has loaded no node yet
+                return {}
+            raise
+        marks: dict[str, bool] = {}
+        for record in (result or {}).get("RECORDS") or []:
+            for target in (record.get("SET") or {}).get("TARGETS") or []:
+                dest = target.get("DEST") or {}
+                flags = str(dest.get("FLAGS", ""))
+                if "URI" in dest:
+                    marks[str(dest["URI"])] = not ({"I", "D"} & set(flags[:1]))
+        return marks
+
+    async def reload_nodes(self) -> None:
+        """Load the nodes to probe again (router_dispatcher), after they changed."""
+        await self.call("dispatcher.reload")

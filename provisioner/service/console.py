@@ -14,6 +14,7 @@ from provisioner.apply.pjsip import PjsipReloader
 from provisioner.apply.round import Applier
 from provisioner.clock import Clock, system_clock
 from provisioner.db import apply_queue, apply_state
+from provisioner.db import router as db_router
 from provisioner.db.accounts import Pbx
 from provisioner.router import check as router_check
 from provisioner.router.rpc import RouterRefused, RouterUnavailable
@@ -97,6 +98,14 @@ async def check_node(
             node_problems = [*node_problems, *drift.problems(node.sip_uri)]
         except (RouterUnavailable, RouterRefused) as exc:
             node_problems = [*node_problems, f"router: unavailable: {exc}"]
+        async with pool.connection() as conn:
+            marked = (await db_router.health(conn)).get(node.name)
+        if marked is not None and not marked.up:
+            node_problems = [
+                *node_problems,
+                f"router: node marked down since {marked.since.isoformat()} (no answer to"
+                " the router's OPTIONS probes; calls for it are refused)",
+            ]
     return pbxes, node_problems
 
 

@@ -313,12 +313,23 @@ class Router:
     retry_seconds: int = setting(
         1, "First delay before pushing again after the router failed (doubles up to 5 s)."
     )
+    health_ms: int = setting(
+        1000,
+        "How often the service reads which nodes the router marks down (its OPTIONS "
+        "probes, dispatcher.list): node.down and node.up events, the provisioner_node_up "
+        "gauge, the node check. How often the router probes, and after how many "
+        "unanswered probes a node is down, is the router's own config (`lab router-up "
+        "--probe-interval/--probe-threshold`; PROBE_INTERVAL/PROBE_THRESHOLD in compose). "
+        "0: not read.",
+    )
 
     def __post_init__(self) -> None:
         if self.rpc_url and not self.rpc_url.startswith(("http://", "https://")):
             raise SettingsError("router.rpc_url must start with http:// or https://")
         if self.timeout_ms < 1 or self.retry_seconds < 1:
             raise SettingsError("router.timeout_ms and router.retry_seconds must be positive")
+        if self.health_ms < 0:
+            raise SettingsError("router.health_ms cannot be negative")
 
     def __bool__(self) -> bool:
         return bool(self.rpc_url)

@@ -22,6 +22,7 @@ from provisioner.db import router as db_router
 from provisioner.mail import sender
 from provisioner.mail.compose import Composer
 from provisioner.render.render import own_files
+from provisioner.router.health import HealthWatch
 from provisioner.router.sync import RouterSync
 from provisioner.service import assignments, usage
 from provisioner.service.unit import Actor, Policy, Unit
@@ -71,6 +72,11 @@ def start_workers(
     else:
         step = _without_router(pool)
     routing = [asyncio.create_task(step, name="router")]
+    if settings.router and settings.router.health_ms > 0:
+        watch = HealthWatch(pool, settings.router, settings.asterisk.nodes, clock)
+        health = loop.run("node-health", watch.step,
+                          idle_seconds=settings.router.health_ms / 1000)  # fmt: skip
+        routing.append(asyncio.create_task(health, name="node-health"))
     chores = loop.run("housekeeping", chores_step, idle_seconds=60)
     return [
         *(t for n in settings.asterisk.nodes for t in node_workers(settings, pool, url, clock, n)),
