@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from panoramisk import Manager
-from ports import free_port
+from ports import free_ports_in_a_row
 from tier import refuse_in_fast_tier
 
 from provisioner.db import pjsip_rows
@@ -58,7 +58,11 @@ def running_lab(prefix: str, pjsip_db: str = "") -> Iterator[Lab]:
     refuse_in_fast_tier("Asterisk")
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     up = [str(LAB), "--dir", str(folder), "up"]
-    up += ["--ami-port", str(free_port()), "--sip-port", str(free_port())]
+    # Below the kernel's ephemeral range, as 5038 and 5060 are: a killed node's port in
+    # that range may become any client socket's local end, and a SIP peer there answered
+    # the router's probes for the dead node once (it flapped up).
+    base = free_ports_in_a_row(2)
+    up += ["--ami-port", str(base), "--sip-port", str(base + 1)]
     if pjsip_db:
         up += ["--pjsip-db", pjsip_db]
     try:

@@ -134,11 +134,19 @@ async def running_router(tmp_path: Path, db_url: str) -> AsyncIterator[RouterLab
         router.command("router-down")
 
 
-def platform(settings: Settings, router: RouterLab, first: Lab, second: Lab) -> Settings:
+def platform(
+    settings: Settings, router: RouterLab, first: Lab, second: Lab, standby: str = ""
+) -> Settings:
     """Settings of two nodes (`default` on the first lab, `node-b` on the second) behind
-    the router."""
+    the router; with `standby`, node-b is the standby of `default`."""
     nodes = tuple(
-        replace(lab_node(lab), name=name, sip_port=lab.sip_port, router_host=ROUTER_IP)
+        replace(
+            lab_node(lab),
+            name=name,
+            sip_port=lab.sip_port,
+            router_host=ROUTER_IP,
+            standby=standby if name == "default" else "",
+        )
         for name, lab in (("default", first), ("node-b", second))
     )
     return replace(
@@ -250,23 +258,23 @@ async def put_phone(api: Api, customer: str, block: str) -> Phone:
 
 @contextlib.asynccontextmanager
 async def platform_of(
-    settings: Settings, first: Lab, second: Lab, tmp_path: Path
+    settings: Settings, first: Lab, second: Lab, tmp_path: Path, standby: str = ""
 ) -> AsyncIterator[Platform]:
     """A on node `default` (the first lab), B on `node-b` (the second), the router in
     front; each PBX with its phone 100 and its block's numbers routed."""
     async with (
         running_router(tmp_path, settings.database.url.value) as router,
-        platform_behind(settings, router, first, second) as scene,
+        platform_behind(settings, router, first, second, standby) as scene,
     ):
         yield scene
 
 
 @contextlib.asynccontextmanager
 async def platform_behind(
-    settings: Settings, router: RouterLab, first: Lab, second: Lab
+    settings: Settings, router: RouterLab, first: Lab, second: Lab, standby: str = ""
 ) -> AsyncIterator[Platform]:
     """As platform_of, behind a router that is already running."""
-    both = platform(settings, router, first, second)
+    both = platform(settings, router, first, second, standby)
     async with lab_service(both, first, nodes=both.asterisk.nodes) as (api, _):
         for customer, name, mail, node, block, number in (
             (OWNER, "Isar Logistik GmbH", OWNER_MAIL, "default", BLOCK, "+4989123456"),

@@ -11,16 +11,29 @@ import json
 import os
 import signal
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from fixtures_lab import Lab
-from lab_helpers import lab_command, lab_up_again
-from router_helpers import Platform, final_status, node_named, platform_of, rpc
+from helpers import OWNER
+from lab_helpers import CARRIER_HOST, lab_command, lab_up_again
+from ports import free_port
+from router_helpers import (
+    ROUTER_IP,
+    Platform,
+    final_status,
+    node_named,
+    platform_of,
+    routed_uri,
+    rpc,
+)
+from sipp_peer import run_scenario
 from waiting import wait_until
 
+from bench.sip import Prober, RingingPhone
 from provisioner.db import router as db_router
 from provisioner.settings import Settings
 
@@ -115,3 +128,113 @@ async def test_the_routers_marks_are_stored_once_per_change(db_url: str) -> None
         assert [(h.node, h.up) for h in first] == [("c", False)]
         stored = await db_router.health(conn)
         assert {n: h.up for n, h in stored.items()} == {"a": True, "b": True, "c": False}
+
+
+async def test_a_dead_nodes_pbxs_ring_on_its_standby_and_stay_there(
+    settings: Settings, clean_lab: Lab, clean_second_lab: Lab, tmp_path: Path
+) -> None:
+    """Node `default` (A's PBX) has node-b as its standby. The carrier calls A's numbers
+    at 20 calls/s; `default` is killed. Its PBXs move to node-b once the router has
+    found it down for failover_seconds, A's phone registers there (its next
+    registration; phones do not go through the router yet), and from the first call
+    that rings there on, every call rings. The node comes back: nothing moves back by
+    itself; the operator moves A back, and A's calls ring on `default` again."""
+    quick = replace(settings, asterisk=replace(settings.asterisk, failover_seconds=1))
+    async with platform_of(quick, clean_lab, clean_second_lab, tmp_path, "node-b") as scene:
+        await wait_until(lambda: node_up(scene, "default"), "default never probed up", 15)
+        scene.register("A", "default")
+        at_default = RingingPhone(scene.phones["A"].port)
+        at_standby = RingingPhone(free_port())
+        await at_default.start()
+        storm = Prober(CARRIER_HOST, free_port(), scene.router.sip_port, asterisk_host=ROUTER_IP)
+        await storm.start()
+        stop = asyncio.Event()
+        numbers = [f"+4989123456{i}" for i in range(100)]
+        calling = asyncio.create_task(storm.run(numbers, rate=20, until=stop, at_least=10))
+        try:
+            await wait_until(lambda: at_default.invites >= 20, "A's phone does not ring", 10)
+            pid = int(json.loads((clean_lab.folder / "lab.json").read_text())["pid"])
+            killed = time.time()
+            os.kill(pid, signal.SIGKILL)
+
+            async def failed_over() -> list[dict[str, Any]] | None:
+                found = [e for e in await node_events(scene) if e["type"] == "node.failover"]
+                return found or None
+
+            moved = await wait_until(failed_over, "no node.failover within 30 s", 30)
+            failover_at = time.time()
+            down = next(e for e in await node_events(scene) if e["type"] == "node.down")
+            down_at = datetime.fromisoformat(down["data"]["since"]).timestamp()
+            assert moved[0]["data"]["node"] == "default", moved
+            assert moved[0]["data"]["standby"] == "node-b", moved
+            assert OWNER in moved[0]["data"]["customers"], moved
+            # A's phone registers again, where its PBX is now (its endpoint is there).
+            endpoint = f"{scene.phones['A'].username}"
+            await wait_until(
+                lambda: "Endpoint:" in clean_second_lab.cli(f"pjsip show endpoint {endpoint}"),
+                f"{endpoint} never on node-b", 20,
+            )  # fmt: skip
+            registered = run_scenario(
+                "register", remote_port=clean_second_lab.sip_port, service=endpoint,
+                username=endpoint, password=scene.phones["A"].password,
+                local_port=at_standby.port, variables={"expires": "300"},
+            )  # fmt: skip
+            assert registered.ok, registered.evidence()
+            await at_standby.start()
+            await wait_until(lambda: at_standby.invites >= 1, "no call rings on node-b", 30)
+            first_ring = min(t for c, t in storm.rang.items() if storm.sent[c] > killed)
+            # Go on calling for 5 s after the first ring on the standby.
+            await wait_until(lambda: time.time() - first_ring > 5, "(not reached)", 10)
+            stop.set()
+            await calling
+            await storm.settle()
+        finally:
+            stop.set()
+            calling.cancel()
+            storm.close()
+            at_default.close()
+            at_standby.close()
+        after = [c for c, sent in storm.sent.items() if sent >= first_ring]
+        lost = [c for c in after if c not in storm.rang]
+        summary = (
+            f"{len(storm.sent)} calls, {len(after)} after the first ring on node-b;"
+            f" node.down {down_at - killed:.1f} s, node.failover {failover_at - killed:.1f} s,"
+            " first ring on node-b"
+            f" {first_ring - killed:.1f} s after the kill"
+        )
+        print(summary)
+        assert not lost, f"{summary}; {len(lost)} lost: " + ", ".join(
+            f"{storm.final.get(c)} {storm.answered_by.get(c, '')}" for c in lost[:10]
+        )
+        assert len(after) >= 80, summary
+        assert first_ring - killed <= 30, summary
+
+        # The node comes back: marked up, and A's PBX stays on node-b; what `default`
+        # had of it is removed there (nothing routes to it any more).
+        await lab_up_again(clean_lab)
+
+        async def up() -> list[dict[str, Any]] | None:
+            return [e for e in await node_events(scene) if e["type"] == "node.up"] or None
+
+        await wait_until(up, "default never marked up again", 20)
+        left = clean_lab.output_dir / "dialplan/tenant-k200300.conf"
+        await wait_until(lambda: not left.exists(), "A's files stay on default", 20)
+        pbx = await scene.api.ok("GET", f"/v1/accounts/{OWNER}/pbx")
+        assert pbx["node"] == "node-b", pbx
+        types = [e["type"] for e in await node_events(scene)]
+        assert types == ["node.down", "node.failover", "node.up"], types
+
+        # The operator moves it back, once its departure from default is recorded.
+        async def moved_back() -> bool:
+            put = await scene.api.call("PUT", f"/v1/accounts/{OWNER}/pbx", {"node": "default"})
+            return put.status == 200
+
+        await wait_until(moved_back, "A's PBX cannot be moved back", 20)
+        home = node_named(scene.settings, "default").sip_uri
+        await wait_until(lambda: routed_uri(scene.router, MUNICH) == home,
+                         "A's numbers never routed to default again", 30)  # fmt: skip
+        await wait_until(
+            lambda: "Endpoint:" in clean_lab.cli(f"pjsip show endpoint {endpoint}"),
+            f"{endpoint} never back on default", 20,
+        )  # fmt: skip
+        await scene.call_rings(MUNICH, "A", "default")

@@ -118,6 +118,14 @@ async def get_pbx(conn: Conn, customer: str, *, removed: bool = False) -> Pbx | 
         return await cur.fetchone()
 
 
+async def pbxes_on(conn: Conn, node: str) -> list[Pbx]:
+    """The PBXs homed on the node (removed ones too: their removal goes with them),
+    locked: two instances failing a node over move each PBX once."""
+    async with conn.cursor(row_factory=class_row(Pbx)) as cur:
+        await cur.execute("SELECT * FROM pbxes WHERE node = %s ORDER BY id FOR UPDATE", (node,))
+        return await cur.fetchall()
+
+
 async def remove_pbx(conn: Conn, pbx_id: int, now: datetime) -> None:
     """Mark the PBX removed and drop its phones and ring groups (their config goes with
     the next apply)."""

@@ -75,7 +75,18 @@ class NodeHealth:
     since: str
 
 
-Payload = AssignmentChange | ApplyOutcome | RouterOutcome | CallEnded | NodeHealth
+@dataclass(frozen=True, kw_only=True)
+class NodeFailover:
+    """A node was down for longer than asterisk.failover_seconds: its PBXs (by customer)
+    now have their home on its standby, where they go live and the router follows."""
+
+    node: str
+    standby: str
+    customers: list[str]
+    down_since: str
+
+
+Payload = AssignmentChange | ApplyOutcome | RouterOutcome | CallEnded | NodeHealth | NodeFailover
 
 # Every event type, with the payload it carries.
 TYPES: dict[str, type[Payload]] = {
@@ -92,6 +103,7 @@ TYPES: dict[str, type[Payload]] = {
     "call.ended": CallEnded,
     "node.down": NodeHealth,
     "node.up": NodeHealth,
+    "node.failover": NodeFailover,
 }
 
 

@@ -61,7 +61,11 @@ class HealthWatch:
             self._unreadable = str(exc)
             return 0
         self._unreadable = None
-        seen = {self.uris[uri]: up for uri, up in marks.items() if uri in self.uris}
+        seen = {
+            self.uris[uri]: up
+            for uri, up in marks.items()
+            if uri in self.uris and up is not None  # being tried: nothing new yet
+        }
         for node, up in seen.items():
             NODE_UP.labels(node=node).set(1 if up else 0)
         now = self.clock()

@@ -114,23 +114,25 @@ class Router:
                 table[str(slot["name"])] = str(slot["value"])
         return table
 
-    async def marks(self) -> dict[str, bool]:
-        """The router's nodes (dispatcher's destinations, by SIP URI) and whether its
-        probes find each up: a destination flagged inactive (I) or disabled (D) is
-        down; active (A), and still answering while it is being tried (T), is up."""
+    async def marks(self) -> dict[str, bool | None]:
+        """The router's nodes (dispatcher's destinations, by SIP URI) and what its
+        probes say of each: active (A) is up; inactive (I) or disabled (D) is down;
+        trying (T: a probe failed, fewer than the threshold in a row, or an inactive
+        node's probe failed again) says nothing new: None."""
         try:
             result = await self.call("dispatcher.list")
         except RouterRefused as exc:
             if "No Destination Sets" in str(exc):  # it has loaded no node yet
                 return {}
             raise
-        marks: dict[str, bool] = {}
+        marks: dict[str, bool | None] = {}
         for record in (result or {}).get("RECORDS") or []:
             for target in (record.get("SET") or {}).get("TARGETS") or []:
                 dest = target.get("DEST") or {}
                 flags = str(dest.get("FLAGS", ""))
                 if "URI" in dest:
-                    marks[str(dest["URI"])] = not ({"I", "D"} & set(flags[:1]))
+                    known = flags[:1] in ("A", "I", "D")
+                    marks[str(dest["URI"])] = flags[:1] == "A" if known else None
         return marks
 
     async def reload_nodes(self) -> None:

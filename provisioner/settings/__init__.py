@@ -132,6 +132,13 @@ class Node:
         "readable by the service, which imports it (usage per owner account). Empty: no "
         "usage from this node.",
     )
+    standby: str = setting(
+        "",
+        "Another node that takes this node's PBXs when the SIP router finds this one down "
+        "for longer than asterisk.failover_seconds (needs `router`). They stay there when "
+        "this node is back; an operator moves each back (PUT its PBX with its node). "
+        "Empty: no standby.",
+    )
 
     def __post_init__(self) -> None:
         if not rules.NAME.fullmatch(self.name):
@@ -288,10 +295,21 @@ class Asterisk:
         "How often the worker runs the drift check on each node and repairs what drifted "
         "(by a full reload); 0: never (run `provisioner check` by hand).",
     )
+    failover_seconds: int = setting(
+        10,
+        "How long the SIP router must find a node down before its PBXs move to its standby "
+        "(asterisk.nodes[].standby): a node that comes back sooner keeps them.",
+    )
 
     def __post_init__(self) -> None:
-        if len({n.name for n in self.nodes}) != len(self.nodes):
+        names = {n.name for n in self.nodes}
+        if len(names) != len(self.nodes):
             raise SettingsError("nodes: node names must be unique")
+        for n in self.nodes:
+            if n.standby and (n.standby not in names or n.standby == n.name):
+                raise SettingsError(f"{n.name}: standby must name another node of asterisk.nodes")
+        if self.failover_seconds < 0:
+            raise SettingsError("failover_seconds cannot be negative")
         if not rules.NAME.fullmatch(self.default_node):
             raise SettingsError(f"bad default_node {self.default_node!r}")
         if not _REALM.fullmatch(self.sip_realm):

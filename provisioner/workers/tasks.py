@@ -24,7 +24,7 @@ from provisioner.mail.compose import Composer
 from provisioner.render.render import own_files
 from provisioner.router.health import HealthWatch
 from provisioner.router.sync import RouterSync
-from provisioner.service import assignments, usage
+from provisioner.service import assignments, failover, usage
 from provisioner.service.unit import Actor, Policy, Unit
 from provisioner.settings import Node, Settings, Webhook
 from provisioner.workers import loop, webhooks
@@ -74,7 +74,14 @@ def start_workers(
     routing = [asyncio.create_task(step, name="router")]
     if settings.router and settings.router.health_ms > 0:
         watch = HealthWatch(pool, settings.router, settings.asterisk.nodes, clock)
-        health = loop.run("node-health", watch.step,
+
+        async def health_step() -> int:
+            # The router's marks first, then what they call for: a node down for long
+            # enough hands its PBXs to its standby.
+            changed = await watch.step()
+            return changed + await failover.fail_over(pool, settings, clock)
+
+        health = loop.run("node-health", health_step,
                           idle_seconds=settings.router.health_ms / 1000)  # fmt: skip
         routing.append(asyncio.create_task(health, name="node-health"))
     chores = loop.run("housekeeping", chores_step, idle_seconds=60)
