@@ -199,23 +199,35 @@ class Prober:
     when it rang (180/183) and is then cancelled; its final answer is ACKed. Answers are
     told apart by Call-ID, so a call held up (by a reload) delays no other. `run` calls
     at a steady rate; a call answered >= 300 before it rang reached no phone
-    (`misrouted`)."""
+    (`misrouted`).
+
+    With `fallback_port` (a second router on the same address) it behaves as a carrier
+    with two routers: a call that hears nothing at all (not even 100 Trying) within
+    `failover_after` seconds is sent again to the other one, which it prefers from then
+    on (`retried` counts them)."""
 
     host: str
     port: int
     asterisk_port: int
     asterisk_host: str = "127.0.0.1"  # or the SIP router in front of the nodes
+    fallback_port: int = 0
+    failover_after: float = 0.5
+    retried: int = 0
     sent: dict[str, float] = field(default_factory=dict)  # call-id: time.time() of INVITE
     rang: dict[str, float] = field(default_factory=dict)
     final: dict[str, int] = field(default_factory=dict)
     answered_by: dict[str, str] = field(default_factory=dict)  # final's reason and Server
     _numbers: dict[str, str] = field(default_factory=dict)
+    _to: dict[str, int] = field(default_factory=dict)  # call-id: the port it went to
+    _heard: set[str] = field(default_factory=set)  # call-ids with any answer
+    _preferred: int = 0  # where new calls go (asterisk_port until a failover)
     _endpoint: UdpEndpoint | None = None
     _task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._endpoint = await bind_udp(self.host, self.port)
         self._task = asyncio.create_task(self._read())
+        self._preferred = self.asterisk_port
 
     def close(self) -> None:
         close_udp(self._endpoint, self._task)
@@ -228,7 +240,21 @@ class Prober:
             "m=audio 40000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
         )
         self.sent[call_id] = time.time()
-        self._send(self._request("INVITE", call_id, "", sdp))
+        self._to[call_id] = self._preferred
+        self._send(self._request("INVITE", call_id, "", sdp), call_id)
+        if self.fallback_port:
+            asyncio.get_running_loop().call_later(
+                self.failover_after, self._fail_over, call_id, sdp
+            )
+
+    def _fail_over(self, call_id: str, sdp: str) -> None:
+        if call_id in self._heard or self._endpoint is None:
+            return
+        went = self._to[call_id]
+        other = self.fallback_port if went == self.asterisk_port else self.asterisk_port
+        self._preferred = self._to[call_id] = other
+        self.retried += 1
+        self._send(self._request("INVITE", call_id, "", sdp), call_id)
 
     async def run(
         self, numbers: list[str], rate: float, until: asyncio.Event, at_least: float
@@ -268,18 +294,23 @@ class Prober:
         number = self._numbers[call_id]
         to = f"<sip:{number}@{self.asterisk_host}>" + (f";tag={to_tag}" if to_tag else "")
         kind = "Content-Type: application/sdp\r\n" if body else ""
+        port = self._to.get(call_id, self.asterisk_port)
+        # A call sent again elsewhere is a new transaction (a branch of its own); its
+        # CANCEL and ACK carry the branch of the INVITE they belong to.
+        branch = ("r" if port != self.asterisk_port else "") + call_id
         return (
-            f"{method} sip:{number}@{self.asterisk_host}:{self.asterisk_port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{call_id};rport\r\n"
+            f"{method} sip:{number}@{self.asterisk_host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{branch};rport\r\n"
             f"Max-Forwards: 70\r\nFrom: <sip:carrier@{self.host}>;tag=c{call_id}\r\n"
             f"To: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\n"
             f"Contact: <sip:carrier@{self.host}:{self.port}>\r\n{kind}"
             f"Content-Length: {len(body)}\r\n\r\n{body}"
         )
 
-    def _send(self, text: str) -> None:
+    def _send(self, text: str, call_id: str) -> None:
         assert self._endpoint and self._endpoint.transport
-        self._endpoint.transport.sendto(text.encode(), (self.asterisk_host, self.asterisk_port))
+        port = self._to.get(call_id, self.asterisk_port)
+        self._endpoint.transport.sendto(text.encode(), (self.asterisk_host, port))
 
     async def _read(self) -> None:
         assert self._endpoint
@@ -292,16 +323,17 @@ class Prober:
             status, method = int(first.split()[1]), headers.get("cseq", "").split()[-1]
             if method != "INVITE":
                 continue
+            self._heard.add(call_id)
             if status in (180, 183) and call_id not in self.rang:
                 self.rang[call_id] = time.time()
-                self._send(self._request("CANCEL", call_id, ""))
+                self._send(self._request("CANCEL", call_id, ""), call_id)
             elif status >= 200 and call_id not in self.final:
                 self.final[call_id] = status
                 server = headers.get("server") or headers.get("user-agent", "")
                 self.answered_by[call_id] = f"{first.split(' ', 2)[-1]} from {server!r}"
                 if status >= 300:
                     to_tag = headers.get("to", "").partition("tag=")[2]
-                    self._send(self._request("ACK", call_id, to_tag))
+                    self._send(self._request("ACK", call_id, to_tag), call_id)
 
 
 @dataclass

@@ -46,6 +46,12 @@ ROUTER_SECONDS = Histogram(
     "Time to switch one block on the SIP router (its numbers set and read back)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+ROUTER_BEHIND = Gauge(
+    "provisioner_router_behind",
+    "1 while a SIP router (of several) missed a change it could not be reached for; 0 "
+    "once it reloaded its table",
+    ["router"],
+)
 NODE_UP = Gauge(
     "provisioner_node_up",
     "1 while the SIP router's OPTIONS probes reach the node, 0 while it marks it down",

@@ -43,6 +43,7 @@ class RouterLab:
     sip_port: int
     rpc_port: int
     db_url: str
+    name: str = "router"  # the lab's first router; "router-2" one beside it
 
     @property
     def rpc_url(self) -> str:
@@ -57,19 +58,20 @@ class RouterLab:
     def up(self) -> None:
         refuse_in_fast_tier("Kamailio")
         done = self.command(
-            "router-up", "--router-ip", ROUTER_IP, "--router-port", str(self.sip_port),
-            "--rpc-port", str(self.rpc_port), "--db-url", self.db_url,
+            "router-up", "--router-name", self.name, "--router-ip", ROUTER_IP,
+            "--router-port", str(self.sip_port), "--rpc-port", str(self.rpc_port),
+            "--db-url", self.db_url,
         )  # fmt: skip
         if done.returncode != 0:
             pytest.fail(f"the lab's router did not start:\n{done.stdout}{done.stderr}")
 
     def state(self) -> dict[str, Any]:
-        state: dict[str, Any] = json.loads((self.folder / "router" / "router.json").read_text())
+        state: dict[str, Any] = json.loads((self.folder / self.name / "router.json").read_text())
         return state
 
     def processes(self) -> list[int]:
         """Every Kamailio process running this router's config (main and children)."""
-        config = str(self.folder / "router" / "kamailio.cfg")
+        config = str(self.folder / self.name / "kamailio.cfg")
         found = []
         for entry in Path("/proc").iterdir():
             try:
@@ -92,11 +94,11 @@ class RouterLab:
             time.sleep(0.02)
 
     def down(self) -> None:
-        done = self.command("router-down")
+        done = self.command("router-down", "--router-name", self.name)
         assert done.returncode == 0, done.stdout + done.stderr
 
     def log(self) -> str:
-        return (self.folder / "router" / "console.log").read_text(errors="replace")
+        return (self.folder / self.name / "console.log").read_text(errors="replace")
 
 
 def alive(pid: int) -> bool:
@@ -125,20 +127,30 @@ async def reader_url(db_url: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_router(tmp_path: Path, db_url: str) -> AsyncIterator[RouterLab]:
-    router = RouterLab(tmp_path / "router-lab", free_port(), free_port(), await reader_url(db_url))
+async def running_router(
+    tmp_path: Path, db_url: str, name: str = "router"
+) -> AsyncIterator[RouterLab]:
+    router = RouterLab(
+        tmp_path / "router-lab", free_port(), free_port(), await reader_url(db_url), name
+    )
     router.up()
     try:
         yield router
     finally:
-        router.command("router-down")
+        router.command("router-down", "--router-name", name)
 
 
 def platform(
-    settings: Settings, router: RouterLab, first: Lab, second: Lab, standby: str = ""
+    settings: Settings,
+    router: RouterLab,
+    first: Lab,
+    second: Lab,
+    standby: str = "",
+    beside: RouterLab | None = None,
 ) -> Settings:
     """Settings of two nodes (`default` on the first lab, `node-b` on the second) behind
-    the router; with `standby`, node-b is the standby of `default`."""
+    the router (and the one `beside` it, if any); with `standby`, node-b is the standby
+    of `default`."""
     nodes = tuple(
         replace(
             lab_node(lab),
@@ -152,7 +164,10 @@ def platform(
     return replace(
         settings,
         asterisk=replace(settings.asterisk, nodes=nodes, retry_seconds=1),
-        router=Router(rpc_url=router.rpc_url, retry_seconds=1),
+        router=Router(
+            rpc_url=",".join(r.rpc_url for r in (router, beside) if r is not None),
+            retry_seconds=1,
+        ),
     )
 
 
@@ -217,14 +232,16 @@ class Platform:
         )  # fmt: skip
         assert result.ok, result.evidence()
 
-    async def call_rings(self, dial: str, who: str, node: str) -> None:
-        """The carrier calls `dial` through the router; `who`'s phone, registered on
-        `node`, answers it (and nobody else gets it)."""
+    async def call_rings(
+        self, dial: str, who: str, node: str, via: RouterLab | None = None
+    ) -> None:
+        """The carrier calls `dial` through the router (or `via` another); `who`'s
+        phone, registered on `node`, answers it (and nobody else gets it)."""
         self.register(who, node)
         phone = self.phones[who]
         answering = start_scenario("uas_answer", remote_port=self.labs[node].sip_port,
                                    local_port=phone.port, timeout=15)  # fmt: skip
-        call = await asyncio.to_thread(self.carrier_calls, dial)
+        call = await asyncio.to_thread(self.carrier_calls, dial, via=via)
         answered = await asyncio.to_thread(answering.wait, 15)
         evidence = call.evidence() + "\n--- phone ---\n" + answered.evidence()
         assert call.ok, evidence
@@ -233,10 +250,14 @@ class Platform:
         assert "+4940999999" in invite.headers["from"], evidence
 
     def carrier_calls(
-        self, dial: str, local_ip: str = CARRIER_HOST, timeout: float = 10
+        self,
+        dial: str,
+        local_ip: str = CARRIER_HOST,
+        timeout: float = 10,
+        via: RouterLab | None = None,
     ) -> SipResult:
         return run_scenario(
-            "carrier_call", remote_ip=ROUTER_IP, remote_port=self.router.sip_port,
+            "carrier_call", remote_ip=ROUTER_IP, remote_port=(via or self.router).sip_port,
             local_ip=local_ip, variables={"dial": dial}, timeout=timeout,
         )  # fmt: skip
 
@@ -271,10 +292,16 @@ async def platform_of(
 
 @contextlib.asynccontextmanager
 async def platform_behind(
-    settings: Settings, router: RouterLab, first: Lab, second: Lab, standby: str = ""
+    settings: Settings,
+    router: RouterLab,
+    first: Lab,
+    second: Lab,
+    standby: str = "",
+    beside: RouterLab | None = None,
 ) -> AsyncIterator[Platform]:
-    """As platform_of, behind a router that is already running."""
-    both = platform(settings, router, first, second, standby)
+    """As platform_of, behind a router that is already running (and the one `beside`
+    it)."""
+    both = platform(settings, router, first, second, standby, beside)
     async with lab_service(both, first, nodes=both.asterisk.nodes) as (api, _):
         for customer, name, mail, node, block, number in (
             (OWNER, "Isar Logistik GmbH", OWNER_MAIL, "default", BLOCK, "+4989123456"),

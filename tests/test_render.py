@@ -181,5 +181,5 @@ def test_the_node_files_follow_the_nodes_carrier() -> None:
         carrier_host="127.0.0.2", carrier_port=5070, router_host="127.0.0.9",
     )  # fmt: skip
     own = own_files(node)
-    assert own == node_files(Carrier("127.0.0.2", 5070, "127.0.0.9"))
+    assert own == node_files(Carrier("127.0.0.2", 5070, ("127.0.0.9",)))
     assert "127.0.0.2:5070" in own["pjsip/node-carrier.conf"]

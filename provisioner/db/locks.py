@@ -25,20 +25,36 @@ def node(name: str, role: str = "apply") -> str:
     return f"{role}:{name}"
 
 
+# Taken shared by every block switch and alone by a router's catch-up (a whole-table
+# reload from the database): the reload waits for the switches under way to commit, so
+# it reads each of them, and no switch sets a key on a router while it reloads.
+ROUTER_TABLE = "router:table"
+
+
 @contextlib.asynccontextmanager
-async def held(pool: AsyncConnectionPool, name: str, *, wait: bool = False) -> AsyncIterator[bool]:
+async def held(
+    pool: AsyncConnectionPool, name: str, *, wait: bool = False, sharing: str | None = None
+) -> AsyncIterator[bool]:
     """The lock `name` while the block runs: True if taken, False if another holds it
-    (with `wait`, waits for the holder instead: always True)."""
+    (with `wait`, waits for the holder instead: always True). With `sharing`, that
+    lock is held too, shared with others that share it (waiting for one that holds it
+    alone)."""
     async with pool.connection() as conn:
         await conn.set_autocommit(True)
         # Its own statement, committed at once: an insert in the holding transaction
         # would make a second taker wait on the insert instead of skipping.
-        await conn.execute(
-            "INSERT INTO service_locks (name) VALUES (%s) ON CONFLICT DO NOTHING", (name,)
-        )
+        for each in (name, sharing) if sharing else (name,):
+            await conn.execute(
+                "INSERT INTO service_locks (name) VALUES (%s) ON CONFLICT DO NOTHING", (each,)
+            )
         async with conn.transaction():
             skip = "" if wait else " SKIP LOCKED"
             cur = await conn.execute(
                 f"SELECT 1 FROM service_locks WHERE name = %s FOR NO KEY UPDATE{skip}", (name,)
             )
-            yield await cur.fetchone() is not None
+            taken = await cur.fetchone() is not None
+            if taken and sharing:
+                await conn.execute(
+                    "SELECT 1 FROM service_locks WHERE name = %s FOR SHARE", (sharing,)
+                )
+            yield taken

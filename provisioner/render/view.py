@@ -108,11 +108,12 @@ class Carrier:
 
     host: str
     port: int
-    router: str | None = None  # the SIP router in front of the node, if any
+    routers: tuple[str, ...] = ()  # the SIP routers in front of the node, if any
 
     @classmethod
     def of(cls, node: Node) -> Carrier:
-        return cls(node.carrier_host, node.carrier_port, node.router_host or None)
+        routers = tuple(node.router_host.split(",")) if node.router_host else ()
+        return cls(node.carrier_host, node.carrier_port, routers)
 
 
 def _listed(items: list[str]) -> str:

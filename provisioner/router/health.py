@@ -7,8 +7,9 @@ node.up once per change, the gauge provisioner_node_up follows, and the node che
 which node the router finds down.
 
 The router is the one that probes: it is what sends the calls, and what it cannot reach
-is what matters. A router that cannot be asked leaves the last marks as they were
-(said once in the log); the router step retries its own work meanwhile."""
+is what matters. With several routers, a node is down when every router that can be
+asked marks it down (`merge`). A router that cannot be asked leaves the last marks as
+they were (said once in the log); the router step retries its own work meanwhile."""
 
 from __future__ import annotations
 
@@ -41,43 +42,67 @@ class HealthWatch:
         nodes: tuple[Node, ...],
         clock: Clock,
     ) -> None:
-        self.pool, self.settings, self.clock = pool, settings, clock
-        self.uris = {n.sip_uri: n.name for n in nodes}
-        self._unreadable: str | None = None  # the reason last logged
-        self._reloaded = -RELOAD_EVERY
+        self.pool, self.clock = pool, clock
+        self.names = {n.sip_uri: n.name for n in nodes}
+        self.uris = {n.name: n.sip_uri for n in nodes}
+        self.routers = [Router(url, timeout_ms=settings.timeout_ms) for url in settings.rpc_urls]
+        self._unreadable: dict[str, str] = {}  # router URL -> the reason last logged
+        self._reloaded = {r.url: -RELOAD_EVERY for r in self.routers}
+        # What the database holds, as far as this watch knows: a step that sees the same
+        # marks again writes nothing (None: not read yet, the first step compares).
+        self._stored: dict[str, bool] | None = None
+
+    async def close(self) -> None:
+        for router in self.routers:
+            await router.close()
 
     async def step(self) -> int:
-        """Read the router's marks once and store them; returns how many changed."""
-        try:
-            async with Router(self.settings.rpc_url, timeout_ms=self.settings.timeout_ms) as r:
-                marks = await r.marks()
-                stale = set(marks) != set(self.uris)
-                if stale and time.monotonic() - self._reloaded >= RELOAD_EVERY:
-                    self._reloaded = time.monotonic()
-                    await r.reload_nodes()
-        except (RouterUnavailable, RouterRefused) as exc:
-            if self._unreadable != str(exc):
-                log.warning("router: node health not readable: %s", exc)
-            self._unreadable = str(exc)
-            return 0
-        self._unreadable = None
-        seen = {
-            self.uris[uri]: up
-            for uri, up in marks.items()
-            if uri in self.uris and up is not None  # being tried: nothing new yet
-        }
+        """Read every router's marks once and store what changed; returns how many."""
+        seen = merge([m for m in [await self._marks(r) for r in self.routers] if m is not None])
         for node, up in seen.items():
             NODE_UP.labels(node=node).set(1 if up else 0)
+        if seen.items() <= (self._stored or {}).items():
+            return 0
         now = self.clock()
         async with self.pool.connection() as conn, conn.transaction():
             changed = await db_router.record_health(conn, seen, now)
             for h in changed:
-                uri = next(u for u, name in self.uris.items() if name == h.node)
-                payload = NodeHealth(node=h.node, sip_uri=uri, up=h.up, since=now.isoformat())
+                payload = NodeHealth(node=h.node, sip_uri=self.uris[h.node], up=h.up,
+                                     since=now.isoformat())  # fmt: skip
                 await events.emit(conn, "node.up" if h.up else "node.down", payload, now)
+        self._stored = {**(self._stored or {}), **seen}
         for h in changed:
             if h.up:
                 log.warning("router: node %s answers again", h.node)
             else:
                 log.error("router: node %s is down (no answer to the router's probes)", h.node)
         return len(changed)
+
+    async def _marks(self, router: Router) -> dict[str, bool | None] | None:
+        """One router's marks by node name; None if it cannot be asked (said once)."""
+        router.open()
+        try:
+            marks = await router.marks()
+            stale = set(marks) != set(self.names)
+            if stale and time.monotonic() - self._reloaded[router.url] >= RELOAD_EVERY:
+                self._reloaded[router.url] = time.monotonic()
+                await router.reload_nodes()
+        except (RouterUnavailable, RouterRefused) as exc:
+            if self._unreadable.get(router.url) != str(exc):
+                log.warning("router %s: node health not readable: %s", router.url, exc)
+            self._unreadable[router.url] = str(exc)
+            return None
+        self._unreadable.pop(router.url, None)
+        return {self.names[uri]: up for uri, up in marks.items() if uri in self.names}
+
+
+def merge(each: list[dict[str, bool | None]]) -> dict[str, bool]:
+    """The routers' marks as one: a node is up while any router reaches it (what one
+    router cannot reach, the carrier's calls through another still can), down when every
+    router that marks it says down. A node being tried (None) is no mark yet."""
+    seen: dict[str, bool] = {}
+    for marks in each:
+        for node, up in marks.items():
+            if up is not None:
+                seen[node] = seen.get(node, False) or up
+    return seen

@@ -49,18 +49,27 @@ class Router:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Router:
-        self._session = aiohttp.ClientSession(
-            timeout=self._timeout, connector=aiohttp.TCPConnector(limit=CONNECTIONS)
-        )
+        self.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def open(self) -> None:
+        """Its connections, kept for the calls to come (a step that runs every second
+        keeps one client, not a new one per pass)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, connector=aiohttp.TCPConnector(limit=CONNECTIONS)
+            )
+
+    async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def call(self, method: str, *params: Any) -> Any:
-        assert self._session is not None, "use the router client in `async with`"
+        assert self._session is not None, "open the router client first (or `async with`)"
         body = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": next(self._ids)}
         try:
             async with self._session.post(self.url, json=body, allow_redirects=False) as resp:
@@ -134,6 +143,21 @@ class Router:
                     known = flags[:1] in ("A", "I", "D")
                     marks[str(dest["URI"])] = flags[:1] == "A" if known else None
         return marks
+
+    async def started(self) -> str:
+        """When this router's Kamailio started (core.uptime's up_since): a new value
+        means a new process, which loaded the table at its start."""
+        result = await self.call("core.uptime")
+        since = result.get("up_since") if isinstance(result, dict) else None
+        if since is None:
+            raise RouterRefused("core.uptime: no up_since")
+        return str(since)
+
+    async def reload_numbers(self) -> None:
+        """Load the whole table again from the database (router_numbers), slot by slot:
+        a router that missed changes (unreachable, or restarted while one was pushed)
+        catches up. Seconds at a million keys."""
+        await self.call("htable.reload", TABLE)
 
     async def reload_nodes(self) -> None:
         """Load the nodes to probe again (router_dispatcher), after they changed."""

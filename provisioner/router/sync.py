@@ -19,6 +19,20 @@ A router that cannot be reached leaves every change due, with the reason in the 
 apply state (`router: pending`), and is tried again with backoff; nothing is lost
 because nothing is marked done before the router read it back. The step is woken by
 NOTIFY when a round records PBXs live, and polls every second besides.
+
+Several routers side by side (router.rpc_url lists them; the carrier sends to any, and
+retries on another) are each told every change, side by side, and each read back. A
+change is done once every router that answers holds it, and at least one does: a dead
+router holds up nothing. One that missed a change (could not be reached), or that
+started again (core.uptime's up_since changed: it loaded the table at its start, maybe
+before a change it was told by its previous process was committed), reloads the whole
+table from the database as soon as it answers (`_catch_up`), under the lock that every
+switch shares (locks.ROUTER_TABLE): the reload reads every switch committed before it,
+and no key is set on that router while it reloads. Why not Kamailio's dmq replication
+of the htable: it copies what a router was told to the others that are up, but a
+router that was down or restarted must load from the database anyway, and then two
+paths keep the same table; with the database as the one source and this step telling
+each router, there is one path, and the step's read-back proves each router's state.
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -37,7 +52,7 @@ from provisioner.db import Conn, apply_queue, events, locks
 from provisioner.db import router as db_router
 from provisioner.db.router import Change
 from provisioner.domain.events import RouterOutcome
-from provisioner.metrics import ROUTER_SECONDS, ROUTER_SWITCHES
+from provisioner.metrics import ROUTER_BEHIND, ROUTER_SECONDS, ROUTER_SWITCHES
 from provisioner.router.rpc import Router, RouterRefused, RouterUnavailable
 from provisioner.settings import Node
 from provisioner.settings import Router as RouterSettings
@@ -51,8 +66,24 @@ AT_ONCE = 2  # blocks switched side by side (each holds two pooled connections m
 IN_FLIGHT = 32  # calls of one block at a time: the others' calls go in between
 
 
+CATCH_UP_EVERY = 1.0  # seconds between asking each router when it started
+
+
 class NotRouted(Exception):
     """The router does not hold what we set (read back differs)."""
+
+
+@dataclass
+class Instance:
+    """One router of several (or the only one), as this step knows it."""
+
+    client: Router
+    started: str | None = None  # its core.uptime up_since when last asked
+    behind: bool = False  # missed a change: reload the table when it answers
+
+    @property
+    def url(self) -> str:
+        return self.client.url
 
 
 class RouterSync:
@@ -73,12 +104,22 @@ class RouterSync:
         # block holds up no other: the next pass starts the next ones.
         self._switching: dict[str, asyncio.Task[None]] = {}
         self._at_once = asyncio.Semaphore(AT_ONCE)
+        self.routers = [
+            Instance(Router(url, timeout_ms=settings.timeout_ms)) for url in settings.rpc_urls
+        ]
+        self._asked = -CATCH_UP_EVERY
 
     async def step(self) -> int:
         """One pass: a task for each due block not being switched already; returns how
         many it started (0: nothing new due, or waiting after a failure)."""
         if time.monotonic() < self._next_try:
             return 0
+        for instance in self.routers:
+            instance.client.open()
+        if time.monotonic() - self._asked >= CATCH_UP_EVERY:
+            self._asked = time.monotonic()
+            for instance in self.routers:
+                await self._catch_up(instance)
         async with self.pool.connection() as conn:
             await conn.set_autocommit(True)
             if not self._nodes_written:
@@ -104,6 +145,32 @@ class RouterSync:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for instance in self.routers:
+            await instance.client.close()
+
+    async def _catch_up(self, instance: Instance) -> None:
+        """A router that missed a change, or started again since we last asked, loads
+        the whole table from the database, once no switch is under way."""
+        try:
+            started = await instance.client.started()
+        except (RouterUnavailable, RouterRefused):
+            return  # not there (yet): asked again on the next pass
+        restarted = instance.started not in (None, started)
+        if not (restarted or instance.behind):
+            instance.started = started
+            return
+        why = "started again" if restarted else "missed changes while unreachable"
+        began = time.monotonic()
+        try:
+            async with locks.held(self.pool, locks.ROUTER_TABLE, wait=True):
+                await instance.client.reload_numbers()
+        except (RouterUnavailable, RouterRefused) as exc:
+            log.warning("router %s (%s): reload failed, tried again: %s", instance.url, why, exc)
+            return
+        instance.started, instance.behind = started, False
+        ROUTER_BEHIND.labels(router=instance.url).set(0)
+        log.warning("router %s %s: its table reloaded from the database in %.1f s",
+                    instance.url, why, time.monotonic() - began)  # fmt: skip
 
     async def _switch(self, change: Change, uris: dict[str, str]) -> None:
         """One block: the switch recorded as under way (its new PBX holds it from now on,
@@ -118,13 +185,17 @@ class RouterSync:
                         change.block_id, exc, delay)  # fmt: skip
 
     async def _switch_one(self, change: Change, uris: dict[str, str]) -> None:
-        async with self._at_once, locks.held(self.pool, locks.block(change.block_id)) as mine:
+        block = locks.block(change.block_id)
+        async with (
+            self._at_once,
+            locks.held(self.pool, block, sharing=locks.ROUTER_TABLE) as mine,
+        ):
             if not mine:
                 return  # another instance switches it right now
             async with self.pool.connection() as conn:
                 async with conn.transaction():
                     await db_router.switching(conn, [change], self.clock())
-                error = await self._push(change, uris)
+                error, missed = await self._push(change, uris)
                 async with conn.transaction():
                     if error is None:
                         await self._record(conn, [change])
@@ -133,17 +204,36 @@ class RouterSync:
                         await self._failed(conn, [change], error)
         if error is None:
             self._failures, self._next_try, self._last_error = 0, 0.0, None
+            # Only now, committed: a catch-up from here on reads this change.
+            for instance in missed:
+                if not instance.behind:
+                    log.warning("router %s is unreachable: it catches up when it answers",
+                                instance.url)  # fmt: skip
+                instance.behind = True
+                ROUTER_BEHIND.labels(router=instance.url).set(1)
 
-    async def _push(self, change: Change, uris: dict[str, str]) -> str | None:
-        """None once the router holds the block's change (read back); else why not."""
+    async def _push(
+        self, change: Change, uris: dict[str, str]
+    ) -> tuple[str | None, list[Instance]]:
+        """Every router told the block's change, side by side, each read back. (None,
+        the routers that could not be reached) once every router that answers holds
+        it and at least one does; (why not, []) otherwise."""
         started = time.monotonic()
-        try:
-            async with Router(self.settings.rpc_url, timeout_ms=self.settings.timeout_ms) as r:
-                await push(r, change, uris)
-        except (RouterUnavailable, RouterRefused, NotRouted) as exc:
-            return f"block {change.block_id}: {exc}"
+        outcomes = await asyncio.gather(
+            *(push(i.client, change, uris) for i in self.routers), return_exceptions=True
+        )
+        missed: list[Instance] = []
+        for instance, outcome in zip(self.routers, outcomes, strict=True):
+            if isinstance(outcome, RouterUnavailable):
+                missed.append(instance)
+            elif isinstance(outcome, RouterRefused | NotRouted):
+                return f"block {change.block_id}: {outcome}", []
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        if len(missed) == len(self.routers):
+            return f"block {change.block_id}: {outcomes[0]}", []
         ROUTER_SECONDS.observe(time.monotonic() - started)
-        return None
+        return None, missed
 
     async def _record(self, conn: Conn, done: list[Change]) -> None:
         if not done:
@@ -210,11 +300,21 @@ async def _in_batches(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     """The calls, IN_FLIGHT at a time, their results in order: a block's calls never
     fill the client's queue, so other blocks' calls get their turn between batches."""
     results: list[T] = []
+    started = 0
     try:
         for start in range(0, len(calls), IN_FLIGHT):
-            results += await asyncio.gather(*calls[start : start + IN_FLIGHT])
+            batch = [asyncio.ensure_future(c) for c in calls[start : start + IN_FLIGHT]]
+            started = start + len(batch)
+            try:
+                results += await asyncio.gather(*batch)
+            except BaseException:
+                # One call failed: its batch's others end now, not at their timeouts.
+                for task in batch:
+                    task.cancel()
+                await asyncio.gather(*batch, return_exceptions=True)
+                raise
     finally:
-        for call in calls[len(results) :]:
+        for call in calls[started:]:
             call.close()  # a batch failed: the calls not started never will
     return results
 

@@ -12,12 +12,12 @@ from provisioner.apply import check
 from provisioner.apply.check import PbxDrift
 from provisioner.apply.pjsip import PjsipReloader
 from provisioner.apply.round import Applier
+from provisioner.asterisk.ami import AsteriskUnavailable
 from provisioner.clock import Clock, system_clock
 from provisioner.db import apply_queue, apply_state
 from provisioner.db import router as db_router
 from provisioner.db.accounts import Pbx
 from provisioner.router import check as router_check
-from provisioner.router.rpc import RouterRefused, RouterUnavailable
 from provisioner.service.unit import Unit
 from provisioner.settings import Node, Settings
 from provisioner.settings import Router as RouterSettings
@@ -87,34 +87,46 @@ async def check_node(
     is left. With `router`, the node's problems include the router's entries that should
     point at this node, or do (a router that cannot be asked is one of them)."""
     secrets = settings.secret_box()
-    pbxes, node_problems = await check.check_node(pool, node, secrets)
+    try:
+        pbxes, node_problems = await check.check_node(pool, node, secrets)
+    except AsteriskUnavailable as exc:
+        # A dead node: what the router knows of it is what the operator needs next.
+        marked = await _marked_down(pool) if router and settings.router else {}
+        if node.name in marked:
+            raise AsteriskUnavailable(f"{exc}; {marked[node.name]}") from None
+        raise
     drifted = [d for d in pbxes if not d.ok]
     if repair and (drifted or node_problems):
         await check.repair_node(Applier.of(settings, pool, node, clock), drifted)
         pbxes, node_problems = await check.check_node(pool, node, secrets)
     if router and settings.router:
-        try:
-            drift = await router_check.check_router(pool, settings.router)
+        for drift in await router_check.check_router(pool, settings.router):
             node_problems = [*node_problems, *drift.problems(node.sip_uri)]
-        except (RouterUnavailable, RouterRefused) as exc:
-            node_problems = [*node_problems, f"router: unavailable: {exc}"]
-        async with pool.connection() as conn:
-            marked = (await db_router.health(conn)).get(node.name)
-        if marked is not None and not marked.up:
-            node_problems = [
-                *node_problems,
-                f"router: node marked down since {marked.since.isoformat()} (no answer to"
-                " the router's OPTIONS probes; calls for it are refused)",
-            ]
+        down = (await _marked_down(pool)).get(node.name)
+        if down is not None:
+            node_problems = [*node_problems, down]
     return pbxes, node_problems
+
+
+async def _marked_down(pool: AsyncConnectionPool) -> dict[str, str]:
+    """The nodes the router marks down, each with the line that says so."""
+    async with pool.connection() as conn:
+        marks = await db_router.health(conn)
+    return {
+        name: f"router: node marked down since {h.since.isoformat()} (no answer to the"
+        " router's OPTIONS probes; calls for it are refused)"
+        for name, h in marks.items()
+        if not h.up
+    }
 
 
 async def check_router(
     pool: AsyncConnectionPool, settings: RouterSettings, *, repair: bool
 ) -> list[str]:
     """The router's table against ours; with `repair`, put back and checked again."""
-    drift = await router_check.check_router(pool, settings)
-    if repair and not drift.ok:
-        await router_check.repair_router(settings, drift)
-        drift = await router_check.check_router(pool, settings)
-    return drift.problems()
+    drifts = await router_check.check_router(pool, settings)
+    if repair and not all(d.ok for d in drifts):
+        for drift in drifts:
+            await router_check.repair_router(settings, drift)
+        drifts = await router_check.check_router(pool, settings)
+    return [line for drift in drifts for line in drift.problems()]

@@ -110,7 +110,8 @@ class Node:
     router_host: str = setting(
         "",
         "Address of the SIP router in front of the node: inbound calls are accepted from it "
-        "as from the carrier. Empty: no router.",
+        "as from the carrier; several routers: their addresses separated by commas. "
+        "Empty: no router.",
     )
     # Group that may read the generated files (Asterisk's); they are never world-readable.
     file_group: int | None = setting(
@@ -146,9 +147,8 @@ class Node:
         if self.pjsip not in PJSIP_MODES:
             raise SettingsError(f"{self.name}: pjsip must be one of {', '.join(PJSIP_MODES)}")
         hosts = (self.carrier_host, self.ami_host, self.sip_host)
-        if not all(_HOST.fullmatch(h) for h in hosts) or not _HOST.fullmatch(
-            self.router_host or "-"
-        ):
+        routers = self.router_host.split(",") if self.router_host else []
+        if not all(_HOST.fullmatch(h) for h in (*hosts, *routers)):
             raise SettingsError(f"{self.name}: bad host")
 
     @property
@@ -324,7 +324,9 @@ class Router:
 
     rpc_url: str = setting(
         "",
-        "Kamailio's JSON-RPC over HTTP (jsonrpcs + xhttp), e.g. `http://127.0.0.1:5071/RPC`. "
+        "Kamailio's JSON-RPC over HTTP (jsonrpcs + xhttp), e.g. `http://127.0.0.1:5071/RPC`; "
+        "several routers side by side: their URLs separated by commas (each is told every "
+        "change; one that cannot be reached catches up when it answers again). "
         "Empty: no router; the carrier reaches each node as configured by hand.",
     )
     timeout_ms: int = setting(2000, "Give up on one RPC to the router after this long.")
@@ -342,15 +344,22 @@ class Router:
     )
 
     def __post_init__(self) -> None:
-        if self.rpc_url and not self.rpc_url.startswith(("http://", "https://")):
-            raise SettingsError("router.rpc_url must start with http:// or https://")
+        if not all(u.startswith(("http://", "https://")) for u in self.rpc_urls):
+            raise SettingsError("router.rpc_url: each URL must start with http:// or https://")
+        if len(set(self.rpc_urls)) != len(self.rpc_urls):
+            raise SettingsError("router.rpc_url names a router twice")
         if self.timeout_ms < 1 or self.retry_seconds < 1:
             raise SettingsError("router.timeout_ms and router.retry_seconds must be positive")
         if self.health_ms < 0:
             raise SettingsError("router.health_ms cannot be negative")
 
     def __bool__(self) -> bool:
-        return bool(self.rpc_url)
+        return bool(self.rpc_urls)
+
+    @property
+    def rpc_urls(self) -> tuple[str, ...]:
+        """One URL per router instance."""
+        return tuple(u.strip() for u in self.rpc_url.split(",") if u.strip())
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from datetime import timedelta
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -83,7 +85,7 @@ def start_workers(
 
         health = loop.run("node-health", health_step,
                           idle_seconds=settings.router.health_ms / 1000)  # fmt: skip
-        routing.append(asyncio.create_task(health, name="node-health"))
+        routing.append(asyncio.create_task(_watching(watch, health), name="node-health"))
     chores = loop.run("housekeeping", chores_step, idle_seconds=60)
     return [
         *(t for n in settings.asterisk.nodes for t in node_workers(settings, pool, url, clock, n)),
@@ -169,6 +171,14 @@ def node_workers(
             )
         )
     return tasks
+
+
+async def _watching(watch: HealthWatch, steps: Coroutine[Any, Any, None]) -> None:
+    """The node-health loop; the watch's router clients close with it."""
+    try:
+        await steps
+    finally:
+        await watch.close()
 
 
 async def _routing(sync: RouterSync, url: str) -> None:
