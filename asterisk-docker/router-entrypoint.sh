@@ -10,6 +10,7 @@ db_url=$(cat "$ROUTER_DB_FILE")
 config=/run/kamailio/kamailio.cfg
 umask 077
 sed -e "s|@SIP_IP@|$SIP_IP|g" -e "s|@SIP_PORT@|$SIP_PORT|g" \
+    -e "s|@PHONE_PORT@|${PHONE_PORT:-5064}|g" \
     -e "s|@RPC_IP@|$RPC_IP|g" -e "s|@RPC_PORT@|$RPC_PORT|g" \
     -e "s|@CARRIER_IP@|$CARRIER_IP|g" -e "s|@DB_URL@|$db_url|g" \
     -e "s|@MODULES@|/usr/lib/x86_64-linux-gnu/kamailio/modules/|g" \

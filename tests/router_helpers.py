@@ -44,6 +44,7 @@ class RouterLab:
     rpc_port: int
     db_url: str
     name: str = "router"  # the lab's first router; "router-2" one beside it
+    phone_port: int = 0  # its SIP port for phones (0: one is chosen when it starts)
 
     @property
     def rpc_url(self) -> str:
@@ -60,7 +61,7 @@ class RouterLab:
         done = self.command(
             "router-up", "--router-name", self.name, "--router-ip", ROUTER_IP,
             "--router-port", str(self.sip_port), "--rpc-port", str(self.rpc_port),
-            "--db-url", self.db_url,
+            "--phone-port", str(self.phone_port), "--db-url", self.db_url,
         )  # fmt: skip
         if done.returncode != 0:
             pytest.fail(f"the lab's router did not start:\n{done.stdout}{done.stderr}")
@@ -131,8 +132,9 @@ async def running_router(
     tmp_path: Path, db_url: str, name: str = "router"
 ) -> AsyncIterator[RouterLab]:
     router = RouterLab(
-        tmp_path / "router-lab", free_port(), free_port(), await reader_url(db_url), name
-    )
+        tmp_path / "router-lab", free_port(), free_port(), await reader_url(db_url), name,
+        free_port(),
+    )  # fmt: skip
     router.up()
     try:
         yield router
@@ -156,7 +158,10 @@ def platform(
             lab_node(lab),
             name=name,
             sip_port=lab.sip_port,
-            router_host=ROUTER_IP,
+            # The router's carrier port only: phones come through its phone port.
+            router_host=",".join(
+                f"{ROUTER_IP}:{r.sip_port}" for r in (router, beside) if r is not None
+            ),
             standby=standby if name == "default" else "",
         )
         for name, lab in (("default", first), ("node-b", second))
@@ -167,6 +172,7 @@ def platform(
         router=Router(
             rpc_url=",".join(r.rpc_url for r in (router, beside) if r is not None),
             retry_seconds=1,
+            phone_domain="pbx.lab",
         ),
     )
 

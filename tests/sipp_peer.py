@@ -139,16 +139,25 @@ def start_scenario(
     variables: dict[str, str] | None = None,
     timeout: float = 20.0,
     extra: list[str] | None = None,
+    domain: str | None = None,
 ) -> Running:
     """Start tests/sipp/<scenario>.xml once against Asterisk (or the router) on
-    <remote_ip>:<remote_port>."""
+    <remote_ip>:<remote_port>. With `domain`, a phone of that PBX's SIP domain behind
+    the router: every URI's host <remote_ip>:<remote_port> in the scenario is the
+    domain instead (sipp still sends to <remote_ip>:<remote_port>, its outbound proxy)."""
     refuse_in_fast_tier("sipp")
     if shutil.which(SIPP) is None:
         raise AssertionError(f"{SIPP} is missing: install Debian's sip-tester (make test does)")
     work = Path(tempfile.mkdtemp(prefix="prov-sipp-"))
+    script = SCENARIOS / f"{scenario}.xml"
+    if domain is not None:
+        text = script.read_text().replace("[remote_ip]:[remote_port]", "[domain]")
+        script = work / f"{scenario}.xml"
+        script.write_text(text)
+        extra = [*(extra or []), "-key", "domain", domain]
     args = [
         SIPP, f"{remote_ip}:{remote_port}",
-        "-sf", str(SCENARIOS / f"{scenario}.xml"),
+        "-sf", str(script),
         "-i", local_ip, "-p", str(local_port),
         "-m", "1", "-s", service,
         "-nostdin", "-trace_msg", "-message_file", str(work / "messages.log"),

@@ -275,11 +275,12 @@ def test_the_lab_starts_two_nodes_and_the_router_and_stops_them_all(
     folder = tmp_path / "platform"
     # Node 2 takes the base ports plus one: two ports in a row for AMI, two for SIP.
     ports = [str(free_ports_in_a_row(2)), str(free_ports_in_a_row(2))]
-    ports += [str(free_port()) for _ in range(2)]
+    ports += [str(free_port()) for _ in range(3)]
     up = subprocess.run(
         [str(LAB), "--dir", str(folder), "up", "--nodes", "2", "--router",
          "--ami-port", ports[0], "--sip-port", ports[1], "--router-port", ports[2],
-         "--rpc-port", ports[3], "--db-url", url, "--pjsip-db", f"2={node2}"],
+         "--rpc-port", ports[3], "--phone-port", ports[4], "--db-url", url,
+         "--pjsip-db", f"2={node2}"],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     try:
@@ -424,7 +425,8 @@ async def test_router_up_on_a_taken_port_fails_and_says_why(db_url: str, tmp_pat
         squatter.bind((ROUTER_IP, router.sip_port))
         done = router.command(
             "router-up", "--router-ip", ROUTER_IP, "--router-port", str(router.sip_port),
-            "--rpc-port", str(router.rpc_port), "--db-url", router.db_url,
+            "--rpc-port", str(router.rpc_port), "--phone-port", str(free_port()),
+            "--db-url", router.db_url,
         )  # fmt: skip
     assert done.returncode != 0, done.stdout + done.stderr
     assert f"port {router.sip_port} on {ROUTER_IP} is taken" in done.stderr, done.stderr

@@ -55,25 +55,32 @@ async def ids(db: psycopg.AsyncConnection[Any]) -> dict[str, int]:
     return {row[0]: row[1] for row in await cur.fetchall()}
 
 
-async def as_if_applied(db: psycopg.AsyncConnection[Any], pbx_id: int) -> None:
-    """As if the PBX's apply round had made its latest config live."""
+async def as_if_applied(
+    db: psycopg.AsyncConnection[Any], pbx_id: int, *, pjsip: bool = False
+) -> None:
+    """As if the PBX's apply round had made its latest dialplan live (with `pjsip`, its
+    endpoints too)."""
     await db.execute("DELETE FROM apply_queue WHERE pbx_id = %s", (pbx_id,))
     await db.execute(
-        "INSERT INTO apply_state (pbx_id, state, revision, dialplan_revision, updated_at)"
-        " VALUES (%s, 'applied', 1, 1, now()) ON CONFLICT (pbx_id) DO UPDATE"
+        "INSERT INTO apply_state (pbx_id, state, revision, dialplan_revision, pjsip_revision,"
+        " updated_at) VALUES (%s, 'applied', 1, 1, CASE WHEN %s THEN 1 END, now())"
+        " ON CONFLICT (pbx_id) DO UPDATE"
         " SET revision = coalesce(apply_state.revision, 0) + 1,"
-        "     dialplan_revision = coalesce(apply_state.revision, 0) + 1",
-        (pbx_id,),
+        "     dialplan_revision = coalesce(apply_state.revision, 0) + 1,"
+        "     pjsip_revision = CASE WHEN %s THEN coalesce(apply_state.revision, 0) + 1 END",
+        (pbx_id, pjsip, pjsip),
     )
 
 
 async def switch(db: psycopg.AsyncConnection[Any]) -> list[db_router.Change]:
-    """What the router step would switch now, recorded as done."""
+    """What the router step would switch now, recorded as done; returns the blocks'
+    changes (a PBX's own entry, for its phones, is switched alongside: see
+    test_a_pbx_entry_follows_its_pbx_once_its_phones_are_live)."""
     async with db.transaction():
         due = await db_router.due(db, 100)
         for change in due:
             await db_router.routed(db, change, _now())
-    return due
+    return [c for c in due if not c.block_id.startswith(db_router.PBX_ENTRY)]
 
 
 def _now() -> Any:
@@ -154,3 +161,38 @@ async def test_a_same_node_reassignment_is_not_held(api: Api, inbox: Inbox, db_u
         await assign_and_confirm(api, inbox)
         assert await serves(db, pbx[OWNER]) == []
         assert await serves(db, pbx[TARGET]) == [BLOCK]
+
+
+async def test_a_pbx_entry_follows_its_pbx_once_its_phones_are_live(api: Api, db_url: str) -> None:
+    """The router's entry of a PBX itself (its phones, by its SIP domain) switches as a
+    block does, make before break, but only once the PBX's endpoints are live on its
+    node, not its dialplan alone; a removed PBX's entry goes."""
+    await api.ok("PUT", f"/v1/accounts/{OWNER}",
+                 {"name": OWNER, "email": OWNER_MAIL, "language": "en"})  # fmt: skip
+    await api.ok("PUT", f"/v1/accounts/{OWNER}/pbx", {"node": "default"})
+    entry = f"{db_router.PBX_ENTRY}{OWNER.lower()}"
+
+    async def entries(db: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+        async with db.transaction():
+            due = await db_router.due(db, 100)
+            for change in due:
+                await db_router.routed(db, change, _now())
+        return [(c.block_id, c.node, c.keys, c.old_node) for c in due]
+
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as db:
+        a = (await ids(db))[OWNER]
+        await as_if_applied(db, a)
+        assert await entries(db) == [], "its dialplan alone is live: phones would fail"
+        await as_if_applied(db, a, pjsip=True)
+        assert await entries(db) == [(entry, "default", (entry,), None)]
+
+        await api.ok("PUT", f"/v1/accounts/{OWNER}/pbx", {"node": "node-b"})
+        assert await entries(db) == []
+        assert await db_router.routed_to(db, a, "default") == 1  # it stays there for now
+        await as_if_applied(db, a, pjsip=True)
+        assert await entries(db) == [(entry, "node-b", (entry,), "default")]
+        assert await db_router.routed_to(db, a, "default") == 0
+
+        assert (await api.call("DELETE", f"/v1/accounts/{OWNER}/pbx")).status == 204
+        assert await entries(db) == [(entry, None, (), "node-b")]
+        assert await db_router.table(db) == {}

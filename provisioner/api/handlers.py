@@ -45,7 +45,7 @@ async def put_pbx(request: web.Request) -> web.Response:
     pbx, created = await accounts.put_pbx(
         request[UNIT], request.match_info["customer"], node=body.get("node")
     )
-    return _json(serialize.pbx(pbx), 201 if created else 200)
+    return _json(serialize.pbx(pbx, request[UNIT].policy.phone_domain), 201 if created else 200)
 
 
 async def delete_pbx(request: web.Request) -> web.Response:
@@ -55,7 +55,7 @@ async def delete_pbx(request: web.Request) -> web.Response:
 
 async def get_pbx(request: web.Request) -> web.Response:
     pbx = await accounts.get_pbx(request[UNIT], request.match_info["customer"])
-    return _json(serialize.pbx(pbx))
+    return _json(serialize.pbx(pbx, request[UNIT].policy.phone_domain))
 
 
 async def put_block(request: web.Request) -> web.Response:

@@ -34,10 +34,12 @@ def account(a: Account) -> dict[str, Any]:
     }
 
 
-def pbx(p: Pbx) -> dict[str, Any]:
+def pbx(p: Pbx, phone_domain: str = "") -> dict[str, Any]:
     return {
         "customer": p.customer,
         "slug": p.slug,
+        # What its phones register with at the SIP router (router.phone_domain).
+        "sip_domain": f"{p.slug}.{phone_domain}" if phone_domain else None,
         "node": p.node,
         "moving_from": p.leaving_node,
         "created_at": when(p.created_at),

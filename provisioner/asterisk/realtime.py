@@ -41,7 +41,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "allow_transfer", "named_call_group", "named_pickup_group", "send_pai",
         "trust_id_outbound", "send_connected_line", "set_var",
     ),
-    "aor": ("contact", "max_contacts", "remove_existing"),
+    "aor": ("contact", "max_contacts", "remove_existing", "support_path"),
     "auth": ("auth_type", "username", "password", "realm", "md5_cred"),
 }  # fmt: skip
 

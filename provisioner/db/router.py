@@ -12,6 +12,9 @@ from provisioner.db import Conn, channels
 from provisioner.domain.numbers import LENGTH_FACTOR, Span, routing_keys
 
 CHANNEL = "router_due"
+# The router's entry of a PBX itself (its phones, by its SIP domain), beside its blocks':
+# its id and its one key are both PBX_ENTRY + slug (migration 0020, router_usage).
+PBX_ENTRY = "pbx:"
 # A block's spans as [low, high) in the overlap index's encoding (domain/numbers.py
 # Span.key_range), in order.
 _SPANS = (
@@ -78,26 +81,38 @@ async def node_uris(conn: Conn) -> dict[str, str]:
 
 
 async def due(conn: Conn, limit: int) -> list[Change]:
-    """Blocks to switch now: moved to a PBX whose config is live on its node (no apply
-    job left, its dialplan at its latest revision: make before break), or used by
-    nobody any more (their entries can go at once)."""
+    """Entries to switch now: a block moved to a PBX whose config is live on its node
+    (no apply job left, its dialplan at its latest revision: make before break), a PBX
+    whose phones' endpoints are live on its node too (its PJSIP as well), or an entry
+    nobody uses any more (it can go at once)."""
     cur = await conn.execute(
         "SELECT coalesce(w.block_id, r.block_id), w.pbx_id, w.node,"
         f" CASE WHEN w.block_id IS NULL THEN NULL ELSE {_SPANS.format(block='w.block_id')} END,"
         " r.pbx_id, r.node, coalesce(r.keys, '{}')"
-        " FROM block_usage w FULL JOIN router_blocks r ON r.block_id = w.block_id"
+        " FROM router_usage w FULL JOIN router_blocks r ON r.block_id = w.block_id"
         " WHERE (w.node IS DISTINCT FROM r.node OR w.pbx_id IS DISTINCT FROM r.pbx_id)"
         "   AND (w.pbx_id IS NULL OR ("
         "     NOT EXISTS (SELECT 1 FROM apply_queue q WHERE q.pbx_id = w.pbx_id)"
         "     AND EXISTS (SELECT 1 FROM apply_state st WHERE st.pbx_id = w.pbx_id"
-        "                 AND st.dialplan_revision = st.revision)))"
+        "                 AND st.dialplan_revision = st.revision"
+        # A PBX's own entry sends its phones there: its endpoints must be live too.
+        f"                 AND (w.block_id NOT LIKE '{PBX_ENTRY}%%'"
+        "                      OR st.pjsip_revision = st.revision))))"
         " ORDER BY 1 LIMIT %s",
         (limit,),
     )
+    rows = await cur.fetchall()
     return [
-        Change(row[0], row[1], row[2], _keys(row[3] or []), row[4], row[5], tuple(row[6]))
-        for row in await cur.fetchall()
+        Change(r[0], r[1], r[2], _entry_keys(r[0], r[1], r[3]), r[4], r[5], tuple(r[6]))
+        for r in rows
     ]
+
+
+def _entry_keys(entry: str, pbx_id: int | None, spans: list[list[int]] | None) -> tuple[str, ...]:
+    """A PBX's entry has one key, its id; a block's are its spans' keys (none: gone)."""
+    if entry.startswith(PBX_ENTRY):
+        return (entry,) if pbx_id is not None else ()
+    return _keys(spans or [])
 
 
 async def routed(conn: Conn, change: Change, now: datetime) -> None:
@@ -144,10 +159,21 @@ async def pbx_home(conn: Conn, pbx_id: int) -> tuple[str, str] | None:
     return (row[0], row[1]) if row else None
 
 
+async def lock_pbx_states(conn: Conn, pbx_ids: set[int]) -> None:
+    """Hold the PBXs' router state until commit: two switches of one PBX's entries that
+    commit side by side each see the other's before deciding whether the PBX is routed
+    (the second waits for the first; else each sees the other pending, and neither
+    says routed)."""
+    await conn.execute(
+        "SELECT 1 FROM apply_state WHERE pbx_id = ANY(%s) ORDER BY pbx_id FOR UPDATE",
+        (sorted(pbx_ids),),
+    )
+
+
 async def pending_pbxes(conn: Conn) -> set[int]:
     """PBXs whose numbers the router does not yet send to their node."""
     cur = await conn.execute(
-        "SELECT w.pbx_id FROM block_usage w LEFT JOIN router_blocks r"
+        "SELECT w.pbx_id FROM router_usage w LEFT JOIN router_blocks r"
         " ON r.block_id = w.block_id"
         " WHERE r.node IS DISTINCT FROM w.node OR r.pbx_id IS DISTINCT FROM w.pbx_id"
     )

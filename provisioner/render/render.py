@@ -25,7 +25,8 @@ def _environment() -> jinja2.Environment:
         # Every {{ }} is a token unless a filter below made it something else.
         finalize=safe.by_default,
     )
-    env.filters.update(secret=safe.secret, name=safe.display_name, comment=safe.comment)
+    env.filters.update(secret=safe.secret, name=safe.display_name, comment=safe.comment,
+                       address=safe.address)  # fmt: skip
     return env
 
 

@@ -19,6 +19,9 @@ MAX_TOKEN = rules.MAX_CONFIG_NAME
 TOKEN = re.compile(rf"^[A-Za-z0-9_.+-]{{1,{MAX_TOKEN}}}$")
 # Secrets (passwords): printable ASCII without ; # [ ] = $ { } " \ and no spaces.
 SECRET = re.compile(r"^[A-Za-z0-9_.,:@%!?*/()<>^~|'`&+-]{1,128}$")
+# A network address, with a port if need be: an IPv4 address or a host name, or an IPv6
+# address in brackets, then :port (an identify's `match` of one source port).
+ADDRESS = re.compile(r"^([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(:[0-9]{1,5})?$")
 # Display names keep letters of any script, digits and a little punctuation.
 _NAME_DROP = re.compile(r"[^\w .,'&()/+-]", re.UNICODE)
 
@@ -37,6 +40,13 @@ def token(value: object) -> Checked:
     text = str(value)
     if not TOKEN.fullmatch(text):
         raise UnsafeValue(f"not a config token: {text!r}")
+    return Checked(text)
+
+
+def address(value: object) -> Checked:
+    text = str(value)
+    if not ADDRESS.fullmatch(text):
+        raise UnsafeValue(f"not a network address: {text!r}")
     return Checked(text)
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -97,6 +97,7 @@ class RouterSync:
         self.pool, self.settings, self.clock = pool, settings, clock
         self.nodes = {n.name: n.sip_uri for n in nodes}
         self._nodes_written = False
+        self._nodes_loaded = False
         self._failures = 0
         self._next_try = 0.0
         self._last_error: str | None = None
@@ -130,6 +131,8 @@ class RouterSync:
                     c for c in await db_router.due(conn, BATCH) if c.block_id not in self._switching
                 ]
                 uris = await db_router.node_uris(conn)
+        if not self._nodes_loaded:
+            self._nodes_loaded = await self._load_nodes()
         for change in changes:
             task = asyncio.create_task(self._switch(change, uris), name=f"router-{change.block_id}")
             self._switching[change.block_id] = task
@@ -147,6 +150,23 @@ class RouterSync:
         await asyncio.gather(*tasks, return_exceptions=True)
         for instance in self.routers:
             await instance.client.close()
+
+    async def _load_nodes(self) -> bool:
+        """Until every router has loaded the nodes we wrote (dispatcher: the probes, and
+        what tells a node's requests to its phones from a phone's), each pass tells
+        those that have not; True once all have. A router started before we wrote them
+        has none; a reload refused (dispatcher allows one at a time) is tried again."""
+        ours = set(self.nodes.values())
+        loaded = True
+        for instance in self.routers:
+            try:
+                if set(await instance.client.marks()) != ours:
+                    loaded = False
+                    await instance.client.reload_nodes()
+            except (RouterUnavailable, RouterRefused) as exc:
+                loaded = False
+                log.info("router %s: nodes not loaded yet (%s)", instance.url, exc)
+        return loaded
 
     async def _catch_up(self, instance: Instance) -> None:
         """A router that missed a change, or started again since we last asked, loads
@@ -245,16 +265,16 @@ class RouterSync:
             if change.old_pbx_id is not None and change.old_node != change.node:
                 # The old node stops serving the block (it held it until now).
                 await apply_queue.request(
-                    conn, change.old_pbx_id, f"router sends block {change.block_id} elsewhere",
-                    now,
-                )  # fmt: skip
+                    conn, change.old_pbx_id, f"router sends {change.block_id} elsewhere", now
+                )
         # Each PBX whose blocks were switched hears it (the portal learns that its
         # numbers reach the node now); its state says whether any block still waits.
-        still = await db_router.pending_pbxes(conn)
         routed = {c.pbx_id for c in done if c.pbx_id is not None}
+        await db_router.lock_pbx_states(conn, routed)
+        still = await db_router.pending_pbxes(conn)
         await db_router.set_pbx_state(conn, routed - still, "routed", None, now)
         for pbx_id in sorted(routed):
-            blocks = tuple(c.block_id for c in done if c.pbx_id == pbx_id)
+            blocks = _blocks(c for c in done if c.pbx_id == pbx_id)
             await _event(conn, "router.routed", pbx_id, blocks, None, now)
 
     def _back_off(self) -> float:
@@ -273,8 +293,14 @@ class RouterSync:
         now = self.clock()
         pbx_ids = {c.pbx_id for c in waiting if c.pbx_id is not None}
         for pbx_id in await db_router.set_pbx_state(conn, pbx_ids, "pending", error[:500], now):
-            blocks = tuple(c.block_id for c in waiting if c.pbx_id == pbx_id)
+            blocks = _blocks(c for c in waiting if c.pbx_id == pbx_id)
             await _event(conn, "router.pending", pbx_id, blocks, error[:500], now)
+
+
+def _blocks(changes: Iterable[Change]) -> tuple[str, ...]:
+    """The blocks among the changes (not a PBX's own entry, its phones): what the
+    portal's events name."""
+    return tuple(c.block_id for c in changes if not c.block_id.startswith(db_router.PBX_ENTRY))
 
 
 async def push(r: Router, change: Change, uris: dict[str, str]) -> None:

@@ -44,6 +44,7 @@ class Policy:
     secrets: SecretBox = field(default_factory=SecretBox)
     nodes: tuple[str, ...] = ()  # the Asterisk nodes configured, by name
     default_node: str = "default"  # where a new PBX goes when its PUT names no node
+    phone_domain: str = ""  # a PBX's SIP domain is <slug>.<this>; empty: no phone routing
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -55,6 +56,7 @@ class Policy:
             secrets=settings.secret_box(),
             nodes=tuple(n.name for n in settings.asterisk.nodes),
             default_node=settings.asterisk.default_node,
+            phone_domain=settings.router.phone_domain,
         )
 
 

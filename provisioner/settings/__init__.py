@@ -70,6 +70,9 @@ def _group(value: Any) -> int | None:
 
 
 _HOST = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
+_DOMAIN = re.compile(
+    r"^(?=.{1,200}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$"
+)
 _REALM = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ROLES = ("portal", "engineer")
 PJSIP_MODES = ("files", "realtime")
@@ -343,7 +346,18 @@ class Router:
         "0: not read.",
     )
 
+    phone_domain: str = setting(
+        "",
+        "Phones through the router: a PBX's SIP domain is <slug>.<phone_domain> (the PBX's "
+        "`sip_domain` in the API); its phones register with that domain at the router's "
+        "phone port (registrar and outbound proxy), which relays them to the PBX's node "
+        "wherever it is homed. Empty: the API names no domain (phones register straight to "
+        "their node).",
+    )
+
     def __post_init__(self) -> None:
+        if self.phone_domain and not _DOMAIN.fullmatch(self.phone_domain):
+            raise SettingsError("router.phone_domain must be a DNS name, e.g. pbx.example.net")
         if not all(u.startswith(("http://", "https://")) for u in self.rpc_urls):
             raise SettingsError("router.rpc_url: each URL must start with http:// or https://")
         if len(set(self.rpc_urls)) != len(self.rpc_urls):

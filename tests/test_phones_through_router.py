@@ -1,0 +1,189 @@
+"""Phones through the SIP router: each PBX is a SIP domain (<slug>.pbx.lab here), its
+phones register at the router's phone port (registrar and outbound proxy), and the
+router relays their REGISTER (with Path), INVITE, SUBSCRIBE and in-dialog requests to
+the node of their PBX, and the node's calls to them back along the Path. A PBX moved to
+another node: its phones keep their configuration and land on the new node with their
+next registration. Real Kamailio, the lab's two Asterisks, sipp phones."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from fixtures_lab import Lab
+from helpers import BLOCK, OWNER
+from lab_helpers import until_subscribed
+from ports import free_port
+from router_helpers import (
+    ROUTER_IP,
+    Phone,
+    Platform,
+    node_named,
+    platform_of,
+    rpc,
+)
+from sipp_peer import SipResult, assert_blind_transfer, run_scenario, start_scenario
+from test_calls import dialog_states
+from waiting import wait_until
+
+from provisioner.settings import Settings
+
+MUNICH = "+49891234567"  # A's block; its default target is A's phone 100
+
+
+def domain(customer: str) -> str:
+    return f"{customer.lower()}.pbx.lab"
+
+
+def register(scene: Platform, customer: str, phone: Phone, expires: int = 300) -> SipResult:
+    """The phone registers at the router with its PBX's domain: the same configuration
+    wherever its PBX is homed."""
+    return run_scenario(
+        "register", remote_ip=ROUTER_IP, remote_port=scene.router.phone_port,
+        service=phone.username, username=phone.username, password=phone.password,
+        local_port=phone.port, variables={"expires": str(expires)}, domain=domain(customer),
+    )  # fmt: skip
+
+
+def routed_pbx(scene: Platform, customer: str) -> str | None:
+    found = rpc(scene.router, "htable.get", "numbers", f"pbx:{customer.lower()}")
+    value = found.get("result", {}).get("item", {}).get("value")
+    return str(value) if value is not None else None
+
+
+async def carrier_call_rings(scene: Platform, customer: str, phone: Phone) -> None:
+    answering = start_scenario("uas_answer", remote_ip=ROUTER_IP,
+                               remote_port=scene.router.phone_port, local_port=phone.port,
+                               timeout=15)  # fmt: skip
+    call = await asyncio.to_thread(scene.carrier_calls, MUNICH)
+    answered = await asyncio.to_thread(answering.wait, 15)
+    evidence = call.evidence() + "\n--- phone ---\n" + answered.evidence()
+    assert call.ok, evidence
+    assert answered.ok, evidence
+    invite = next(m for m in answered.messages if m.method == "INVITE")
+    assert "+4940999999" in invite.headers["from"], evidence
+    assert ROUTER_IP in invite.headers.get("via", ""), f"not through the router: {evidence}"
+
+
+async def colleague_call_rings(
+    scene: Platform, customer: str, caller: Phone, callee: Phone, dial: str
+) -> None:
+    answering = start_scenario("uas_answer", remote_ip=ROUTER_IP,
+                               remote_port=scene.router.phone_port, local_port=callee.port,
+                               timeout=15)  # fmt: skip
+    call = await asyncio.to_thread(
+        run_scenario, "call", remote_ip=ROUTER_IP, remote_port=scene.router.phone_port,
+        service=caller.username, username=caller.username, password=caller.password,
+        local_port=caller.port, variables={"dial": dial}, domain=domain(customer),
+        timeout=15,
+    )  # fmt: skip
+    answered = await asyncio.to_thread(answering.wait, 15)
+    evidence = call.evidence() + "\n--- callee ---\n" + answered.evidence()
+    assert call.ok, evidence
+    assert answered.ok, evidence
+
+
+async def test_a_phone_follows_its_pbx_to_another_node_with_no_change_to_the_phone(
+    settings: Settings, clean_lab: Lab, clean_second_lab: Lab, tmp_path: Path
+) -> None:
+    async with platform_of(settings, clean_lab, clean_second_lab, tmp_path) as scene:
+        home = node_named(scene.settings, "default").sip_uri
+        assert routed_pbx(scene, OWNER) == home
+        pbx = await scene.api.ok("GET", f"/v1/accounts/{OWNER}/pbx")
+        assert pbx["sip_domain"] == domain(OWNER) == "k200300.pbx.lab", pbx
+        made = await scene.api.ok("PUT", f"/v1/accounts/{OWNER}/pbx/extensions/101",
+                                  {"name": "Colleague", "site_block": BLOCK})  # fmt: skip
+        phone = scene.phones["A"]
+        colleague = Phone(made["sip_username"], made["sip_password"], free_port())
+        await scene.routed(OWNER)
+
+        for who in (phone, colleague):
+            result = register(scene, OWNER, who)
+            assert result.ok, result.evidence()
+        contacts = clean_lab.cli("pjsip show contacts")
+        print("DEBUG", clean_lab.cli(f"pjsip show aor {phone.username}"))
+        print("DEBUG", clean_lab.cli("pjsip show contacts"))
+        assert phone.username in contacts, contacts
+        await carrier_call_rings(scene, OWNER, phone)
+        await colleague_call_rings(scene, OWNER, phone, colleague, "101")
+
+        # A's PBX moves to node-b: the router sends its phones there once it is live.
+        moved = time.monotonic()
+        await scene.api.ok("PUT", f"/v1/accounts/{OWNER}/pbx", {"node": "node-b"})
+        there = node_named(scene.settings, "node-b").sip_uri
+        await wait_until(lambda: routed_pbx(scene, OWNER) == there,
+                         "A's phones never routed to node-b", 30)  # fmt: skip
+        routed_in = time.monotonic() - moved
+        # The phones' next registration (their refresh), the same configuration.
+        for who in (phone, colleague):
+            result = register(scene, OWNER, who)
+            assert result.ok, result.evidence()
+        assert phone.username in clean_second_lab.cli("pjsip show contacts")
+        await carrier_call_rings(scene, OWNER, phone)
+        await colleague_call_rings(scene, OWNER, phone, colleague, "101")
+        print(f"A's phones routed to node-b {routed_in:.1f} s after the PUT")
+
+
+async def test_blf_and_a_blind_transfer_work_through_the_router(
+    settings: Settings, clean_lab: Lab, clean_second_lab: Lab, tmp_path: Path
+) -> None:
+    """A's phones 100 and 101 behind the router: 100 watches 101 (SUBSCRIBE through the
+    router, NOTIFYs back along its dialog) while the carrier's call rings 101; then 101
+    answers a carrier call and transfers it (REFER, in the dialog through the router)
+    to 100, which gets the carrier's caller."""
+    async with platform_of(settings, clean_lab, clean_second_lab, tmp_path) as scene:
+        made = await scene.api.ok("PUT", f"/v1/accounts/{OWNER}/pbx/extensions/101",
+                                  {"name": "Colleague", "site_block": BLOCK})  # fmt: skip
+        watcher = scene.phones["A"]
+        watched = Phone(made["sip_username"], made["sip_password"], free_port())
+        await scene.routed(OWNER)
+        for who in (watcher, watched):
+            result = register(scene, OWNER, who)
+            assert result.ok, result.evidence()
+
+        subscriber = start_scenario(
+            "subscribe", remote_ip=ROUTER_IP, remote_port=scene.router.phone_port,
+            service=watcher.username, username=watcher.username, password=watcher.password,
+            local_port=watcher.port, variables={"watch": "101"}, timeout=30,
+            domain=domain(OWNER),
+        )  # fmt: skip
+        await until_subscribed(clean_lab, watcher.username)  # its first NOTIFY: idle
+        answering = start_scenario("uas_answer", remote_ip=ROUTER_IP,
+                                   remote_port=scene.router.phone_port,
+                                   local_port=watched.port, timeout=15)  # fmt: skip
+        call = await asyncio.to_thread(
+            run_scenario, "call", remote_ip=ROUTER_IP, remote_port=scene.router.phone_port,
+            service=watcher.username, username=watcher.username, password=watcher.password,
+            local_port=free_port(), variables={"dial": "101"}, domain=domain(OWNER),
+            timeout=15,
+        )  # fmt: skip
+        await asyncio.to_thread(answering.wait, 20)
+        watched_result = await asyncio.to_thread(subscriber.wait, 40)
+        states = dialog_states(watched_result)
+        evidence = f"states {states}\n" + watched_result.evidence() + "\n---\n" + call.evidence()
+        assert 200 in watched_result.received_statuses(), evidence
+        assert "early" in states and "confirmed" in states, evidence
+        assert states[-1] == "terminated", evidence
+
+        # 101 answers the carrier's call to A's block and transfers it to 100 (on a port
+        # of its own: its subscription's NOTIFYs still go to the one it watched from).
+        watcher = Phone(watcher.username, watcher.password, free_port())
+        result = register(scene, OWNER, watcher)
+        assert result.ok, result.evidence()
+        await scene.api.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}",
+                           {"number": "+4989123456", "range": "0-99", "mode": "pbx",
+                            "default_target": "101"})  # fmt: skip
+        await scene.routed(OWNER)
+        referring = start_scenario(
+            "uas_refer", remote_ip=ROUTER_IP, remote_port=scene.router.phone_port,
+            service=watched.username, local_port=watched.port,
+            variables={"refer_to": "100"}, timeout=20, domain=domain(OWNER),
+        )  # fmt: skip
+        target = start_scenario("uas_answer", remote_ip=ROUTER_IP,
+                                remote_port=scene.router.phone_port,
+                                local_port=watcher.port, timeout=20)  # fmt: skip
+        carrier = await asyncio.to_thread(scene.carrier_calls, MUNICH, timeout=20)
+        referred = await asyncio.to_thread(referring.wait, 20)
+        answered = await asyncio.to_thread(target.wait, 20)
+        assert_blind_transfer(carrier, referred, answered)
