@@ -23,7 +23,7 @@ from fixtures_service import Api
 from helpers import BLOCK, OWNER, OWNER_MAIL, TARGET, TARGET_MAIL, path_of, request_assignment
 from lab_helpers import CARRIER_HOST, lab_node, lab_service, wait_applied
 from ports import free_port
-from sipp_peer import SipResult, run_scenario, start_scenario
+from sipp_peer import SipMessage, SipResult, run_scenario, start_scenario
 from tier import refuse_in_fast_tier
 from waiting import wait_until
 
@@ -244,8 +244,15 @@ class Platform:
         """The carrier calls `dial` through the router (or `via` another); `who`'s
         phone, registered on `node`, answers it (and nobody else gets it)."""
         self.register(who, node)
-        phone = self.phones[who]
-        answering = start_scenario("uas_answer", remote_port=self.labs[node].sip_port,
+        await self.rings(dial, self.phones[who], "127.0.0.1", self.labs[node].sip_port, via)
+
+    async def rings(
+        self, dial: str, phone: Phone, host: str, port: int, via: RouterLab | None = None
+    ) -> SipMessage:
+        """The carrier calls `dial` through the router (or `via` another); the phone,
+        registered at host:port (its node, or the router's phone port), answers it.
+        Returns the INVITE the phone got."""
+        answering = start_scenario("uas_answer", remote_ip=host, remote_port=port,
                                    local_port=phone.port, timeout=15)  # fmt: skip
         call = await asyncio.to_thread(self.carrier_calls, dial, via=via)
         answered = await asyncio.to_thread(answering.wait, 15)
@@ -254,6 +261,7 @@ class Platform:
         assert answered.ok, evidence
         invite = next(m for m in answered.messages if m.method == "INVITE")
         assert "+4940999999" in invite.headers["from"], evidence
+        return invite
 
     def carrier_calls(
         self,

@@ -52,18 +52,9 @@ def routed_pbx(scene: Platform, customer: str) -> str | None:
     return str(value) if value is not None else None
 
 
-async def carrier_call_rings(scene: Platform, customer: str, phone: Phone) -> None:
-    answering = start_scenario("uas_answer", remote_ip=ROUTER_IP,
-                               remote_port=scene.router.phone_port, local_port=phone.port,
-                               timeout=15)  # fmt: skip
-    call = await asyncio.to_thread(scene.carrier_calls, MUNICH)
-    answered = await asyncio.to_thread(answering.wait, 15)
-    evidence = call.evidence() + "\n--- phone ---\n" + answered.evidence()
-    assert call.ok, evidence
-    assert answered.ok, evidence
-    invite = next(m for m in answered.messages if m.method == "INVITE")
-    assert "+4940999999" in invite.headers["from"], evidence
-    assert ROUTER_IP in invite.headers.get("via", ""), f"not through the router: {evidence}"
+async def carrier_call_rings(scene: Platform, phone: Phone) -> None:
+    invite = await scene.rings(MUNICH, phone, ROUTER_IP, scene.router.phone_port)
+    assert ROUTER_IP in invite.headers.get("via", ""), f"not through the router: {invite}"
 
 
 async def colleague_call_rings(
@@ -84,6 +75,18 @@ async def colleague_call_rings(
     assert answered.ok, evidence
 
 
+async def two_phones_registered(scene: Platform) -> tuple[Phone, Phone]:
+    """A's phone 100 and a new colleague 101, both registered through the router."""
+    made = await scene.api.ok("PUT", f"/v1/accounts/{OWNER}/pbx/extensions/101",
+                              {"name": "Colleague", "site_block": BLOCK})  # fmt: skip
+    phones = (scene.phones["A"], Phone(made["sip_username"], made["sip_password"], free_port()))
+    await scene.routed(OWNER)
+    for phone in phones:
+        result = register(scene, OWNER, phone)
+        assert result.ok, result.evidence()
+    return phones
+
+
 async def test_a_phone_follows_its_pbx_to_another_node_with_no_change_to_the_phone(
     settings: Settings, clean_lab: Lab, clean_second_lab: Lab, tmp_path: Path
 ) -> None:
@@ -92,20 +95,10 @@ async def test_a_phone_follows_its_pbx_to_another_node_with_no_change_to_the_pho
         assert routed_pbx(scene, OWNER) == home
         pbx = await scene.api.ok("GET", f"/v1/accounts/{OWNER}/pbx")
         assert pbx["sip_domain"] == domain(OWNER) == "k200300.pbx.lab", pbx
-        made = await scene.api.ok("PUT", f"/v1/accounts/{OWNER}/pbx/extensions/101",
-                                  {"name": "Colleague", "site_block": BLOCK})  # fmt: skip
-        phone = scene.phones["A"]
-        colleague = Phone(made["sip_username"], made["sip_password"], free_port())
-        await scene.routed(OWNER)
-
-        for who in (phone, colleague):
-            result = register(scene, OWNER, who)
-            assert result.ok, result.evidence()
+        phone, colleague = await two_phones_registered(scene)
         contacts = clean_lab.cli("pjsip show contacts")
-        print("DEBUG", clean_lab.cli(f"pjsip show aor {phone.username}"))
-        print("DEBUG", clean_lab.cli("pjsip show contacts"))
         assert phone.username in contacts, contacts
-        await carrier_call_rings(scene, OWNER, phone)
+        await carrier_call_rings(scene, phone)
         await colleague_call_rings(scene, OWNER, phone, colleague, "101")
 
         # A's PBX moves to node-b: the router sends its phones there once it is live.
@@ -120,7 +113,7 @@ async def test_a_phone_follows_its_pbx_to_another_node_with_no_change_to_the_pho
             result = register(scene, OWNER, who)
             assert result.ok, result.evidence()
         assert phone.username in clean_second_lab.cli("pjsip show contacts")
-        await carrier_call_rings(scene, OWNER, phone)
+        await carrier_call_rings(scene, phone)
         await colleague_call_rings(scene, OWNER, phone, colleague, "101")
         print(f"A's phones routed to node-b {routed_in:.1f} s after the PUT")
 
@@ -133,14 +126,7 @@ async def test_blf_and_a_blind_transfer_work_through_the_router(
     answers a carrier call and transfers it (REFER, in the dialog through the router)
     to 100, which gets the carrier's caller."""
     async with platform_of(settings, clean_lab, clean_second_lab, tmp_path) as scene:
-        made = await scene.api.ok("PUT", f"/v1/accounts/{OWNER}/pbx/extensions/101",
-                                  {"name": "Colleague", "site_block": BLOCK})  # fmt: skip
-        watcher = scene.phones["A"]
-        watched = Phone(made["sip_username"], made["sip_password"], free_port())
-        await scene.routed(OWNER)
-        for who in (watcher, watched):
-            result = register(scene, OWNER, who)
-            assert result.ok, result.evidence()
+        watcher, watched = await two_phones_registered(scene)
 
         subscriber = start_scenario(
             "subscribe", remote_ip=ROUTER_IP, remote_port=scene.router.phone_port,
@@ -149,19 +135,12 @@ async def test_blf_and_a_blind_transfer_work_through_the_router(
             domain=domain(OWNER),
         )  # fmt: skip
         await until_subscribed(clean_lab, watcher.username)  # its first NOTIFY: idle
-        answering = start_scenario("uas_answer", remote_ip=ROUTER_IP,
-                                   remote_port=scene.router.phone_port,
-                                   local_port=watched.port, timeout=15)  # fmt: skip
-        call = await asyncio.to_thread(
-            run_scenario, "call", remote_ip=ROUTER_IP, remote_port=scene.router.phone_port,
-            service=watcher.username, username=watcher.username, password=watcher.password,
-            local_port=free_port(), variables={"dial": "101"}, domain=domain(OWNER),
-            timeout=15,
-        )  # fmt: skip
-        await asyncio.to_thread(answering.wait, 20)
+        # 100 calls 101 (from another port: its subscription holds its own).
+        caller = Phone(watcher.username, watcher.password, free_port())
+        await colleague_call_rings(scene, OWNER, caller, watched, "101")
         watched_result = await asyncio.to_thread(subscriber.wait, 40)
         states = dialog_states(watched_result)
-        evidence = f"states {states}\n" + watched_result.evidence() + "\n---\n" + call.evidence()
+        evidence = f"states {states}\n" + watched_result.evidence()
         assert 200 in watched_result.received_statuses(), evidence
         assert "early" in states and "confirmed" in states, evidence
         assert states[-1] == "terminated", evidence

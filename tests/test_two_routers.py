@@ -8,9 +8,11 @@ Asterisks, the carrier as a Prober that fails over like an SBC with two routers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
@@ -66,15 +68,26 @@ async def move_b_to_default(scene: Platform, survivor: RouterLab) -> float:
     return time.monotonic() - started
 
 
-async def test_one_router_killed_under_load_loses_no_call_after_the_retry(
-    settings: Settings, clean_lab: Lab, clean_second_lab: Lab, tmp_path: Path
-) -> None:
+@contextlib.asynccontextmanager
+async def two_routers(
+    settings: Settings, first_lab: Lab, second_lab: Lab, tmp_path: Path
+) -> AsyncIterator[tuple[Platform, RouterLab, RouterLab]]:
+    """The two-node platform behind two routers side by side: (it, router, router-2)."""
     db_url = settings.database.url.value
     async with (
         running_router(tmp_path, db_url) as first,
         running_router(tmp_path, db_url, "router-2") as second,
-        platform_behind(settings, first, clean_lab, clean_second_lab, beside=second) as scene,
+        platform_behind(settings, first, first_lab, second_lab, beside=second) as scene,
     ):
+        yield scene, first, second
+
+
+async def test_one_router_killed_under_load_loses_no_call_after_the_retry(
+    settings: Settings, clean_lab: Lab, clean_second_lab: Lab, tmp_path: Path
+) -> None:
+    async with two_routers(settings, clean_lab, clean_second_lab, tmp_path) as (
+        scene, first, second,
+    ):  # fmt: skip
         home = node_named(scene.settings, "default").sip_uri
         assert routed_uri(first, MUNICH) == home
         assert routed_uri(second, MUNICH) == home, "the second router was not told"
@@ -134,12 +147,9 @@ async def test_a_router_unreachable_during_a_change_catches_up_when_it_answers(
     """The second router frozen (SIGSTOP of all its processes: it neither answers nor
     restarts) while B's PBX moves: the change goes live on the first, the service marks
     the second behind, and once it runs again it reloads its table from the database."""
-    db_url = settings.database.url.value
-    async with (
-        running_router(tmp_path, db_url) as first,
-        running_router(tmp_path, db_url, "router-2") as second,
-        platform_behind(settings, first, clean_lab, clean_second_lab, beside=second) as scene,
-    ):
+    async with two_routers(settings, clean_lab, clean_second_lab, tmp_path) as (
+        scene, first, second,
+    ):  # fmt: skip
         home = node_named(scene.settings, "default").sip_uri
         group = int(second.state()["group"])
         os.killpg(group, signal.SIGSTOP)
