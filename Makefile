@@ -63,7 +63,8 @@ mutation: setup
 # The benchmark (bench/): two nodes behind the SIP router (bench/router.py), then the
 # incremental apply against full reloads by node size. Needs the lab that `make test`
 # builds; about 45 minutes; writes bench/results.{json,md}, bench/router-results.json,
-# the PNG and the README's tables. BENCH_ARGS="--part router" (or moves, realtime, billing) runs one part.
+# the PNG and the README's tables. BENCH_ARGS="--part router" (or moves, failover, realtime,
+# billing) runs one part.
 bench: setup
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,embedded,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)

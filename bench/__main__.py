@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 
 from bench import billing as billing_bench
+from bench import failover as failover_bench
 from bench import realtime as realtime_bench
 from bench import router as router_bench
 from bench.common import (
@@ -242,11 +243,14 @@ def main() -> int:
     parser.add_argument("--rss-moves", type=int, default=100)
     parser.add_argument("--out", default=str(ROOT / "bench"))
     parser.add_argument(
-        "--part", choices=("all", "moves", "router", "realtime", "billing"), default="all",
+        "--part", choices=("all", "moves", "router", "failover", "realtime", "billing"),
+        default="all",
         help="moves: one node at each size; router: two nodes behind the SIP router;"
-        " realtime: one node in each PJSIP mode; billing: the CDR import and usage query",
+        " failover: a dead node's PBXs on its standby; realtime: one node in each PJSIP"
+        " mode; billing: the CDR import and usage query",
     )  # fmt: skip
     router_bench.arguments(parser)
+    failover_bench.arguments(parser)
     realtime_bench.arguments(parser)
     billing_bench.arguments(parser)
     args = parser.parse_args()
@@ -254,6 +258,7 @@ def main() -> int:
     readme = ROOT / "README.md" if out == ROOT / "bench" else None
     for part, module, title in (
         ("router", router_bench, "two nodes behind the SIP router"),
+        ("failover", failover_bench, "a dead node's PBXs ring on its standby"),
         ("realtime", realtime_bench, "one node in each PJSIP mode"),
         ("billing", billing_bench, "usage per owner account: CDR import, usage query"),
     ):
@@ -263,7 +268,7 @@ def main() -> int:
             found = asyncio.run(module.run(args))
             module.report({"date": began.isoformat(timespec="seconds"), "machine": machine(),
                            **found}, out, readme)  # fmt: skip
-    if args.part in ("router", "realtime", "billing"):
+    if args.part in ("router", "failover", "realtime", "billing"):
         return 0
     sizes = []
     for text in args.sizes.split(","):

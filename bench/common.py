@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import yaml
 from sipp_peer import Running, run_scenario, start_scenario
 
@@ -33,6 +35,7 @@ CARRIER = "127.0.0.2"
 TARGETS = 5  # PBXs with a registered sipp phone that the moved blocks go to
 FIRST_EXT = 200  # phones 200, 201, ... (the 1xx range holds service numbers 110, 112, ...)
 OWNER = "K9000001"
+ROUTER_IP = "127.0.0.3"  # the SIP router (Kamailio) of the bench's platforms
 
 
 def free_port() -> int:
@@ -89,6 +92,17 @@ class Lab:
                              f"{done.stdout}{done.stderr}")  # fmt: skip
         self.state: dict[str, Any] = json.loads((self.folder / "lab.json").read_text())
         return dict(self.state)
+
+    def up_again(self) -> None:
+        """Start its Asterisk again (after a kill), on its own folder, ports and secrets."""
+        done = subprocess.run(
+            [str(LAB), "--dir", str(self.folder), "up", "--ami-port", str(self.ami_port),
+             "--sip-port", str(self.sip_port)],
+            capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"the lab did not start again:\n{done.stdout}{done.stderr}")
+        self.state = json.loads((self.folder / "lab.json").read_text())
 
     def down(self) -> None:
         """Stop it; its folder (config, logs) goes too unless BENCH_KEEP is set."""
@@ -424,3 +438,140 @@ async def register_phones(lab: Lab, passwords: dict[str, str]) -> dict[str, int]
             raise RuntimeError(f"phone of {c} did not register: {result.evidence()}")
         ports[c] = port
     return ports
+
+
+# --- Two nodes behind the SIP router -------------------------------------------------
+
+
+@dataclass
+class RouterProc:
+    """The lab's Kamailio (`lab router-up`), in its own folder."""
+
+    folder: Path
+    db_url: str
+    shm_mb: int
+    sip_port: int = field(default_factory=free_port)
+    rpc_port: int = field(default_factory=free_port)
+    phone_port: int = field(default_factory=free_port)
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://{ROUTER_IP}:{self.rpc_port}/RPC"
+
+    def up(self) -> float:
+        """Start it; returns the seconds until it answered RPC (its table loaded)."""
+        started = time.monotonic()
+        done = subprocess.run(
+            [str(LAB), "--dir", str(self.folder), "router-up", "--router-ip", ROUTER_IP,
+             "--router-port", str(self.sip_port), "--rpc-port", str(self.rpc_port),
+             "--phone-port", str(self.phone_port),
+             "--db-url", self.db_url, "--shm-mb", str(self.shm_mb)],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise SystemExit(f"the router did not start:\n{done.stdout}{done.stderr}")
+        return time.monotonic() - started
+
+    def down(self) -> None:
+        subprocess.run([str(LAB), "--dir", str(self.folder), "router-down"],
+                       capture_output=True, timeout=60, check=False)  # fmt: skip
+
+    def pids(self) -> list[int]:
+        state = json.loads((self.folder / "router" / "router.json").read_text())
+        leader = int(state["pid"])
+        found = [leader]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == leader:
+                    found.append(int(entry.name))
+        return found
+
+
+class RouterService(Service):
+    """`provisioner serve` with two nodes (`default` and `node-b`) behind the router;
+    with `standby`, node-b is the standby of `default`, and phones register through the
+    router with their PBX's domain (<slug>.<phone_domain>)."""
+
+    def __init__(
+        self, work: Path, labs: list[Lab], db_url: str, router: RouterProc, *,
+        standby: bool = False, phone_domain: str = "",
+    ) -> None:  # fmt: skip
+        super().__init__(work, labs[0], db_url, free_port())
+        self.labs, self.router = labs, router
+        self.standby, self.phone_domain = standby, phone_domain
+
+    def config(self, *, incremental: bool) -> dict[str, Any]:
+        config = super().config(incremental=incremental)
+        nodes = []
+        for name, lab in zip(("default", "node-b"), self.labs, strict=True):
+            s = lab.state
+            nodes.append({
+                "name": name, "ami_host": "127.0.0.1", "ami_port": s["ami_port"],
+                "ami_username": s["ami_user"], "ami_secret": s["ami_secret"],
+                "output_dir": s["output_dir"], "carrier_host": CARRIER,
+                "carrier_port": self.carrier_port, "file_group": s["file_group"],
+                "sip_port": s["sip_port"],
+                "pjsip": "files",  # the bench's labs (the realtime part starts its own)
+                # Its carrier port: what comes from its phone port is a phone's.
+                "router_host": f"{ROUTER_IP}:{self.router.sip_port}",
+                "standby": "node-b" if self.standby and name == "default" else "",
+            })  # fmt: skip
+        config["asterisk"]["nodes"] = nodes
+        config["router"] = {"rpc_url": self.router.rpc_url, "phone_domain": self.phone_domain}
+        return config
+
+
+async def reader(db_url: str) -> str:
+    """The router's read-only login, as `provisioner router-reader` makes it."""
+    from provisioner.db import router as db_router
+
+    password = secrets.token_urlsafe(16)
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await db_router.make_reader(conn, "kamailio", password)
+    info = psycopg.conninfo.conninfo_to_dict(db_url)
+    return f"postgresql://kamailio:{password}@/{info['dbname']}?host={info['host']}"
+
+
+async def build_on(
+    client: Client, pbxes: int, phones: int, node: str, first: int
+) -> dict[str, str]:
+    """PBXs first .. first+pbxes-1 on `node`, a block and `phones` phones each; returns
+    each PBX's first phone's password (shown once, when made)."""
+    gate = asyncio.Semaphore(8)
+    made = {}
+
+    async def pbx(i: int) -> None:
+        c = customer(i)
+        async with gate:
+            account = {"name": f"Kunde {i}", "email": f"it@k{i}.example", "language": "de"}
+            await client.ok("PUT", f"/v1/accounts/{c}", account)
+            await client.ok("PUT", f"/v1/accounts/{c}/pbx", {"node": node})
+            block = {"number": f"+49301{i:04d}", "range": "0-99", "mode": "pbx"}
+            await client.ok("PUT", f"/v1/accounts/{c}/blocks/site-{i}", block)
+        for ext in range(FIRST_EXT, FIRST_EXT + phones):
+            async with gate:
+                body = {"name": f"Phone {ext}", "site_block": f"site-{i}"}
+                phone = await client.ok("PUT", f"/v1/accounts/{c}/pbx/extensions/{ext}", body)
+            if ext == FIRST_EXT:
+                made[c] = phone["sip_password"]
+        async with gate:  # the default target must be one of the PBX's extensions
+            block["default_target"] = str(FIRST_EXT)
+            await client.ok("PUT", f"/v1/accounts/{c}/blocks/site-{i}", block)
+
+    await asyncio.gather(*(pbx(i) for i in range(first, first + pbxes)))
+    return made
+
+
+async def all_routed(client: Client, customers: list[str], within: float) -> None:
+    async def done() -> bool:
+        for c in customers:
+            state = await client.ok("GET", f"/v1/accounts/{c}/pbx/config")
+            if state["apply_state"] != "applied" or state["live"]["router"] != "routed":
+                return False
+        return True
+
+    await until(done, within, "the platform was not applied and routed", pause=0.5)

@@ -10,7 +10,9 @@ it answers each INVITE 486 and notes when it came and for which number.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -339,12 +341,57 @@ class Prober:
 @dataclass
 class RingingPhone:
     """A registered phone that rings for every call (180) until it is cancelled (200 to
-    the CANCEL, 487 to the INVITE). Register it first from the same port (sipp)."""
+    the CANCEL, 487 to the INVITE). Register it first from the same port (sipp), or
+    with `register` from its own socket while it rings (a phone refreshing its
+    registration through the router)."""
 
     port: int
     invites: int = 0
     _endpoint: UdpEndpoint | None = None
     _task: asyncio.Task[None] | None = None
+    _answers: dict[str, asyncio.Queue[tuple[int, dict[str, str]]]] = field(
+        default_factory=dict
+    )  # call-id of a REGISTER: its answers
+
+    async def register(
+        self, proxy: tuple[str, int], user: str, password: str, domain: str,
+        expires: int = 300, within: float = 3.0,
+    ) -> int:  # fmt: skip
+        """REGISTER user@domain through the outbound proxy, with digest auth on a 401;
+        the final answer's status (0: none within `within` seconds)."""
+        call_id, tag = secrets.token_hex(8), secrets.token_hex(4)
+        answers: asyncio.Queue[tuple[int, dict[str, str]]] = asyncio.Queue()
+        self._answers[call_id] = answers
+        authorization = ""
+        try:
+            for cseq in (1, 2):
+                request = (
+                    f"REGISTER sip:{domain} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{secrets.token_hex(6)}"
+                    ";rport\r\n"
+                    f"From: <sip:{user}@{domain}>;tag={tag}\r\nTo: <sip:{user}@{domain}>\r\n"
+                    f"Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n"
+                    f"Contact: <sip:{user}@127.0.0.1:{self.port}>\r\n{authorization}"
+                    f"Max-Forwards: 70\r\nExpires: {expires}\r\nContent-Length: 0\r\n\r\n"
+                )
+                assert self._endpoint and self._endpoint.transport
+                self._endpoint.transport.sendto(request.encode(), proxy)
+                deadline = time.monotonic() + within
+                while True:
+                    left = deadline - time.monotonic()
+                    try:
+                        status, headers = await asyncio.wait_for(answers.get(), max(left, 0.001))
+                    except TimeoutError:
+                        return 0
+                    if status >= 200:
+                        break
+                if status != 401 or cseq == 2:
+                    return status
+                authorization = _digest(headers.get("www-authenticate", ""), user, password,
+                                        f"sip:{domain}")  # fmt: skip
+        finally:
+            del self._answers[call_id]
+        return 0
 
     async def start(self) -> None:
         self._endpoint = await bind_udp("127.0.0.1", self.port)
@@ -376,8 +423,10 @@ class RingingPhone:
         assert self._endpoint
         while True:
             text, addr = await self._endpoint.queue.get()
-            first = text.split("\r\n", 1)[0]
-            if first.startswith("INVITE "):
+            first, headers = parse_headers(text)
+            if first.startswith("SIP/2.0 ") and headers.get("call-id") in self._answers:
+                self._answers[headers["call-id"]].put_nowait((int(first.split()[1]), headers))
+            elif first.startswith("INVITE "):
                 self.invites += 1
                 self._reply(text, "180 Ringing", addr)
             elif first.startswith("CANCEL "):
@@ -385,3 +434,25 @@ class RingingPhone:
                 self._reply(text, "487 Request Terminated", addr, method="INVITE")
             elif first.startswith(("OPTIONS ", "NOTIFY ", "BYE ")):
                 self._reply(text, "200 OK", addr)
+
+
+def _digest(challenge: str, user: str, password: str, uri: str) -> str:
+    """The Authorization header answering a 401's digest challenge (MD5, qop auth)."""
+    fields = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge))
+    realm, nonce = fields.get("realm", ""), fields.get("nonce", "")
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+    ha1, ha2 = md5(f"{user}:{realm}:{password}"), md5(f"REGISTER:{uri}")
+    header = f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}"'
+    if "auth" in fields.get("qop", "").split(","):
+        cnonce = secrets.token_hex(8)
+        response = md5(f"{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}")
+        header += f', qop=auth, nc=00000001, cnonce="{cnonce}"'
+    else:
+        response = md5(f"{ha1}:{nonce}:{ha2}")
+    header += f', response="{response}", algorithm=MD5'
+    if "opaque" in fields:
+        header += f', opaque="{fields["opaque"]}"'
+    return f"Authorization: {header}\r\n"

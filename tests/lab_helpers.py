@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -164,6 +165,14 @@ async def cologne_pbx(api: Api) -> dict[str, Any]:
         {"name": "Emil Köln", "site_block": "cgn-main"},
     )  # fmt: skip
     return emil
+
+
+def console(node: Node, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`provisioner <args>` as an engineer runs it on the lab's node."""
+    return subprocess.run(
+        [sys.executable, "-m", "provisioner", *args],
+        capture_output=True, text=True, env=console_env(node, db_url), timeout=120, check=False,
+    )  # fmt: skip
 
 
 def console_env(

@@ -214,6 +214,11 @@ def final_status(result: SipResult) -> int | None:
     return statuses[0] if statuses else None
 
 
+def sip_domain(customer: str) -> str:
+    """A PBX's SIP domain on the test platform (router.phone_domain is pbx.lab)."""
+    return f"{customer.lower()}.pbx.lab"
+
+
 @dataclass(frozen=True)
 class Phone:
     username: str
@@ -237,6 +242,16 @@ class Platform:
             variables={"expires": "300"},
         )  # fmt: skip
         assert result.ok, result.evidence()
+
+    def register_via_router(self, customer: str, phone: Phone, expires: int = 300) -> SipResult:
+        """The phone registers at the router's phone port with its PBX's domain: the same
+        configuration wherever its PBX is homed."""
+        return run_scenario(
+            "register", remote_ip=ROUTER_IP, remote_port=self.router.phone_port,
+            service=phone.username, username=phone.username, password=phone.password,
+            local_port=phone.port, variables={"expires": str(expires)},
+            domain=sip_domain(customer),
+        )  # fmt: skip
 
     async def call_rings(
         self, dial: str, who: str, node: str, via: RouterLab | None = None

@@ -207,3 +207,13 @@ def assert_blind_transfer(call: SipResult, referred: SipResult, answered: SipRes
     assert answered.ok, evidence
     invite = next(m for m in answered.messages if m.method == "INVITE")
     assert "+4940999999" in invite.headers["from"], evidence  # the carrier's caller
+
+
+def dialog_states(result: SipResult) -> list[str]:
+    """The <state> of every NOTIFY body the subscriber received, in order."""
+    states = []
+    for m in result.messages:
+        if m.method == "NOTIFY":
+            found = re.findall(r"<state[^>]*>([a-z]+)</state>", m.body)
+            states.append(found[0] if found else "idle")
+    return states

@@ -11,7 +11,6 @@ isolation. On failure, each assertion prints the SIP evidence.
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +33,13 @@ from lab_helpers import (
 )
 from panoramisk import Manager
 from ports import free_port
-from sipp_peer import SipResult, assert_blind_transfer, run_scenario, start_scenario
+from sipp_peer import (
+    SipResult,
+    assert_blind_transfer,
+    dialog_states,
+    run_scenario,
+    start_scenario,
+)
 
 from provisioner.settings import Settings
 
@@ -361,16 +366,6 @@ async def test_pickup_across_sites(scene: Scene, dial: str) -> None:
     assert picker.ok and invite_ok(picker), evidence  # 100 got the call
     assert caller_result.ok and invite_ok(caller_result), evidence  # 101 was connected
     assert rang.ok and any(m.method == "CANCEL" for m in rang.messages), evidence
-
-
-def dialog_states(result: SipResult) -> list[str]:
-    """The <state> of every NOTIFY body the subscriber received, in order."""
-    states = []
-    for m in result.messages:
-        if m.method == "NOTIFY":
-            found = re.findall(r"<state[^>]*>([a-z]+)</state>", m.body)
-            states.append(found[0] if found else "idle")
-    return states
 
 
 async def test_blf_shows_ringing_and_talking_across_sites(scene: Scene) -> None:

@@ -4,25 +4,15 @@ reported over the API and the console, and repaired."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from typing import Any
 
 from fixtures_lab import Lab
 from fixtures_mail import Inbox
 from fixtures_service import ENGINEER_KEY
 from helpers import OTHER, TARGET
-from lab_helpers import branch_scene, cologne_pbx, console_env, lab_service, wait_applied
+from lab_helpers import branch_scene, cologne_pbx, console, lab_service, wait_applied
 
-from provisioner.settings import Node, Settings
-
-
-def console(node: Node, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """`provisioner <args>` as an engineer runs it on the lab's node."""
-    return subprocess.run(
-        [sys.executable, "-m", "provisioner", *args],
-        capture_output=True, text=True, env=console_env(node, db_url), timeout=120, check=False,
-    )  # fmt: skip
+from provisioner.settings import Settings
 
 
 async def test_drift_is_found_reported_and_repaired(

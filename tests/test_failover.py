@@ -22,7 +22,11 @@ from ports import free_port
 from psycopg_pool import AsyncConnectionPool
 
 from provisioner.app import create_app
+from provisioner.apply import record
+from provisioner.db import accounts as db_accounts
+from provisioner.db import apply_state, revisions, rounds
 from provisioner.db import router as db_router
+from provisioner.render.render import digest
 from provisioner.service.failover import fail_over
 from provisioner.settings import Node, Router, Secret, Settings
 
@@ -167,3 +171,37 @@ async def test_the_node_check_names_a_node_the_router_marks_down(api: Api, db_ur
     up = await api.call("GET", "/v1/nodes/node-b/check")
     body = await up.json()
     assert up.status == 503 and "marked down" not in body["detail"], body
+
+
+@pytest.mark.parametrize("pjsip_due", [False, True], ids=["applied", "pjsip-waits"])
+async def test_a_pbx_that_renders_the_same_on_its_new_node_is_live_there(
+    pool: AsyncConnectionPool, pjsip_due: bool
+) -> None:
+    """Every node with the same carrier (as in production): a PBX moved (or failed over)
+    renders the same files on its new node. Once they are on disk there, its apply state
+    names its latest revision as live, or the router would never switch to the node.
+    Found by `make bench --part failover`: the PBXs were "applied" with nothing live."""
+    files = {"dialplan/tenant-k200300.conf": "; the same on every node\n"}
+    async with pool.connection() as conn:
+        await db_accounts.upsert(conn, OWNER, "Isar", OWNER_MAIL, "en", T0)
+        pbx, _ = await db_accounts.create_pbx(conn, OWNER, "k200300", "default", T0)
+        assert pbx is not None
+        latest = await revisions.add_revision(conn, pbx.id, digest(files), files, T0)
+        await apply_state.set_state(conn, pbx.id, "applied", T0, revision=latest.revision,
+                                    good_revision=latest.revision)  # fmt: skip
+        await db_accounts.move_pbx(conn, pbx.id, "node-b")
+        await conn.commit()
+        [tenant] = await rounds.round_pbxes(conn, [pbx.id])
+    assert (tenant.latest, tenant.written, tenant.pjsip_live) == (latest.revision, files, False)
+    outcome = record.Outcome(tenant, on_disk=dict(files), pjsip_due=pjsip_due)
+    await record.record(pool, [outcome], T0, 1)
+    async with pool.connection() as conn:
+        state = await apply_state.get(conn, pbx.id)
+        assert await revisions.latest_revision(conn, pbx.id) == latest  # no new revision
+    assert state is not None
+    assert state.dialplan_revision == latest.revision, state
+    if pjsip_due:  # its PJSIP objects come with the node's next reload (pjsip_live)
+        assert (state.state, state.pjsip_revision) == ("pending", None), state
+    else:
+        assert (state.state, state.pjsip_revision) == ("applied", latest.revision), state
+        assert state.good_revision == latest.revision, state

@@ -30,7 +30,6 @@ from router_helpers import (
     routed_uri,
     rpc,
 )
-from sipp_peer import run_scenario
 from waiting import wait_until
 
 from bench.sip import Prober, RingingPhone
@@ -133,26 +132,29 @@ async def test_the_routers_marks_are_stored_once_per_change(db_url: str) -> None
 async def test_a_dead_nodes_pbxs_ring_on_its_standby_and_stay_there(
     settings: Settings, clean_lab: Lab, clean_second_lab: Lab, tmp_path: Path
 ) -> None:
-    """Node `default` (A's PBX) has node-b as its standby. The carrier calls A's numbers
-    at 20 calls/s; `default` is killed. Its PBXs move to node-b once the router has
-    found it down for failover_seconds, A's phone registers there (its next
-    registration; phones do not go through the router yet), and from the first call
-    that rings there on, every call rings. The node comes back: nothing moves back by
-    itself; the operator moves A back, and A's calls ring on `default` again."""
+    """Node `default` (A's PBX) has node-b as its standby. A's phone registers through
+    the router (its PBX's domain); the carrier calls A's numbers at 20 calls/s;
+    `default` is killed. Its PBXs move to node-b once the router has found it down for
+    failover_seconds; the phone's next REGISTER, the same configuration, lands there
+    (it tries again each second until one succeeds, as a phone does after a failed
+    refresh), and from the first call that rings there on, every call rings. The node
+    comes back: nothing moves back by itself; the operator moves A back, and A's calls
+    ring on `default` again."""
     quick = replace(settings, asterisk=replace(settings.asterisk, failover_seconds=1))
     async with platform_of(quick, clean_lab, clean_second_lab, tmp_path, "node-b") as scene:
         await wait_until(lambda: node_up(scene, "default"), "default never probed up", 15)
-        scene.register("A", "default")
-        at_default = RingingPhone(scene.phones["A"].port)
-        at_standby = RingingPhone(free_port())
-        await at_default.start()
+        phone = scene.phones["A"]
+        registered = scene.register_via_router(OWNER, phone)
+        assert registered.ok, registered.evidence()
+        ringing = RingingPhone(phone.port)
+        await ringing.start()
         storm = Prober(CARRIER_HOST, free_port(), scene.router.sip_port, asterisk_host=ROUTER_IP)
         await storm.start()
         stop = asyncio.Event()
         numbers = [f"+4989123456{i}" for i in range(100)]
         calling = asyncio.create_task(storm.run(numbers, rate=20, until=stop, at_least=10))
         try:
-            await wait_until(lambda: at_default.invites >= 20, "A's phone does not ring", 10)
+            await wait_until(lambda: ringing.invites >= 20, "A's phone does not ring", 10)
             pid = int(json.loads((clean_lab.folder / "lab.json").read_text())["pid"])
             killed = time.time()
             os.kill(pid, signal.SIGKILL)
@@ -168,20 +170,20 @@ async def test_a_dead_nodes_pbxs_ring_on_its_standby_and_stay_there(
             assert moved[0]["data"]["node"] == "default", moved
             assert moved[0]["data"]["standby"] == "node-b", moved
             assert OWNER in moved[0]["data"]["customers"], moved
-            # A's phone registers again, where its PBX is now (its endpoint is there).
-            endpoint = f"{scene.phones['A'].username}"
-            await wait_until(
-                lambda: "Endpoint:" in clean_second_lab.cli(f"pjsip show endpoint {endpoint}"),
-                f"{endpoint} never on node-b", 20,
-            )  # fmt: skip
-            registered = run_scenario(
-                "register", remote_port=clean_second_lab.sip_port, service=endpoint,
-                username=endpoint, password=scene.phones["A"].password,
-                local_port=at_standby.port, variables={"expires": "300"},
-            )  # fmt: skip
-            assert registered.ok, registered.evidence()
-            await at_standby.start()
-            await wait_until(lambda: at_standby.invites >= 1, "no call rings on node-b", 30)
+            # The phone registers again through the router, unchanged: once the router
+            # sends its PBX's domain to node-b, the REGISTER lands there.
+            ringing.close()
+            rang_before = ringing.invites
+
+            async def registers() -> bool:
+                return (await asyncio.to_thread(scene.register_via_router, OWNER, phone)).ok
+
+            await wait_until(registers, "the phone never registered again", 30, interval=1)
+            registered_at = time.time()
+            assert phone.username in clean_second_lab.cli("pjsip show contacts")
+            ringing = RingingPhone(phone.port, invites=rang_before)
+            await ringing.start()
+            await wait_until(lambda: ringing.invites > rang_before, "no call rings on node-b", 30)
             first_ring = min(t for c, t in storm.rang.items() if storm.sent[c] > killed)
             # Go on calling for 5 s after the first ring on the standby.
             await wait_until(lambda: time.time() - first_ring > 5, "(not reached)", 10)
@@ -192,13 +194,13 @@ async def test_a_dead_nodes_pbxs_ring_on_its_standby_and_stay_there(
             stop.set()
             calling.cancel()
             storm.close()
-            at_default.close()
-            at_standby.close()
+            ringing.close()
         after = [c for c, sent in storm.sent.items() if sent >= first_ring]
         lost = [c for c in after if c not in storm.rang]
         summary = (
             f"{len(storm.sent)} calls, {len(after)} after the first ring on node-b;"
             f" node.down {down_at - killed:.1f} s, node.failover {failover_at - killed:.1f} s,"
+            f" the phone registered through the router {registered_at - killed:.1f} s,"
             " first ring on node-b"
             f" {first_ring - killed:.1f} s after the kill"
         )
@@ -233,8 +235,7 @@ async def test_a_dead_nodes_pbxs_ring_on_its_standby_and_stay_there(
         home = node_named(scene.settings, "default").sip_uri
         await wait_until(lambda: routed_uri(scene.router, MUNICH) == home,
                          "A's numbers never routed to default again", 30)  # fmt: skip
-        await wait_until(
-            lambda: "Endpoint:" in clean_lab.cli(f"pjsip show endpoint {endpoint}"),
-            f"{endpoint} never back on default", 20,
-        )  # fmt: skip
-        await scene.call_rings(MUNICH, "A", "default")
+        # The phone's next REGISTER, still the same, lands on `default` again.
+        await wait_until(registers, "the phone never registered on default again", 30)
+        assert phone.username in clean_lab.cli("pjsip show contacts")
+        await scene.rings(MUNICH, phone, ROUTER_IP, scene.router.phone_port)

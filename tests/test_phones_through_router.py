@@ -22,28 +22,14 @@ from router_helpers import (
     node_named,
     platform_of,
     rpc,
+    sip_domain,
 )
-from sipp_peer import SipResult, assert_blind_transfer, run_scenario, start_scenario
-from test_calls import dialog_states
+from sipp_peer import assert_blind_transfer, dialog_states, run_scenario, start_scenario
 from waiting import wait_until
 
 from provisioner.settings import Settings
 
 MUNICH = "+49891234567"  # A's block; its default target is A's phone 100
-
-
-def domain(customer: str) -> str:
-    return f"{customer.lower()}.pbx.lab"
-
-
-def register(scene: Platform, customer: str, phone: Phone, expires: int = 300) -> SipResult:
-    """The phone registers at the router with its PBX's domain: the same configuration
-    wherever its PBX is homed."""
-    return run_scenario(
-        "register", remote_ip=ROUTER_IP, remote_port=scene.router.phone_port,
-        service=phone.username, username=phone.username, password=phone.password,
-        local_port=phone.port, variables={"expires": str(expires)}, domain=domain(customer),
-    )  # fmt: skip
 
 
 def routed_pbx(scene: Platform, customer: str) -> str | None:
@@ -66,7 +52,7 @@ async def colleague_call_rings(
     call = await asyncio.to_thread(
         run_scenario, "call", remote_ip=ROUTER_IP, remote_port=scene.router.phone_port,
         service=caller.username, username=caller.username, password=caller.password,
-        local_port=caller.port, variables={"dial": dial}, domain=domain(customer),
+        local_port=caller.port, variables={"dial": dial}, domain=sip_domain(customer),
         timeout=15,
     )  # fmt: skip
     answered = await asyncio.to_thread(answering.wait, 15)
@@ -82,7 +68,7 @@ async def two_phones_registered(scene: Platform) -> tuple[Phone, Phone]:
     phones = (scene.phones["A"], Phone(made["sip_username"], made["sip_password"], free_port()))
     await scene.routed(OWNER)
     for phone in phones:
-        result = register(scene, OWNER, phone)
+        result = scene.register_via_router(OWNER, phone)
         assert result.ok, result.evidence()
     return phones
 
@@ -94,7 +80,7 @@ async def test_a_phone_follows_its_pbx_to_another_node_with_no_change_to_the_pho
         home = node_named(scene.settings, "default").sip_uri
         assert routed_pbx(scene, OWNER) == home
         pbx = await scene.api.ok("GET", f"/v1/accounts/{OWNER}/pbx")
-        assert pbx["sip_domain"] == domain(OWNER) == "k200300.pbx.lab", pbx
+        assert pbx["sip_domain"] == sip_domain(OWNER) == "k200300.pbx.lab", pbx
         phone, colleague = await two_phones_registered(scene)
         contacts = clean_lab.cli("pjsip show contacts")
         assert phone.username in contacts, contacts
@@ -110,7 +96,7 @@ async def test_a_phone_follows_its_pbx_to_another_node_with_no_change_to_the_pho
         routed_in = time.monotonic() - moved
         # The phones' next registration (their refresh), the same configuration.
         for who in (phone, colleague):
-            result = register(scene, OWNER, who)
+            result = scene.register_via_router(OWNER, who)
             assert result.ok, result.evidence()
         assert phone.username in clean_second_lab.cli("pjsip show contacts")
         await carrier_call_rings(scene, phone)
@@ -132,7 +118,7 @@ async def test_blf_and_a_blind_transfer_work_through_the_router(
             "subscribe", remote_ip=ROUTER_IP, remote_port=scene.router.phone_port,
             service=watcher.username, username=watcher.username, password=watcher.password,
             local_port=watcher.port, variables={"watch": "101"}, timeout=30,
-            domain=domain(OWNER),
+            domain=sip_domain(OWNER),
         )  # fmt: skip
         await until_subscribed(clean_lab, watcher.username)  # its first NOTIFY: idle
         # 100 calls 101 (from another port: its subscription holds its own).
@@ -148,7 +134,7 @@ async def test_blf_and_a_blind_transfer_work_through_the_router(
         # 101 answers the carrier's call to A's block and transfers it to 100 (on a port
         # of its own: its subscription's NOTIFYs still go to the one it watched from).
         watcher = Phone(watcher.username, watcher.password, free_port())
-        result = register(scene, OWNER, watcher)
+        result = scene.register_via_router(OWNER, watcher)
         assert result.ok, result.evidence()
         await scene.api.ok("PUT", f"/v1/accounts/{OWNER}/blocks/{BLOCK}",
                            {"number": "+4989123456", "range": "0-99", "mode": "pbx",
@@ -157,7 +143,7 @@ async def test_blf_and_a_blind_transfer_work_through_the_router(
         referring = start_scenario(
             "uas_refer", remote_ip=ROUTER_IP, remote_port=scene.router.phone_port,
             service=watched.username, local_port=watched.port,
-            variables={"refer_to": "100"}, timeout=20, domain=domain(OWNER),
+            variables={"refer_to": "100"}, timeout=20, domain=sip_domain(OWNER),
         )  # fmt: skip
         target = start_scenario("uas_answer", remote_ip=ROUTER_IP,
                                 remote_port=scene.router.phone_port,

@@ -23,6 +23,7 @@ import pytest
 from fixtures_lab import REALTIME_PASSWORD, REALTIME_ROLE, Lab, ami_of, running_lab
 from fixtures_service import Api
 from lab_helpers import (
+    console,
     lab_command,
     lab_service,
     lab_up_again,
@@ -272,7 +273,6 @@ async def test_a_row_changed_by_hand_is_drift_and_the_repair_puts_it_back(
     settings: Settings, clean_realtime_lab: Lab, db_url: str
 ) -> None:
     from fixtures_service import ENGINEER_KEY
-    from test_check import console
 
     lab = clean_realtime_lab
     async with lab_service(settings, lab) as (api, node):
@@ -307,7 +307,6 @@ async def test_a_full_round_leaves_the_cache_warm_and_heals_a_lost_expiry(
     it did not change stay cached (no REGISTER after it waits for PostgreSQL), and one
     whose cache entry is wrong while its row is right (an expiry that was lost) is
     served once more as it is, then read again from its row."""
-    from test_check import console
 
     lab = clean_realtime_lab
     async with lab_service(settings, lab) as (api, node):

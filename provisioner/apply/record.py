@@ -118,10 +118,13 @@ async def outcome(
 
 async def _store_revision(conn: Conn, o: Outcome, now: datetime) -> int | None:
     """A new revision when what is on disk now differs from the latest one (redacted);
-    returns the PBX's revision (None: the latest stays). A rolled-back attempt is kept
-    too, for diffs; the PBX's revision is then the attempted one."""
+    returns the PBX's revision: the new one, else the latest, whose files are what is on
+    disk (a PBX moved to a node where it renders the same, as when every node has the
+    same carrier, is live there at its latest revision: its apply state says so, or the
+    router would never switch to it). A rolled-back attempt is kept too, for diffs; the
+    PBX's revision is then the attempted one."""
     assert o.on_disk is not None
-    written, revision = o.tenant.written, None
+    written, revision = o.tenant.written, o.tenant.latest
     if o.attempted is not None and redacted(o.attempted) != written:
         written = redacted(o.attempted)
         tried = await revisions.add_revision(conn, o.tenant.pbx_id, digest(written), written, now)

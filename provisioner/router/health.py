@@ -14,7 +14,6 @@ they were (said once in the log); the router step retries its own work meanwhile
 from __future__ import annotations
 
 import logging
-import time
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -28,10 +27,6 @@ from provisioner.settings import Node
 from provisioner.settings import Router as RouterSettings
 
 log = logging.getLogger(__name__)
-
-# A router whose nodes differ from ours (started before the router step wrote them, or
-# the settings changed) is told to load them again, at most this often.
-RELOAD_EVERY = 10.0
 
 
 class HealthWatch:
@@ -47,7 +42,6 @@ class HealthWatch:
         self.uris = {n.name: n.sip_uri for n in nodes}
         self.routers = [Router(url, timeout_ms=settings.timeout_ms) for url in settings.rpc_urls]
         self._unreadable: dict[str, str] = {}  # router URL -> the reason last logged
-        self._reloaded = {r.url: -RELOAD_EVERY for r in self.routers}
         # What the database holds, as far as this watch knows: a step that sees the same
         # marks again writes nothing (None: not read yet, the first step compares).
         self._stored: dict[str, bool] | None = None
@@ -82,11 +76,7 @@ class HealthWatch:
         """One router's marks by node name; None if it cannot be asked (said once)."""
         router.open()
         try:
-            marks = await router.marks()
-            stale = set(marks) != set(self.names)
-            if stale and time.monotonic() - self._reloaded[router.url] >= RELOAD_EVERY:
-                self._reloaded[router.url] = time.monotonic()
-                await router.reload_nodes()
+            marks = await router.marks_of(set(self.names))
         except (RouterUnavailable, RouterRefused) as exc:
             if self._unreadable.get(router.url) != str(exc):
                 log.warning("router %s: node health not readable: %s", router.url, exc)

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import time
+from collections.abc import Collection
 from typing import Any
 
 import aiohttp
 
 TABLE = "numbers"
 CONNECTIONS = 2  # the router's TCP workers (tcp_children) serve them; 2 cores here
+# A router whose nodes differ from ours is told to load them again at most this often
+# (dispatcher takes one reload a second: reload_delta in kamailio.cfg).
+RELOAD_NODES_EVERY = 2.0
+
+log = logging.getLogger(__name__)
 
 
 class RouterUnavailable(Exception):
@@ -47,6 +55,7 @@ class Router:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
+        self._nodes_told = -RELOAD_NODES_EVERY
 
     async def __aenter__(self) -> Router:
         self.open()
@@ -142,6 +151,20 @@ class Router:
                 if "URI" in dest:
                     known = flags[:1] in ("A", "I", "D")
                     marks[str(dest["URI"])] = flags[:1] == "A" if known else None
+        return marks
+
+    async def marks_of(self, nodes: Collection[str]) -> dict[str, bool | None]:
+        """The marks (`marks`) of a router that should probe `nodes` (SIP URIs, as the
+        router step wrote them to router_dispatcher). One that has other nodes (it
+        started before they were written, or they changed) is told to load them again:
+        the one rule of the router step and of the health watch."""
+        marks = await self.marks()
+        if set(marks) != set(nodes) and time.monotonic() - self._nodes_told >= RELOAD_NODES_EVERY:
+            self._nodes_told = time.monotonic()
+            try:
+                await self.reload_nodes()
+            except RouterRefused as exc:  # one reload at a time: the next ask tries again
+                log.info("router %s: nodes not reloaded yet: %s", self.url, exc)
         return marks
 
     async def started(self) -> str:

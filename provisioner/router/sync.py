@@ -80,6 +80,7 @@ class Instance:
     client: Router
     started: str | None = None  # its core.uptime up_since when last asked
     behind: bool = False  # missed a change: reload the table when it answers
+    catching: asyncio.Task[None] | None = None  # the catch-up under way, if any
 
     @property
     def url(self) -> str:
@@ -120,7 +121,12 @@ class RouterSync:
         if time.monotonic() - self._asked >= CATCH_UP_EVERY:
             self._asked = time.monotonic()
             for instance in self.routers:
-                await self._catch_up(instance)
+                # A task of its own: a router that hangs (frozen, not refusing) costs
+                # its RPC timeout there, not in every pass of the step.
+                if instance.catching is None or instance.catching.done():
+                    instance.catching = asyncio.create_task(
+                        self._catch_up(instance), name=f"router-catch-up-{instance.url}"
+                    )
         async with self.pool.connection() as conn:
             await conn.set_autocommit(True)
             if not self._nodes_written:
@@ -145,6 +151,7 @@ class RouterSync:
     async def stop(self) -> None:
         """The switches under way end with the worker (each is retried from its start)."""
         tasks = list(self._switching.values())
+        tasks += [i.catching for i in self.routers if i.catching is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -152,17 +159,14 @@ class RouterSync:
             await instance.client.close()
 
     async def _load_nodes(self) -> bool:
-        """Until every router has loaded the nodes we wrote (dispatcher: the probes, and
-        what tells a node's requests to its phones from a phone's), each pass tells
-        those that have not; True once all have. A router started before we wrote them
-        has none; a reload refused (dispatcher allows one at a time) is tried again."""
+        """True once every router probes the nodes we wrote (dispatcher: the probes, and
+        what tells a node's requests to its phones from a phone's); until then each pass
+        asks, and a router that has others is told to load them (Router.marks_of)."""
         ours = set(self.nodes.values())
         loaded = True
         for instance in self.routers:
             try:
-                if set(await instance.client.marks()) != ours:
-                    loaded = False
-                    await instance.client.reload_nodes()
+                loaded = set(await instance.client.marks_of(ours)) == ours and loaded
             except (RouterUnavailable, RouterRefused) as exc:
                 loaded = False
                 log.info("router %s: nodes not loaded yet (%s)", instance.url, exc)
