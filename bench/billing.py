@@ -5,7 +5,6 @@ a fresh PostgreSQL), and how long the usage query takes over 1,000,000 records."
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import tempfile
@@ -17,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from bench.report import into_readme
+from bench.report import report_part, rows_table
 from provisioner.db import calls, embedded
 from provisioner.db.migrate import migrate
 from provisioner.service import usage
@@ -139,16 +138,8 @@ def table(r: dict[str, Any]) -> str:
          f"{big['median_ms']} ms median, {big['p95_ms']} ms p95, {big['max_ms']} ms max "
          f"({big['samples']} runs)"),
     ]  # fmt: skip
-    lines = ["| what | measured |", "|---|---|"]
-    lines += [f"| {what} | {value} |" for what, value in rows]
-    return "\n".join(lines)
+    return rows_table(("what", "measured"), rows)
 
 
 def report(results: dict[str, Any], folder: Path, readme: Path | None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "billing-results.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    measured = f"Measured {results['date'][:10]} on {results['machine']}."
-    into_readme(readme, "billing-bench", f"{measured}\n\n{text}\n")
-    print()
-    print(text)
+    report_part("billing", results, table(results), folder, readme)

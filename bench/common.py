@@ -6,6 +6,7 @@ from each other."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -13,7 +14,9 @@ import secrets
 import shutil
 import statistics
 import subprocess
+import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from pathlib import Path
@@ -575,3 +578,55 @@ async def all_routed(client: Client, customers: list[str], within: float) -> Non
         return True
 
     await until(done, within, "the platform was not applied and routed", pause=0.5)
+
+
+@dataclass
+class RouterPlatform:
+    """Two fresh lab Asterisks, a fresh embedded PostgreSQL (migrated) and the lab's
+    Kamailio in front, reading it through its own reader role (`router_platform`)."""
+
+    work: Path
+    labs: list[Lab]
+    db_url: str
+    router: RouterProc
+    services: list[RouterService] = field(default_factory=list)
+
+    def serve(self, *, standby: bool = False, phone_domain: str = "") -> RouterService:
+        """`provisioner serve` with both nodes behind the router, started."""
+        service = RouterService(self.work, self.labs, self.db_url, self.router,
+                                standby=standby, phone_domain=phone_domain)  # fmt: skip
+        self.services.append(service)
+        service.start()
+        return service
+
+
+@contextlib.asynccontextmanager
+async def router_platform(name: str, shm_mb: int) -> AsyncIterator[RouterPlatform]:
+    """The platform of a part (`name` names its folders); stopped and removed at the
+    end, whatever happened (its work folder kept with BENCH_KEEP)."""
+    from provisioner.db import embedded
+    from provisioner.db.migrate import migrate
+
+    work = Path(tempfile.mkdtemp(prefix=f"prov-bench-{name}-"))
+    labs = [Lab(Path(tempfile.gettempdir()) / f"prov-bench-{name}-node-{i}") for i in (1, 2)]
+    pg_folder = Path(tempfile.mkdtemp(prefix="prov-bench-pg-", dir="/tmp"))
+    db_url, server = embedded.start(pg_folder / "pg")
+    platform = RouterPlatform(work, labs, db_url, RouterProc(work / "lab", "", shm_mb))
+    try:
+        for lab in labs:
+            lab.up()
+        async with await psycopg.AsyncConnection.connect(db_url) as conn:
+            await migrate(conn)
+        platform.router.db_url = await reader(db_url)
+        platform.router.up()
+        yield platform
+    finally:
+        for service in platform.services:
+            service.stop()
+        platform.router.down()
+        for lab in labs:
+            lab.down()
+        server.cleanup()
+        shutil.rmtree(pg_folder, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)

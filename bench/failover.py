@@ -30,15 +30,12 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psycopg
 
 from bench.common import (
     CARRIER,
@@ -47,16 +44,15 @@ from bench.common import (
     Client,
     Lab,
     RouterProc,
-    RouterService,
     all_routed,
     build_on,
     free_port,
-    reader,
+    router_platform,
     summary,
     until,
     wait_service,
 )
-from bench.report import into_readme
+from bench.report import report_part, rows_table
 from bench.sip import Prober, RingingPhone
 
 DOMAIN = "pbx.bench"
@@ -110,7 +106,8 @@ async def one_failover(
     storm = Prober(CARRIER, free_port(), router.sip_port, asterisk_host=ROUTER_IP)
     await storm.start()
     stop = asyncio.Event()
-    numbers = [f"+49301{0:04d}{k:02d}" for k in range(100)]  # the first PBX's block
+    # The first PBX's block +49 30 10000 with extensions 0-99 (1 or 2 digits).
+    numbers = [f"+493010000{k}" for k in range(100)]
     calling = asyncio.create_task(storm.run(numbers, args.failover_rate, stop, at_least=10))
     refreshing = asyncio.create_task(watched.refresh(args.failover_register_every, stop))
     found: dict[str, float] = {}
@@ -161,7 +158,12 @@ async def one_failover(
         storm.close()
     after = [c for c, sent in storm.sent.items() if sent >= first_ring]
     found["calls_after_first_ring"] = len(after)
-    found["lost_after_first_ring"] = len([c for c in after if c not in storm.rang])
+    lost = [c for c in after if c not in storm.rang]
+    found["lost_after_first_ring"] = len(lost)
+    if lost:  # what they got instead, and when they were sent (after the first ring)
+        print("    lost: " + "; ".join(
+            f"{storm.numbers[c]} +{storm.sent[c] - first_ring:.2f} s: {storm.final.get(c)} "
+            f"{storm.answered_by.get(c, '')}" for c in lost[:20]), flush=True)  # fmt: skip
     return found, cursor
 
 
@@ -190,6 +192,19 @@ async def back_home(client: Client, lab: Lab, watched: Watched, customers: list[
 
     await until(moved_back, 120, "the PBXs cannot be moved back", pause=1)
     await all_routed(client, customers, 300)
+    home = f"sip:127.0.0.1:{lab.sip_port}"
+    slug = customers[0].lower()
+
+    async def phones_home() -> bool:
+        return await routed_to(watched.router, f"pbx:{slug}") == home
+
+    try:
+        await until(phones_home, 60, "", pause=0.1)
+    except TimeoutError:
+        state = await client.ok("GET", f"/v1/accounts/{customers[0]}/pbx/config")
+        del state["files"]
+        where = await routed_to(watched.router, f"pbx:{slug}")
+        raise RuntimeError(f"pbx:{slug} -> {where}, not {home}: {state}") from None
 
     async def registered() -> bool:
         return await watched.register() == 200
@@ -198,28 +213,13 @@ async def back_home(client: Client, lab: Lab, watched: Watched, customers: list[
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from provisioner.db import embedded
-    from provisioner.db.migrate import migrate
-
-    work = Path(tempfile.mkdtemp(prefix="prov-bench-failover-"))
-    labs = [Lab(Path(tempfile.gettempdir()) / f"prov-bench-failover-{i}") for i in (1, 2)]
-    pg_folder = Path(tempfile.mkdtemp(prefix="prov-bench-pg-", dir="/tmp"))
-    db_url, server = embedded.start(pg_folder / "pg")
-    router = RouterProc(work / "lab", "", 256)
-    service: RouterService | None = None
     results: dict[str, Any] = {
         "pbxes": args.failover_pbxes, "phones": args.failover_phones,
         "rate": args.failover_rate, "register_every_s": args.failover_register_every,
     }  # fmt: skip
-    try:
-        for lab in labs:
-            lab.up()
-        async with await psycopg.AsyncConnection.connect(db_url) as conn:
-            await migrate(conn)
-        router.db_url = await reader(db_url)
-        router.up()
-        service = RouterService(work, labs, db_url, router, standby=True, phone_domain=DOMAIN)
-        service.start()
+    async with router_platform("failover", 256) as platform:
+        labs, router = platform.labs, platform.router
+        service = platform.serve(standby=True, phone_domain=DOMAIN)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             client = Client(session, service.base)
             await wait_service(client)
@@ -246,21 +246,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await back_home(client, labs[0], watched, customers)
             finally:
                 watched.phone.close()
-        results["runs"] = runs
-        for key in ("node.down", "node.failover", "routed", "registered", "first_ring"):
-            results[key] = summary([r[key] for r in runs])
-        results["calls_after_first_ring"] = sum(r["calls_after_first_ring"] for r in runs)
-        results["lost_after_first_ring"] = sum(r["lost_after_first_ring"] for r in runs)
-    finally:
-        if service is not None:
-            service.stop()
-        router.down()
-        for lab in labs:
-            lab.down()
-        server.cleanup()
-        shutil.rmtree(pg_folder, ignore_errors=True)
-        if not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(work, ignore_errors=True)
+    results["runs"] = runs
+    for key in ("node.down", "node.failover", "routed", "registered", "first_ring"):
+        results[key] = summary([r[key] for r in runs])
+    results["calls_after_first_ring"] = sum(r["calls_after_first_ring"] for r in runs)
+    results["lost_after_first_ring"] = sum(r["lost_after_first_ring"] for r in runs)
     return results
 
 
@@ -293,16 +283,8 @@ def table(r: dict[str, Any]) -> str:
         ("calls lost after that first ring",
          f"{r['lost_after_first_ring']} of {r['calls_after_first_ring']}"),
     ]  # fmt: skip
-    lines = ["| measured | result |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in rows]
-    return "\n".join(lines)
+    return rows_table(("measured", "result"), rows)
 
 
 def report(results: dict[str, Any], folder: Path, readme: Path | None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "failover-results.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    markdown = f"Measured {results['date'][:10]} on {results['machine']}.\n\n{text}\n"
-    into_readme(readme, "failover-bench", markdown)
-    print()
-    print(text)
+    report_part("failover", results, table(results), folder, readme)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import re
 import shutil
@@ -60,7 +59,7 @@ from bench.common import (
     until,
     wait_service,
 )
-from bench.report import into_readme
+from bench.report import report_part, rows_table
 from bench.sip import Caller, CarrierUas, Prober, RingingPhone
 
 SCENARIOS = ROOT / "bench" / "sipp"
@@ -489,19 +488,15 @@ def table(r: dict[str, Any]) -> str:
          both(lambda m: f"{m['res_pjsip_reloads_build']:.0f} / "
                         f"{m['res_pjsip_reloads_total']:.0f}")),
     ]  # fmt: skip
-    lines = ["| measured | pjsip: files | pjsip: realtime |", "|---|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in rows]
-    return "\n".join(lines)
+    return rows_table(("measured", "pjsip: files", "pjsip: realtime"), rows)
 
 
 def report(results: dict[str, Any], folder: Path, readme: Path | None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "realtime-results.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    markdown = (
-        f"Measured {results['date'][:10]} on {results['machine']}, one node of "
-        f"{results['pbxes']} PBXs x {results['phones']} phones in each mode.\n\n{text}\n"
+    report_part(
+        "realtime",
+        results,
+        table(results),
+        folder,
+        readme,
+        f", one node of {results['pbxes']} PBXs x {results['phones']} phones in each mode",
     )
-    into_readme(readme, "realtime-bench", markdown)
-    print()
-    print(text)

@@ -119,3 +119,24 @@ def report(results: dict[str, Any], folder: Path, readme: Path | None = None) ->
     print(text)
     print(f"\nwritten: {folder / 'results.json'}, {folder / 'results.md'},"
           f" {folder / 'time-to-ring.png'}")  # fmt: skip
+
+
+def rows_table(header: tuple[str, ...], rows: list[tuple[str, str]]) -> str:
+    """A Markdown table: the header, then one row per (name, value)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def report_part(
+    part: str, results: dict[str, Any], text: str, folder: Path, readme: Path | None,
+    about: str = "",
+) -> None:  # fmt: skip
+    """A part's results: bench/<part>-results.json, its table printed and put between
+    the README's <part>-bench markers (`about` follows the date line)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{part}-results.json").write_text(json.dumps(results, indent=2) + "\n")
+    measured = f"Measured {results['date'][:10]} on {results['machine']}{about}."
+    into_readme(readme, f"{part}-bench", f"{measured}\n\n{text}\n")
+    print()
+    print(text)

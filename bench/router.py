@@ -25,12 +25,9 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import random
 import secrets
-import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,18 +46,17 @@ from bench.common import (
     Lab,
     Mover,
     RouterProc,
-    RouterService,
     all_routed,
     build_on,
     free_port,
     pct,
-    reader,
+    router_platform,
     rss_mb,
     summary,
     until,
     wait_service,
 )
-from bench.report import into_readme
+from bench.report import report_part, rows_table
 from bench.sip import Caller, CarrierUas, UdpEndpoint, bind_udp, close_udp, parse_headers
 
 MEGA_BLOCKS = 10_000  # x 100 numbers
@@ -399,26 +395,10 @@ def _right(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from provisioner.db import embedded
-
-    work = Path(tempfile.mkdtemp(prefix="prov-bench-router-"))
-    labs = [Lab(Path(tempfile.gettempdir()) / f"prov-bench-node-{i}") for i in (1, 2)]
     results: dict[str, Any] = {"pbxes_per_node": args.router_pbxes, "phones": args.router_phones}
-    pg_folder = Path(tempfile.mkdtemp(prefix="prov-bench-pg-", dir="/tmp"))
-    db_url, server = embedded.start(pg_folder / "pg")
-    router = RouterProc(work / "lab", "", args.router_shm_mb)
-    service: RouterService | None = None
-    try:
-        for lab in labs:
-            lab.up()
-        async with await psycopg.AsyncConnection.connect(db_url) as conn:
-            from provisioner.db.migrate import migrate
-
-            await migrate(conn)
-        router.db_url = await reader(db_url)
-        router.up()
-        service = RouterService(work, labs, db_url, router)
-        service.start()
+    async with router_platform("router", args.router_shm_mb) as platform:
+        labs, router, db_url = platform.labs, platform.router, platform.db_url
+        service = platform.serve()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             client = Client(session, service.base)
             await wait_service(client)
@@ -463,16 +443,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             db_url, router, args.router_load_moves, args.router_rate, args.router_seconds
         )
         print(f"  {json.dumps(results['million'])}", flush=True)
-    finally:
-        if service is not None:
-            service.stop()
-        router.down()
-        for lab in labs:
-            lab.down()
-        server.cleanup()
-        shutil.rmtree(pg_folder, ignore_errors=True)
-        if not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(work, ignore_errors=True)
     return results
 
 
@@ -526,16 +496,8 @@ def table(r: dict[str, Any]) -> str:
          f"answered), {load['misrouted']} misrouted, during {load['moves']} moves; "
          f"INVITE -> final answer p99 {load['setup_p99_ms']:.1f} ms"),
     ]  # fmt: skip
-    lines = ["| measured | result |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in rows]
-    return "\n".join(lines)
+    return rows_table(("measured", "result"), rows)
 
 
 def report(results: dict[str, Any], folder: Path, readme: Path | None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "router-results.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    markdown = f"Measured {results['date'][:10]} on {results['machine']}.\n\n{text}\n"
-    into_readme(readme, "router-bench", markdown)
-    print()
-    print(text)
+    report_part("router", results, table(results), folder, readme)

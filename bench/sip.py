@@ -219,7 +219,7 @@ class Prober:
     rang: dict[str, float] = field(default_factory=dict)
     final: dict[str, int] = field(default_factory=dict)
     answered_by: dict[str, str] = field(default_factory=dict)  # final's reason and Server
-    _numbers: dict[str, str] = field(default_factory=dict)
+    numbers: dict[str, str] = field(default_factory=dict)  # call-id: the number called
     _to: dict[str, int] = field(default_factory=dict)  # call-id: the port it went to
     _heard: set[str] = field(default_factory=set)  # call-ids with any answer
     _preferred: int = 0  # where new calls go (asterisk_port until a failover)
@@ -236,7 +236,7 @@ class Prober:
 
     def invite(self, number: str) -> None:
         call_id = secrets.token_hex(8)
-        self._numbers[call_id] = number
+        self.numbers[call_id] = number
         sdp = (
             f"v=0\r\no=- 1 1 IN IP4 {self.host}\r\ns=-\r\nc=IN IP4 {self.host}\r\nt=0 0\r\n"
             "m=audio 40000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
@@ -284,7 +284,7 @@ class Prober:
         """(number, its final answer, when sent) of calls answered >= 300 before they
         rang: they reached no phone."""
         return [
-            (self._numbers[c], f"{status} {self.answered_by[c]}", self.sent[c])
+            (self.numbers[c], f"{status} {self.answered_by[c]}", self.sent[c])
             for c, status in self.final.items()
             if status >= 300 and c not in self.rang
         ]
@@ -293,7 +293,7 @@ class Prober:
         return [c for c in self.sent if c not in self.rang and c not in self.final]
 
     def _request(self, method: str, call_id: str, to_tag: str, body: str = "") -> str:
-        number = self._numbers[call_id]
+        number = self.numbers[call_id]
         to = f"<sip:{number}@{self.asterisk_host}>" + (f";tag={to_tag}" if to_tag else "")
         kind = "Content-Type: application/sdp\r\n" if body else ""
         port = self._to.get(call_id, self.asterisk_port)

@@ -189,8 +189,12 @@ async def test_a_pbx_that_renders_the_same_on_its_new_node_is_live_there(
         latest = await revisions.add_revision(conn, pbx.id, digest(files), files, T0)
         await apply_state.set_state(conn, pbx.id, "applied", T0, revision=latest.revision,
                                     good_revision=latest.revision)  # fmt: skip
+        await db_router.set_pbx_state(conn, {pbx.id}, "routed", None, T0)
         await db_accounts.move_pbx(conn, pbx.id, "node-b")
         await conn.commit()
+        moved = await apply_state.get(conn, pbx.id)
+        # The router sends it to its old node until its entries switch: not "routed".
+        assert moved is not None and moved.router == "pending", moved
         [tenant] = await rounds.round_pbxes(conn, [pbx.id])
     assert (tenant.latest, tenant.written, tenant.pjsip_live) == (latest.revision, files, False)
     outcome = record.Outcome(tenant, on_disk=dict(files), pjsip_due=pjsip_due)

@@ -154,9 +154,14 @@ async def move_pbx(conn: Conn, pbx_id: int, node: str) -> Pbx:
         )
         row = await cur.fetchone()
     assert row is not None
+    # Nothing of it is live on the new node yet, and the router still sends its numbers
+    # and phones to the old one: its router state says so until they switch (a PBX
+    # never routed, or with no router, keeps none).
     await conn.execute(
         "UPDATE apply_state SET state = 'pending', dialplan_revision = NULL,"
-        " pjsip_revision = NULL, good_revision = NULL WHERE pbx_id = %s",
+        " pjsip_revision = NULL, good_revision = NULL,"
+        " router = CASE WHEN router IS NULL THEN NULL ELSE 'pending' END, router_error = NULL"
+        " WHERE pbx_id = %s",
         (pbx_id,),
     )
     return row

@@ -125,7 +125,7 @@ class RouterSync:
                 # its RPC timeout there, not in every pass of the step.
                 if instance.catching is None or instance.catching.done():
                     instance.catching = asyncio.create_task(
-                        self._catch_up(instance), name=f"router-catch-up-{instance.url}"
+                        self._catching_up(instance), name=f"router-catch-up-{instance.url}"
                     )
         async with self.pool.connection() as conn:
             await conn.set_autocommit(True)
@@ -171,6 +171,14 @@ class RouterSync:
                 loaded = False
                 log.info("router %s: nodes not loaded yet (%s)", instance.url, exc)
         return loaded
+
+    async def _catching_up(self, instance: Instance) -> None:
+        """_catch_up in its task: what it cannot do now (the database away) it tries on
+        a later pass."""
+        try:
+            await self._catch_up(instance)
+        except Exception as exc:
+            log.warning("router %s: catch-up not done yet: %s", instance.url, exc)
 
     async def _catch_up(self, instance: Instance) -> None:
         """A router that missed a change, or started again since we last asked, loads
