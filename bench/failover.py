@@ -68,9 +68,9 @@ class Watched:
         self.phone = RingingPhone(free_port())
         self.registered: list[tuple[float, int]] = []  # (time.time(), final status)
 
-    async def register(self) -> int:
+    async def register(self, expires: int = 300) -> int:
         status = await self.phone.register(
-            (ROUTER_IP, self.router.phone_port), self.user, self.password, self.domain
+            (ROUTER_IP, self.router.phone_port), self.user, self.password, self.domain, expires
         )
         self.registered.append((time.time(), status))
         return status
@@ -180,7 +180,11 @@ def _at_least(check: Any) -> Any:
 
 async def back_home(client: Client, lab: Lab, watched: Watched, customers: list[str]) -> None:
     """`default` started again; the operator moves the PBXs back; the phone's next
-    REGISTER lands there."""
+    REGISTER lands there. First the phone unregisters from node-b (Asterisk keeps a
+    contact across its AOR's removal, and the next run's failover would find it there):
+    each run starts with the phone known to `default` alone."""
+    if await watched.register(expires=0) != 200:
+        raise RuntimeError("the phone cannot unregister from node-b")
     await asyncio.to_thread(lab.up_again)
 
     async def moved_back() -> bool:
