@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -228,9 +229,13 @@ def customer(i: int) -> str:
 
 
 async def until(predicate: Any, within: float, what: str, pause: float = 0.05) -> Any:
+    """The predicate's first truthy value (a plain or an async callable); TimeoutError
+    naming `what` after `within` seconds."""
     deadline = time.monotonic() + within
     while True:
-        value = await predicate()
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

@@ -60,7 +60,8 @@ DOMAIN = "pbx.bench"
 
 class Watched:
     """The first PBX's first phone: rings for every call, refreshes its registration
-    through the router on a fixed interval, and notes where each REGISTER landed."""
+    through the router on a fixed interval, and notes when each REGISTER was answered
+    and how."""
 
     def __init__(self, router: RouterProc, slug: str, password: str) -> None:
         self.router, self.password = router, password
@@ -88,9 +89,10 @@ async def events_after(client: Client, after: str) -> tuple[list[dict[str, Any]]
     return page["events"], page["next"]
 
 
-async def routed_to(router: RouterProc, key: str) -> str | None:
+async def routed_to(client: Client, router: RouterProc, key: str) -> str | None:
+    """Where the router sends a key of its table (htable.get over its JSON-RPC)."""
     body = {"jsonrpc": "2.0", "method": "htable.get", "params": ["numbers", key], "id": 1}
-    async with aiohttp.ClientSession() as session, session.post(router.rpc_url, json=body) as r:
+    async with client.session.post(router.rpc_url, json=body) as r:
         answer = json.loads(await r.text())
     value = (answer.get("result") or {}).get("item", {}).get("value")
     return str(value) if value is not None else None
@@ -102,60 +104,52 @@ async def one_failover(
 ) -> tuple[dict[str, float], str]:  # fmt: skip
     """Kill `default` under carrier calls; the figures, and the feed's cursor after."""
     standby = f"sip:127.0.0.1:{labs[1].sip_port}"
-    slug = customers[0].lower()
+    pbx_key = f"pbx:{customers[0].lower()}"
     storm = Prober(CARRIER, free_port(), router.sip_port, asterisk_host=ROUTER_IP)
-    await storm.start()
-    stop = asyncio.Event()
     # The first PBX's block +49 30 10000 with extensions 0-99 (1 or 2 digits).
     numbers = [f"+493010000{k}" for k in range(100)]
-    calling = asyncio.create_task(storm.run(numbers, args.failover_rate, stop, at_least=10))
-    refreshing = asyncio.create_task(watched.refresh(args.failover_register_every, stop))
     found: dict[str, float] = {}
+    stop = asyncio.Event()
+    refreshing = asyncio.create_task(watched.refresh(args.failover_register_every, stop))
     try:
-        rang = watched.phone.invites
-        await until(_at_least(lambda: watched.phone.invites >= rang + 10), 10,
-                    "the phone does not ring on default")  # fmt: skip
-        killed = time.time()
-        os.kill(labs[0].pid, signal.SIGKILL)
+        async with storm.calling(numbers, args.failover_rate, at_least=10) as finish:
+            rang = watched.phone.invites
+            await until(lambda: watched.phone.invites >= rang + 10, 10,
+                        "the phone does not ring on default")  # fmt: skip
+            killed = time.time()
+            os.kill(labs[0].pid, signal.SIGKILL)
 
-        async def seen() -> bool:
-            nonlocal cursor
-            events, cursor = await events_after(client, cursor)
-            for e in events:
-                if e["type"] in ("node.down", "node.failover") and e["type"] not in found:
-                    found[e["type"]] = time.time() - killed
-            if "routed" not in found and await routed_to(router, f"pbx:{slug}") == standby:
-                found["routed"] = time.time() - killed
-            return len(found) == 3
+            async def seen() -> bool:
+                nonlocal cursor
+                events, cursor = await events_after(client, cursor)
+                for e in events:
+                    if e["type"] in ("node.down", "node.failover") and e["type"] not in found:
+                        found[e["type"]] = time.time() - killed
+                if "routed" not in found and await routed_to(client, router, pbx_key) == standby:
+                    found["routed"] = time.time() - killed
+                return len(found) == 3
 
-        try:
-            await until(seen, 120, "no failover within 120 s", pause=0.1)
-        except TimeoutError:
-            where = await routed_to(router, f"pbx:{slug}")
-            state = await client.ok("GET", f"/v1/accounts/{customers[0]}/pbx/config")
-            raise TimeoutError(f"no failover within 120 s: {found}; pbx:{slug} -> {where}, "
-                               f"not {standby}; its state {state}") from None  # fmt: skip
-        landed = len(watched.registered)
-
-        async def registered() -> bool:
-            return any(s == 200 for _, s in watched.registered[landed:])
-
-        await until(registered, 60, "the phone never registered on node-b")
-        found["registered"] = next(t for t, s in watched.registered[landed:] if s == 200) - killed
-        await until(_at_least(lambda: any(t > killed for t in _rang_on(storm))), 30,
-                    "no call rang after the kill")  # fmt: skip
-        first_ring = min(_rang_on(storm, after=killed))
-        found["first_ring"] = first_ring - killed
-        await asyncio.sleep(max(0.0, first_ring + 5 - time.time()))  # 5 s of calls after it
-        stop.set()
-        await calling
-        await storm.settle()
+            try:
+                await until(seen, 120, "no failover within 120 s", pause=0.1)
+            except TimeoutError:
+                where = await routed_to(client, router, pbx_key)
+                state = await client.ok("GET", f"/v1/accounts/{customers[0]}/pbx/config")
+                raise TimeoutError(f"no failover within 120 s: {found}; {pbx_key} -> {where},"
+                                   f" not {standby}; its state {state}") from None  # fmt: skip
+            landed = len(watched.registered)
+            await until(lambda: any(s == 200 for _, s in watched.registered[landed:]), 60,
+                        "the phone never registered on node-b")  # fmt: skip
+            registered = next(t for t, s in watched.registered[landed:] if s == 200)
+            found["registered"] = registered - killed
+            await until(lambda: _rang_on(storm, after=killed), 30, "no call rang after the kill")
+            first_ring = min(_rang_on(storm, after=killed))
+            found["first_ring"] = first_ring - killed
+            await asyncio.sleep(max(0.0, first_ring + 5 - time.time()))  # 5 s of calls after
+            await finish()
     finally:
         stop.set()
-        calling.cancel()
         refreshing.cancel()
-        await asyncio.gather(calling, refreshing, return_exceptions=True)
-        storm.close()
+        await asyncio.gather(refreshing, return_exceptions=True)
     after = [c for c, sent in storm.sent.items() if sent >= first_ring]
     found["calls_after_first_ring"] = len(after)
     lost = [c for c in after if c not in storm.rang]
@@ -169,13 +163,6 @@ async def one_failover(
 
 def _rang_on(storm: Prober, after: float = 0.0) -> list[float]:
     return [t for c, t in storm.rang.items() if storm.sent[c] > after]
-
-
-def _at_least(check: Any) -> Any:
-    async def predicate() -> bool:
-        return bool(check())
-
-    return predicate
 
 
 async def back_home(client: Client, lab: Lab, watched: Watched, customers: list[str]) -> None:
@@ -200,14 +187,14 @@ async def back_home(client: Client, lab: Lab, watched: Watched, customers: list[
     slug = customers[0].lower()
 
     async def phones_home() -> bool:
-        return await routed_to(watched.router, f"pbx:{slug}") == home
+        return await routed_to(client, watched.router, f"pbx:{slug}") == home
 
     try:
         await until(phones_home, 60, "", pause=0.1)
     except TimeoutError:
         state = await client.ok("GET", f"/v1/accounts/{customers[0]}/pbx/config")
         del state["files"]
-        where = await routed_to(watched.router, f"pbx:{slug}")
+        where = await routed_to(client, watched.router, f"pbx:{slug}")
         raise RuntimeError(f"pbx:{slug} -> {where}, not {home}: {state}") from None
 
     async def registered() -> bool:

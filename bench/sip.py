@@ -10,11 +10,13 @@ it answers each INVITE 486 and notes when it came and for which number.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 
@@ -271,6 +273,30 @@ class Prober:
             self.invite(numbers[k % len(numbers)])
             k += 1
             await asyncio.sleep(max(0.0, started + k / rate - time.monotonic()))
+
+    @contextlib.asynccontextmanager
+    async def calling(
+        self, numbers: list[str], rate: float, at_least: float
+    ) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+        """Started and calling the numbers (`run`) inside the block, which gets `finish`:
+        it stops the calls once `at_least` seconds have passed and waits for their
+        answers. At the end, whatever happened, the calls stop and the socket closes."""
+        await self.start()
+        stop = asyncio.Event()
+        task = asyncio.create_task(self.run(numbers, rate, stop, at_least))
+
+        async def finish() -> None:
+            stop.set()
+            await task
+            await self.settle()
+
+        try:
+            yield finish
+        finally:
+            stop.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self.close()
 
     async def settle(self, within: float = 10) -> None:
         """Until every call rang or has its final answer (or `within` seconds passed)."""

@@ -149,51 +149,46 @@ async def test_a_dead_nodes_pbxs_ring_on_its_standby_and_stay_there(
         ringing = RingingPhone(phone.port)
         await ringing.start()
         storm = Prober(CARRIER_HOST, free_port(), scene.router.sip_port, asterisk_host=ROUTER_IP)
-        await storm.start()
-        stop = asyncio.Event()
         numbers = [f"+4989123456{i}" for i in range(100)]
-        calling = asyncio.create_task(storm.run(numbers, rate=20, until=stop, at_least=10))
         try:
-            await wait_until(lambda: ringing.invites >= 20, "A's phone does not ring", 10)
-            pid = int(json.loads((clean_lab.folder / "lab.json").read_text())["pid"])
-            killed = time.time()
-            os.kill(pid, signal.SIGKILL)
+            async with storm.calling(numbers, rate=20, at_least=10) as finish:
+                await wait_until(lambda: ringing.invites >= 20, "A's phone does not ring", 10)
+                pid = int(json.loads((clean_lab.folder / "lab.json").read_text())["pid"])
+                killed = time.time()
+                os.kill(pid, signal.SIGKILL)
 
-            async def failed_over() -> list[dict[str, Any]] | None:
-                found = [e for e in await node_events(scene) if e["type"] == "node.failover"]
-                return found or None
+                async def failed_over() -> list[dict[str, Any]] | None:
+                    found = [e for e in await node_events(scene) if e["type"] == "node.failover"]
+                    return found or None
 
-            moved = await wait_until(failed_over, "no node.failover within 30 s", 30)
-            failover_at = time.time()
-            down = next(e for e in await node_events(scene) if e["type"] == "node.down")
-            down_at = datetime.fromisoformat(down["data"]["since"]).timestamp()
-            assert moved[0]["data"]["node"] == "default", moved
-            assert moved[0]["data"]["standby"] == "node-b", moved
-            assert OWNER in moved[0]["data"]["customers"], moved
-            # The phone registers again through the router, unchanged: once the router
-            # sends its PBX's domain to node-b, the REGISTER lands there.
-            ringing.close()
-            rang_before = ringing.invites
+                moved = await wait_until(failed_over, "no node.failover within 30 s", 30)
+                failover_at = time.time()
+                down = next(e for e in await node_events(scene) if e["type"] == "node.down")
+                down_at = datetime.fromisoformat(down["data"]["since"]).timestamp()
+                assert moved[0]["data"]["node"] == "default", moved
+                assert moved[0]["data"]["standby"] == "node-b", moved
+                assert OWNER in moved[0]["data"]["customers"], moved
+                # The phone registers again through the router, unchanged: once the router
+                # sends its PBX's domain to node-b, the REGISTER lands there.
+                ringing.close()
+                rang_before = ringing.invites
 
-            async def registers() -> bool:
-                return (await asyncio.to_thread(scene.register_via_router, OWNER, phone)).ok
+                async def registers() -> bool:
+                    return (await asyncio.to_thread(scene.register_via_router, OWNER, phone)).ok
 
-            await wait_until(registers, "the phone never registered again", 30, interval=1)
-            registered_at = time.time()
-            assert phone.username in clean_second_lab.cli("pjsip show contacts")
-            ringing = RingingPhone(phone.port, invites=rang_before)
-            await ringing.start()
-            await wait_until(lambda: ringing.invites > rang_before, "no call rings on node-b", 30)
-            first_ring = min(t for c, t in storm.rang.items() if storm.sent[c] > killed)
-            # Go on calling for 5 s after the first ring on the standby.
-            await wait_until(lambda: time.time() - first_ring > 5, "(not reached)", 10)
-            stop.set()
-            await calling
-            await storm.settle()
+                await wait_until(registers, "the phone never registered again", 30, interval=1)
+                registered_at = time.time()
+                assert phone.username in clean_second_lab.cli("pjsip show contacts")
+                ringing = RingingPhone(phone.port, invites=rang_before)
+                await ringing.start()
+                await wait_until(
+                    lambda: ringing.invites > rang_before, "no call rings on node-b", 30
+                )
+                first_ring = min(t for c, t in storm.rang.items() if storm.sent[c] > killed)
+                # Go on calling for 5 s after the first ring on the standby.
+                await wait_until(lambda: time.time() - first_ring > 5, "(not reached)", 10)
+                await finish()
         finally:
-            stop.set()
-            calling.cancel()
-            storm.close()
             ringing.close()
         after = [c for c, sent in storm.sent.items() if sent >= first_ring]
         lost = [c for c in after if c not in storm.rang]

@@ -360,29 +360,24 @@ async def test_no_call_is_misrouted_while_a_block_moves_and_resets(
         rings[who] = RingingPhone(scene.phones[who].port)
         await rings[who].start()
     storm = Prober(CARRIER_HOST, free_port(), scene.router.sip_port, asterisk_host=ROUTER_IP)
-    await storm.start()
-    cycles_done = asyncio.Event()
     numbers = [f"+4989123456{i}" for i in range(100)]
-    calling = asyncio.create_task(storm.run(numbers, rate=50, until=cycles_done, at_least=20))
-    began = time.time()
     switches: list[str] = []
     try:
-        # At least five cycles, and as many as fit in the storm's 20 s: every switch is a
-        # window for a misroute. Each step goes on as soon as the router has switched.
-        while len(switches) < 10 or time.time() - began < 19:
-            await assign_to_b(scene, inbox)
-            await router_sends(scene, MUNICH, "node-b")
-            switches.append(f"on B at {time.time() - began:.2f} s")
-            assert (await scene.api.call("DELETE", f"/v1/blocks/{BLOCK}/assignment")).status == 200
-            await router_sends(scene, MUNICH, "default")
-            switches.append(f"on A at {time.time() - began:.2f} s")
-        cycles_done.set()
-        await calling
-        await storm.settle()
+        async with storm.calling(numbers, rate=50, at_least=20) as finish:
+            began = time.time()
+            # At least five cycles, and as many as fit in the storm's 20 s: every switch
+            # is a window for a misroute. Each step goes on as soon as the router has
+            # switched.
+            while len(switches) < 10 or time.time() - began < 19:
+                await assign_to_b(scene, inbox)
+                await router_sends(scene, MUNICH, "node-b")
+                switches.append(f"on B at {time.time() - began:.2f} s")
+                deleted = await scene.api.call("DELETE", f"/v1/blocks/{BLOCK}/assignment")
+                assert deleted.status == 200
+                await router_sends(scene, MUNICH, "default")
+                switches.append(f"on A at {time.time() - began:.2f} s")
+            await finish()
     finally:
-        cycles_done.set()
-        calling.cancel()
-        storm.close()
         for phone in rings.values():
             phone.close()
     calls = storm.sent

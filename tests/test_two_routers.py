@@ -7,7 +7,6 @@ Asterisks, the carrier as a Prober that fails over like an SBC with two routers.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -97,25 +96,18 @@ async def test_one_router_killed_under_load_loses_no_call_after_the_retry(
         await phone.start()
         carrier = Prober(CARRIER_HOST, free_port(), first.sip_port, asterisk_host=ROUTER_IP,
                          fallback_port=second.sip_port)  # fmt: skip
-        await carrier.start()
-        stop = asyncio.Event()
         numbers = [f"+4989123456{i}" for i in range(100)]  # the block is 0-99
-        calling = asyncio.create_task(carrier.run(numbers, rate=20, until=stop, at_least=10))
         try:
-            await wait_until(lambda: phone.invites >= 20, "A's phone does not ring", 10)
-            killed = time.time()
-            first.kill()
-            # A block moves while one router is dead: it goes live on the survivor.
-            moved_in = await move_b_to_default(scene, second)
-            # Go on calling for 5 s after the move.
-            await wait_until(lambda: time.time() - killed > moved_in + 5, "(not reached)", 40)
-            stop.set()
-            await calling
-            await carrier.settle()
+            async with carrier.calling(numbers, rate=20, at_least=10) as finish:
+                await wait_until(lambda: phone.invites >= 20, "A's phone does not ring", 10)
+                killed = time.time()
+                first.kill()
+                # A block moves while one router is dead: it goes live on the survivor.
+                moved_in = await move_b_to_default(scene, second)
+                # Go on calling for 5 s after the move.
+                await wait_until(lambda: time.time() - killed > moved_in + 5, "(not reached)", 40)
+                await finish()
         finally:
-            stop.set()
-            calling.cancel()
-            carrier.close()
             phone.close()
         after = [c for c, sent in carrier.sent.items() if sent > killed]
         lost = [c for c in after if c not in carrier.rang]
