@@ -355,3 +355,13 @@ async def test_non_api_paths_are_problems_too(api: Api) -> None:
     response = await api.client.get("/nothing")
     assert response.status == 404
     assert response.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize("name", ["   ", "\u3164", " \u2800 ", "\u115f\u1160"])
+def test_a_name_of_blanks_or_blank_looking_letters_is_no_name(name: str) -> None:
+    """The rule itself (domain/rules.py): Hangul fillers and Braille blanks are letters
+    and symbols to Unicode, yet show nothing; test_hostile_requests sends them whole."""
+    from provisioner.domain.rules import name_problem
+
+    assert name_problem(name) == "must hold a visible character"
+    assert name_problem(name + "Ä") is None

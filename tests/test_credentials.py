@@ -30,7 +30,7 @@ def test_sealed_secrets_open_with_any_configured_key_and_reseal_under_the_first(
     assert SecretBox([new]).open(resealed) == "Munich-trunk-1"
     with pytest.raises(SecretUnreadable):
         SecretBox([old]).open(resealed)
-    with pytest.raises(SecretUnreadable):
+    with pytest.raises(SecretUnreadable, match="no configured key opens"):
         SecretBox([new]).open(sealed)
 
 
@@ -40,7 +40,11 @@ def test_without_a_key_nothing_is_sealed_or_opened() -> None:
     with pytest.raises(SecretsUnavailable) as refused:
         empty.seal("x")
     assert (refused.value.status, refused.value.code) == (422, "secrets_key_missing")
-    with pytest.raises(SecretUnreadable):
+    # The portal shows the detail and points at the field; the operator reads the rest.
+    assert refused.value.field == "trunk.password"
+    assert "secrets.keys configured" in str(refused.value)
+    assert "ask the operator to configure a key" in str(refused.value)
+    with pytest.raises(SecretUnreadable, match=r"no secrets\.keys configured to open"):
         empty.open("token")
     with pytest.raises(SecretUnreadable):
         empty.reseal("token")

@@ -61,6 +61,18 @@ def test_carrier_patterns_cover_exactly_the_block() -> None:
     assert carrier_patterns(parse_block("+4989123456", "5-7", "DE")) == (
         "+49891234565", "+49891234566", "+49891234567",
     )  # fmt: skip
+    # The Z pattern only where the span holds every number of its length but those
+    # starting with 0; a span ending at the last number of its length is not enough.
+    assert carrier_patterns(parse_block("+4989123456", "5-9", "DE")) == tuple(
+        f"+4989123456{n}" for n in range(5, 10)
+    )
+    assert carrier_patterns(parse_block("+4989123456", "10-50", "DE")) == tuple(
+        f"+4989123456{n}" for n in range(10, 51)
+    )
+    assert carrier_patterns(parse_block("+4989123", "100-999", "DE")) == ("_+4989123ZXX",)
+    assert carrier_patterns(parse_block("+4989123", "0-999", "DE")) == (
+        "_+4989123X", "_+4989123ZX", "_+4989123ZXX",
+    )  # fmt: skip
 
 
 def test_phone_of_a_reset_block_falls_back_to_the_pbx_own_block() -> None:
@@ -183,3 +195,67 @@ def test_the_node_files_follow_the_nodes_carrier() -> None:
     own = own_files(node)
     assert own == node_files(Carrier("127.0.0.2", 5070, ("127.0.0.9",)))
     assert "127.0.0.2:5070" in own["pjsip/node-carrier.conf"]
+
+
+def test_each_door_keeps_what_it_lets_through_and_says_what_it_refuses() -> None:
+    """render/safe.py, filter by filter: the exact text a value becomes, and the reason
+    a refused one names (it is what the round's log and the apply error show)."""
+    from provisioner.render import safe
+
+    assert safe.address("127.0.0.3:5062") == "127.0.0.3:5062"
+    assert safe.address("[2001:db8::1]:5060") == "[2001:db8::1]:5060"
+    assert safe.address("sbc.carrier.example") == "sbc.carrier.example"
+    with pytest.raises(UnsafeValue, match=re.escape("not a network address: '10.0.0.1\\n[x]'")):
+        safe.address("10.0.0.1\n[x]")
+    with pytest.raises(UnsafeValue, match=re.escape("not a config token: 'a=b'")):
+        safe.token("a=b")
+    with pytest.raises(UnsafeValue, match=r"^a secret holds characters config cannot carry$"):
+        safe.secret("pa;ss")
+    # Underscores become spaces, the rest of what config could read is dropped, runs of
+    # blanks are one, 60 characters at most, and a name with nothing left is "PBX".
+    assert safe.display_name("Müller_GmbH; [Zentrale]") == "Müller GmbH Zentrale"
+    assert safe.display_name("x" * 61) == "x" * 60
+    assert safe.display_name(';"[]=${}') == "PBX"
+    # A comment keeps its words apart where a character was dropped, 120 at most.
+    assert safe.comment("Filiale;München\n[new]") == "Filiale München new"
+    assert safe.comment("y" * 121) == "y" * 120
+
+
+def test_a_phone_sited_on_a_block_gone_falls_back_to_an_own_block_before_a_borrowed_one() -> None:
+    pbx, (berlin, munich), extensions, groups = two_site_pbx()
+    gone = [replace(e, site_block="ham-main", did=None) for e in extensions]
+    view = build(pbx, "Spree", [munich, berlin], gone, groups)  # the borrowed block first
+    assert {p.site_block for p in view.phones} == {"ber-main"}
+    # With no own block left, the first borrowed one is the outside line.
+    view = build(pbx, "Spree", [munich], gone, groups)
+    assert {(p.site_block, p.out_account) for p in view.phones} == {("muc-main", "K200300")}
+
+
+def test_a_pbx_without_blocks_has_internal_calls_only() -> None:
+    pbx, _, extensions, groups = two_site_pbx()
+    view = build(pbx, "Spree", [], extensions, groups)
+    assert not view.trunks and not view.sites
+    for p in view.phones:
+        assert (p.site_context, p.fallback) == ("k100200-internal", True)
+        assert (p.out_number, p.out_trunk, p.out_account, p.out_block) == (None,) * 4
+        assert (p.site_number, p.site_trunk, p.site_account, p.site_block) == (None,) * 4
+    pbx_files(view, CARRIER)  # renders
+
+
+def test_a_registering_trunk_gets_a_registration_and_the_others_none() -> None:
+    pbx, used, extensions, groups = two_site_pbx()
+    with_login = [replace(u, trunk_username=f"u-{u.block.id}") for u in used]
+    registering = [replace(with_login[0], trunk_register=True), with_login[1]]
+    view = build(pbx, "Spree", registering, extensions, groups, PASSWORDS)
+    assert [t.register for t in view.trunks] == [True, False]
+    text = "".join(pbx_files(view, CARRIER).values())
+    assert text.count("type = registration") == 1
+    assert "client_uri = sip:u-ber-main@127.0.0.2:5060" in text
+
+
+def test_a_node_behind_two_routers_names_both() -> None:
+    node = Node(name="n", ami_host="127.0.0.1", ami_port=5038, ami_username="u",
+                ami_secret=Secret("s"), output_dir=Path("/tmp/n"), carrier_host="127.0.0.2",
+                carrier_port=5060, router_host="127.0.0.3:5062,127.0.0.4:5062")  # fmt: skip
+    assert Carrier.of(node).routers == ("127.0.0.3:5062", "127.0.0.4:5062")
+    assert Carrier.of(replace(node, router_host="")).routers == ()

@@ -43,7 +43,6 @@ class Trunk:
     carrier_patterns: tuple[str, ...]  # dialplan extensions covering all its numbers
     routes: tuple[InboundRoute, ...]
     default_target: str | None
-    main_number: str
     register: bool = False  # registers with the carrier (needs username and password)
 
 
@@ -99,7 +98,6 @@ class PbxView:
     ring_groups: tuple[RingGroupView, ...]
     trunks: tuple[Trunk, ...]
     sites: tuple[Site, ...]
-    pickup_groups: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -230,7 +228,6 @@ def build(
             carrier_patterns=carrier_patterns(u.block.block),
             routes=tuple(sorted(routes[u.block.id], key=lambda r: r.number)),
             default_target=u.default_target,
-            main_number=u.block.block.first_number(),
             register=u.trunk_register,
         )
         for u in used
@@ -257,5 +254,4 @@ def build(
         ring_groups=groups,
         trunks=trunks,
         sites=sites,
-        pickup_groups=tuple(sorted({p.pickup_group for p in phones if p.pickup_group})),
     )
