@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from provisioner.domain.errors import InvalidInput
@@ -140,3 +142,53 @@ def test_a_block_has_the_fewest_router_keys_that_cover_exactly_its_numbers() -> 
                 candidate = f"+4989123{str(n).zfill(width)}"
                 hit = any(k in keys for k in routing_candidates(candidate))
                 assert hit == (candidate in numbers), (first, last, candidate)
+
+
+def key_bounds(key: str) -> tuple[int, int, int]:
+    """The numbers a router key stands for: first, last, and how many digits were cut."""
+    prefix, digits = key.lstrip("+").split("/")
+    cut = int(digits) - len(prefix)
+    return int(prefix) * 10**cut, (int(prefix) + 1) * 10**cut - 1, cut
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "digits"),
+    [
+        (4989000000000, 4989009999999, 13),  # ten million numbers: more than one key holds
+        (4989123000, 4989123999, 10),
+        (4989123005, 4989125037, 10),
+        (49891, 49899, 5),
+        (100, 999, 3),  # so short that no key may cut every digit
+        (7, 7, 1),
+    ],
+)
+def test_router_keys_tile_a_span_each_as_large_as_the_router_can_match(
+    first: int, last: int, digits: int
+) -> None:
+    """routing_keys on a span itself: the keys lie end to end from its first number to
+    its last; none cuts more than the router tries (ROUTING_WILDCARDS) or every digit;
+    and none could be one cut larger, so there are no more keys than needed."""
+    from provisioner.domain.numbers import ROUTING_WILDCARDS, Span, routing_keys
+
+    keys = routing_keys([Span(first, last, digits)])
+    bounds = [key_bounds(k) for k in keys]
+    assert all(k.endswith(f"/{digits}") for k in keys)
+    assert bounds[0][0] == first and bounds[-1][1] == last
+    for (_, end, _), (start, _, _) in itertools.pairwise(bounds):
+        assert start == end + 1, keys
+    for low, _, cut in bounds:
+        assert cut <= min(ROUTING_WILDCARDS, digits - 1), keys
+        larger = 10 ** (cut + 1)
+        could_grow = cut < min(ROUTING_WILDCARDS, digits - 1) and low % larger == 0
+        assert not (could_grow and low + larger - 1 <= last), (low, cut, keys)
+
+
+def test_the_router_tries_a_number_then_each_prefix_up_to_six_digits_shorter() -> None:
+    from provisioner.domain.numbers import routing_candidates
+
+    assert routing_candidates("+49891234567") == [
+        "+49891234567/11", "+4989123456/11", "+498912345/11", "+49891234/11",
+        "+4989123/11", "+498912/11", "+49891/11",
+    ]  # fmt: skip
+    # A short number: down to its first digit, never to nothing.
+    assert routing_candidates("+4912") == ["+4912/4", "+491/4", "+49/4", "+4/4"]

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -41,6 +42,7 @@ from router_helpers import (
     running_router,
 )
 from sipp_peer import assert_blind_transfer, run_scenario, start_scenario
+from waiting import wait_until
 
 from bench.sip import Prober, RingingPhone
 from provisioner.db import pjsip_rows
@@ -94,11 +96,12 @@ async def test_numbers_follow_their_pbx_across_nodes(
     await asyncio.wait_for(second.connect(), 10)
     try:
         await scene.call_rings(MUNICH, "B", "node-b")
-        for _ in range(100):
-            if any(answered_by_b(c) for c in cdrs):
-                break
-            await asyncio.sleep(0.1)
-        record = next((c for c in cdrs if answered_by_b(c)), {"cdrs": str(cdrs)})
+        record = await wait_until(
+            lambda: next((c for c in cdrs if answered_by_b(c)), None),
+            lambda: f"no CDR of B's answer among {cdrs}",
+            10,
+            0.1,
+        )
         assert record.get("AccountCode") == OWNER, record  # billed to A, on node-b
     finally:
         second.close()
@@ -140,13 +143,13 @@ async def test_a_router_killed_mid_change_routes_right_after_restart(
     scene.router.kill()
     await assign_to_b(scene, inbox)
     # B's config goes live; the router change waits, with the reason; A keeps serving.
-    deadline = time.monotonic() + 20
-    while True:
-        state = await scene.api.ok("GET", f"/v1/accounts/{TARGET}/pbx/config")
-        if state["live"]["router"] == "pending":
-            break
-        assert time.monotonic() < deadline, state
-        await asyncio.sleep(0.1)
+    seen: list[dict[str, Any]] = []
+
+    async def waiting() -> dict[str, Any] | None:
+        seen[:] = [await scene.api.ok("GET", f"/v1/accounts/{TARGET}/pbx/config")]
+        return seen[0] if seen[0]["live"]["router"] == "pending" else None
+
+    state = await wait_until(waiting, lambda: f"B's router state never pending: {seen}", 20, 0.1)
     assert state["live"]["router_error"], state
     feed = await scene.api.ok("GET", "/v1/events?after=0&limit=500")
     pending = [e["data"] for e in feed["events"] if e["type"] == "router.pending"]
@@ -322,14 +325,16 @@ async def test_a_block_nobody_uses_leaves_the_router_then_its_node(two_nodes: Pl
     the router first (a call gets 404 there), then from node default."""
     scene = two_nodes
     await scene.api.ok("POST", f"/v1/blocks/{BLOCK}/mode", {"mode": "standard"})
-    deadline = time.monotonic() + 20
-    while routed_uri(scene.router, MUNICH) is not None:
-        assert time.monotonic() < deadline, "the router still routes the block"
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: routed_uri(scene.router, MUNICH) is None,
+                     "the router still routes the block", 20, 0.05)  # fmt: skip
     await wait_applied(scene.api, OWNER)
-    while "k200300-in-muc-main" in scene.labs["default"].cli(f"dialplan show {MUNICH}@carrier-in"):
-        assert time.monotonic() < deadline, "node default still routes the block"
-        await asyncio.sleep(0.1)
+    default = scene.labs["default"]
+    await wait_until(
+        lambda: "k200300-in-muc-main" not in default.cli(f"dialplan show {MUNICH}@carrier-in"),
+        "node default still routes the block",
+        20,
+        0.1,
+    )
     call = await asyncio.to_thread(scene.carrier_calls, MUNICH)
     assert final_status(call) == 404, call.evidence()
     assert (await scene.api.ok("GET", "/v1/nodes/default/check"))["ok"]
@@ -337,13 +342,13 @@ async def test_a_block_nobody_uses_leaves_the_router_then_its_node(two_nodes: Pl
 
 async def router_sends(scene: Platform, number: str, node: str, within: float = 20) -> None:
     """Until the router's entry for the number is the node's address (read over RPC)."""
-    deadline = time.monotonic() + within
-    while True:
-        found = await asyncio.to_thread(routed_uri, scene.router, number)
-        if found == node_uri(scene, node):
-            return
-        assert time.monotonic() < deadline, f"{number} not sent to {node}: {found}"
-        await asyncio.sleep(0.02)
+    found: list[str | None] = []
+
+    async def there() -> bool:
+        found[:] = [await asyncio.to_thread(routed_uri, scene.router, number)]
+        return found[0] == node_uri(scene, node)
+
+    await wait_until(there, lambda: f"{number} not sent to {node}: {found}", within)
 
 
 async def test_no_call_is_misrouted_while_a_block_moves_and_resets(
