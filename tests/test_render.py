@@ -195,6 +195,10 @@ def test_the_node_files_follow_the_nodes_carrier() -> None:
     own = own_files(node)
     assert own == node_files(Carrier("127.0.0.2", 5070, ("127.0.0.9",)))
     assert "127.0.0.2:5070" in own["pjsip/node-carrier.conf"]
+    # Two routers: one address each; no router: none.
+    two = replace(node, router_host="127.0.0.3:5062,127.0.0.4:5062")
+    assert Carrier.of(two).routers == ("127.0.0.3:5062", "127.0.0.4:5062")
+    assert Carrier.of(replace(node, router_host="")).routers == ()
 
 
 def test_each_door_keeps_what_it_lets_through_and_says_what_it_refuses() -> None:
@@ -251,11 +255,3 @@ def test_a_registering_trunk_gets_a_registration_and_the_others_none() -> None:
     text = "".join(pbx_files(view, CARRIER).values())
     assert text.count("type = registration") == 1
     assert "client_uri = sip:u-ber-main@127.0.0.2:5060" in text
-
-
-def test_a_node_behind_two_routers_names_both() -> None:
-    node = Node(name="n", ami_host="127.0.0.1", ami_port=5038, ami_username="u",
-                ami_secret=Secret("s"), output_dir=Path("/tmp/n"), carrier_host="127.0.0.2",
-                carrier_port=5060, router_host="127.0.0.3:5062,127.0.0.4:5062")  # fmt: skip
-    assert Carrier.of(node).routers == ("127.0.0.3:5062", "127.0.0.4:5062")
-    assert Carrier.of(replace(node, router_host="")).routers == ()
