@@ -1,16 +1,22 @@
 """Everything a round writes to the database, in one place: one apply state per PBX
 (and a revision when its files changed), its job finished or put back for a retry; the
-lease of its jobs; a realtime node's rows; a departure done. Its reads are in
-`reads.py`. Each write is its own transaction: what it stores is true once it commits
-(the rows before Asterisk's cache is expired, the outcome after Asterisk took it)."""
+lease of its jobs, renewed while the round runs; a realtime node's rows; a departure
+done. Its reads are in `reads.py`. Each write is its own transaction: what it stores is
+true once it commits (the rows before Asterisk's cache is expired, the outcome after
+Asterisk took it)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from psycopg_pool import AsyncConnectionPool
 
+from provisioner.clock import Clock
 from provisioner.db import (
     Conn,
     apply_queue,
@@ -29,6 +35,8 @@ from provisioner.db.rounds import Tenant
 from provisioner.domain.events import ApplyOutcome
 from provisioner.metrics import BROKEN
 from provisioner.render.render import digest, redacted
+
+log = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(minutes=5)
 
@@ -52,14 +60,28 @@ class Outcome:
     pjsip_due: bool = False  # dialplan live; its PJSIP objects wait for the reload
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """A round that stopped (Asterisk away, or anything unexpected) before its outcomes:
+    every job of it waits for a retry, by full reload, as Asterisk may hold part of the
+    change."""
+
+    jobs: list[Job]
+    error: str
+
+
 async def record(
-    pool: AsyncConnectionPool, outcomes: list[Outcome], now: datetime, retry_seconds: int
+    pool: AsyncConnectionPool, done: list[Outcome] | Stopped, now: datetime, retry_seconds: int
 ) -> None:
-    """The round's outcomes, in one transaction; the node's PJSIP reloader is woken for
-    PBXs whose objects wait for it, and the router step for numbers now live here."""
+    """What the round did, in one transaction: its outcomes (the node's PJSIP reloader
+    is woken for PBXs whose objects wait for it, and the router step for numbers now
+    live here), or its jobs put back when it stopped."""
     async with pool.connection() as conn, conn.transaction():
-        await _record_outcomes(conn, outcomes, now, retry_seconds)
-        if any(o.pjsip_due and o.broken is None for o in outcomes):
+        if isinstance(done, Stopped):
+            await _record_stopped(conn, done, now, retry_seconds)
+            return
+        await _record_outcomes(conn, done, now, retry_seconds)
+        if any(o.pjsip_due and o.broken is None for o in done):
             await rounds.notify_pjsip_due(conn)
         # Numbers now live here may be switched on the SIP router (router/sync.py).
         await db_router.notify_due(conn)
@@ -147,23 +169,37 @@ async def _record_broken(
         await apply_queue.retry_job(conn, t.job, broken, now + backoff(t.job, retry_seconds))
 
 
-async def retry(
-    pool: AsyncConnectionPool, jobs: list[Job], error: str, now: datetime, retry_seconds: int
-) -> None:
-    """The whole round stopped (Asterisk away, or anything unexpected): every job of it
-    waits for a retry, by full reload, as Asterisk may hold part of the change."""
-    async with pool.connection() as conn, conn.transaction():
-        for job in jobs:
-            await apply_queue.retry_job(
-                conn, job, error, now + backoff(job, retry_seconds), full_reload=True
-            )
-            await apply_state.set_state(conn, job.pbx_id, "pending", now, error=f"waiting: {error}")
+async def _record_stopped(conn: Conn, stopped: Stopped, now: datetime, retry_seconds: int) -> None:
+    for job in stopped.jobs:
+        retry_at = now + backoff(job, retry_seconds)
+        await apply_queue.retry_job(conn, job, stopped.error, retry_at, full_reload=True)
+        await apply_state.set_state(
+            conn, job.pbx_id, "pending", now, error=f"waiting: {stopped.error}"
+        )
 
 
-async def renew(pool: AsyncConnectionPool, jobs: list[Job], until: datetime) -> None:
-    """The round's jobs stay leased to it until then."""
-    async with pool.connection() as conn:
-        await apply_queue.renew_lease(conn, [j.pbx_id for j in jobs], until)
+@asynccontextmanager
+async def leased(
+    pool: AsyncConnectionPool, jobs: list[Job], clock: Clock, lease: timedelta
+) -> AsyncIterator[None]:
+    """Keep the jobs leased while the block runs (a slow reload must not let another
+    instance take them); the renewing stops with the block."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(lease.total_seconds() / 3)
+            try:
+                async with pool.connection() as conn:
+                    await apply_queue.renew_lease(conn, [j.pbx_id for j in jobs], clock() + lease)
+            except Exception as exc:  # the round itself will meet the same trouble
+                log.warning("could not renew the lease of %d apply jobs: %s", len(jobs), exc)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
 
 
 async def store_rows(

@@ -34,7 +34,6 @@ and the real text of each PBX's last good files is kept beside them (files.keep_
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -129,15 +128,15 @@ class Applier:
                 return left
             # A full round runs without jobs too: it writes and reloads the node's own
             # files (a repair of the node's drift where no PBX drifted).
-            await self._run(jobs, full=full or any(j.full_reload for j in jobs))
+            async with record.leased(self.pool, jobs, self.clock, LEASE):
+                await self._run(jobs, full=full or any(j.full_reload for j in jobs))
             return len(jobs)
 
     async def _run(self, jobs: list[Job], *, full: bool) -> None:
-        """The round in its mode, its jobs leased meanwhile; anything that stops it
-        (Asterisk away, or the unexpected) puts every job back for a retry by full
-        reload (never left for its lease to run out)."""
+        """The round in its mode, then its record; anything that stops it (Asterisk
+        away, or the unexpected) puts every job back for a retry by full reload (never
+        left for its lease to run out)."""
         started, result = time.monotonic(), "applied"
-        renewing = asyncio.create_task(self._renew_lease(jobs))
         try:
             if full or not self.incremental:
                 ROUNDS.labels(mode="full").inc()
@@ -151,7 +150,8 @@ class Applier:
                                 self.node.name, why)  # fmt: skip
                     ROUNDS.labels(mode="fallback").inc()
                     outcomes = await self._full(jobs, reload_all=True)
-            await self._record(outcomes)
+            self._keep_good(outcomes)
+            await record.record(self.pool, outcomes, self.clock(), self.retry_seconds)
         except Exception as exc:
             result = "retry"
             if isinstance(exc, AsteriskUnavailable):
@@ -160,21 +160,9 @@ class Applier:
             else:
                 log.exception("apply round on node %s failed; %d applies wait",
                               self.node.name, len(jobs))  # fmt: skip
-            await record.retry(self.pool, jobs, str(exc), self.clock(), self.retry_seconds)
-        finally:
-            renewing.cancel()
-            await asyncio.gather(renewing, return_exceptions=True)
+            stopped = record.Stopped(jobs, str(exc))
+            await record.record(self.pool, stopped, self.clock(), self.retry_seconds)
         APPLY_SECONDS.labels(result=result).observe(time.monotonic() - started)
-
-    async def _renew_lease(self, jobs: list[Job]) -> None:
-        """Keep the round's jobs leased while it runs (a slow reload must not let another
-        instance take them); stops with the round."""
-        while True:
-            await asyncio.sleep(LEASE.total_seconds() / 3)
-            try:
-                await record.renew(self.pool, jobs, self.clock() + LEASE)
-            except Exception as exc:  # the round itself will meet the same trouble
-                log.warning("could not renew the lease of %d apply jobs: %s", len(jobs), exc)
 
     # --- Steps every mode uses ---------------------------------------------------------
 
@@ -213,13 +201,14 @@ class Applier:
         edits = execute.set_aside_hand_edits(self.node, t, wanted, now, kinds)
         return self._write(t, wanted, kinds, edits.notes)
 
-    async def _record(self, outcomes: list[Outcome]) -> None:
+    def _keep_good(self, outcomes: list[Outcome]) -> None:
+        """The real text of each PBX's files now live, kept beside them (a rollback's
+        and a hand edit's repair put it back; the revisions hold it redacted)."""
         for o in outcomes:
             live = not (o.failed or o.pjsip_due) and o.broken is None
             if live and o.on_disk is not None:
                 files.keep_good(self.node.output_dir, o.on_disk, o.tenant.good or {},
                                 group=self.node.file_group)  # fmt: skip
-        await record.record(self.pool, outcomes, self.clock(), self.retry_seconds)
 
     # --- The incremental round ----------------------------------------------------------
 
