@@ -307,7 +307,7 @@ async def a_million(
                 old, new = owner[i], "node-2" if owner[i] == "node-1" else "node-1"
                 change = Change(f"mega-{i}", 0, new, keys[i], 0, old, keys[i])
                 t0 = time.time()
-                await push(r, change, uris)
+                await push(r, change, uris[new])
                 t1 = time.time()
                 owner[i] = new
                 for n in blocks[i]:

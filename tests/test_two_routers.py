@@ -21,6 +21,7 @@ from fixtures_lab import Lab
 from helpers import TARGET
 from lab_helpers import CARRIER_HOST
 from ports import free_port
+from psycopg_pool import AsyncConnectionPool
 from router_helpers import (
     ROUTER_IP,
     Platform,
@@ -204,6 +205,16 @@ class FakeRouter:
     url: str
     fails: type[Exception] | None = None
     table: dict[str, str] = field(default_factory=dict)
+    up_since: str = "2026-12-06 04:00:00"
+    reloads: int = 0
+
+    async def started(self) -> str:
+        self._maybe_fail()
+        return self.up_since
+
+    async def reload_numbers(self) -> None:
+        self._maybe_fail()
+        self.reloads += 1
 
     async def set(self, key: str, uri: str) -> None:
         self._maybe_fail()
@@ -240,3 +251,33 @@ async def test_a_change_is_done_once_every_router_that_answers_holds_it() -> Non
     error, _ = await push(FakeRouter("a"), FakeRouter("b", RouterRefused))
     assert error is not None and "b: as the test wants" in error, "a router that refuses"
     assert await push(FakeRouter("a")) == (None, [])
+    # A node the settings give no SIP address: refused before any router is told.
+    change = replace(change, node="n2")
+    told = FakeRouter("a")
+    error, _ = await push(told)
+    assert error is not None and "node n2 has no SIP address" in error and told.table == {}
+
+
+async def test_a_router_reloads_when_first_seen_started_again_or_behind(db_url: str) -> None:
+    """What a router missed before this step started (a change made while it was away,
+    by an instance that has stopped since) is known to no one here: the first answer of
+    each router reloads its table. After that, only a restart or a missed change does."""
+    router = FakeRouter("a")
+    instance = Instance(cast(Router, router))
+    async with AsyncConnectionPool(db_url, min_size=1, open=False) as pool:
+        sync = RouterSync.__new__(RouterSync)  # the catch-up alone: its pool, no routers
+        sync.pool = pool
+        router.fails = RouterUnavailable
+        await sync._catch_up(instance)
+        router.fails = None
+        assert router.reloads == 0 and instance.started is None, "not there: asked again"
+        await sync._catch_up(instance)
+        assert router.reloads == 1, "first seen"
+        await sync._catch_up(instance)
+        assert router.reloads == 1, "nothing missed, not started again"
+        router.up_since = "2026-12-06 05:00:00"
+        await sync._catch_up(instance)
+        assert router.reloads == 2, "started again"
+        instance.behind = True
+        await sync._catch_up(instance)
+        assert (router.reloads, instance.behind) == (3, False), "missed a change"

@@ -8,7 +8,8 @@ from datetime import datetime
 
 from psycopg import sql
 
-from provisioner.db import Conn, channels
+from provisioner.db import Conn, apply_queue, channels, events
+from provisioner.domain.events import RouterOutcome
 from provisioner.domain.numbers import LENGTH_FACTOR, Span, routing_keys
 
 CHANNEL = "router_due"
@@ -136,6 +137,47 @@ async def routed(conn: Conn, change: Change, now: datetime) -> None:
         " updated_at = EXCLUDED.updated_at",
         (change.block_id, change.node, change.pbx_id, list(change.keys), now),
     )
+
+
+async def record_routed(conn: Conn, change: Change, now: datetime) -> None:
+    """The router holds the change (read back), in the caller's transaction: the entry
+    recorded; the PBX it no longer sends a moved block to gets an apply (its old node
+    held the block until now and stops serving it); the PBX whose entry switched hears
+    it (`router.routed`: its numbers reach the node now), its state saying whether any
+    block still waits; the next pass is woken, as it may find more."""
+    await routed(conn, change, now)
+    if change.old_pbx_id is not None and change.old_node != change.node:
+        await apply_queue.request(
+            conn, change.old_pbx_id, f"router sends {change.block_id} elsewhere", now
+        )
+    if change.pbx_id is not None:
+        await lock_pbx_states(conn, {change.pbx_id})
+        if change.pbx_id not in await pending_pbxes(conn):
+            await set_pbx_state(conn, {change.pbx_id}, "routed", None, now)
+        await _event(conn, "router.routed", change, None, now)
+    await notify_due(conn)
+
+
+async def record_pending(conn: Conn, change: Change, error: str, now: datetime) -> None:
+    """The change is not done (why: `error`): its PBX's router state is pending, and the
+    PBX hears it when its state or reason changed."""
+    if change.pbx_id is not None and await set_pbx_state(
+        conn, {change.pbx_id}, "pending", error, now
+    ):
+        await _event(conn, "router.pending", change, error, now)
+
+
+async def _event(conn: Conn, type_: str, change: Change, error: str | None, now: datetime) -> None:
+    """The event of a PBX's router state; it names the block (not its own entry, its
+    phones: the portal knows blocks)."""
+    assert change.pbx_id is not None
+    home = await pbx_home(conn, change.pbx_id)
+    if home is None:
+        return
+    customer, node = home
+    blocks = [] if change.block_id.startswith(PBX_ENTRY) else [change.block_id]
+    outcome = RouterOutcome(customer=customer, node=node, blocks=blocks, error=error)
+    await events.emit(conn, type_, outcome, now)
 
 
 async def set_pbx_state(
