@@ -19,7 +19,7 @@ from fixtures_lab import LAB, REALTIME_PASSWORD, REALTIME_ROLE, Lab
 from fixtures_service import Api
 from helpers import BLOCK, OTHER, OWNER, TARGET, scene
 from ports import free_port
-from waiting import wait_until
+from waiting import wait_until, wait_until_sync
 
 from provisioner.app import create_app
 from provisioner.db import pjsip_rows
@@ -40,7 +40,14 @@ def lab_node(lab: Lab) -> Node:
 
 
 def clean_output(lab: Lab) -> None:
-    """No PBX's config on the lab, and no call record in its spool: each test's own."""
+    """No PBX's config on the lab, and no call record in its spool: each test's own.
+    An earlier test's calls are hung up first, and the spool emptied once none is left:
+    a call still ringing (its caller gone with that test) writes its record when it
+    ends, which must not land in the next test's spool."""
+    lab.cli("channel request hangup all")
+    wait_until_sync(lambda: re.search(r"^0 active channels", lab.cli("core show channels count"),
+                                      re.MULTILINE),
+                    "calls of an earlier test still up on the lab")  # fmt: skip
     if lab.cdr_file.exists():  # Asterisk's: emptied, never made here (Asterisk writes it)
         os.truncate(lab.cdr_file, 0)
     for kind in ("pjsip", "dialplan"):

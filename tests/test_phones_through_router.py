@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fixtures_lab import Lab
 from helpers import BLOCK, OWNER
-from lab_helpers import until_subscribed
+from lab_helpers import realtime_node, until_subscribed
 from ports import free_port
 from router_helpers import (
     ROUTER_IP,
@@ -76,13 +76,31 @@ async def two_phones_registered(scene: Platform) -> tuple[Phone, Phone]:
 async def test_a_phone_follows_its_pbx_to_another_node_with_no_change_to_the_phone(
     settings: Settings, clean_lab: Lab, clean_second_lab: Lab, tmp_path: Path
 ) -> None:
-    async with platform_of(settings, clean_lab, clean_second_lab, tmp_path) as scene:
+    await phones_follow_their_pbx(settings, clean_lab, clean_second_lab, tmp_path)
+
+
+async def test_a_phone_follows_its_pbx_to_a_realtime_node(
+    settings: Settings, clean_lab: Lab, realtime_lab: Lab, tmp_path: Path
+) -> None:
+    """The same, node-b a realtime node: the phones' endpoints, AORs and auths there are
+    rows, their contacts (with the router's Path) Asterisk's own."""
+    await realtime_node(realtime_lab, settings.database.url.value, "node-b")
+    await phones_follow_their_pbx(settings, clean_lab, realtime_lab, tmp_path)
+
+
+async def phones_follow_their_pbx(
+    settings: Settings, first: Lab, second: Lab, tmp_path: Path
+) -> None:
+    """A's phones register through the router on `default`, take a carrier call and a
+    colleague's; A's PBX moves to node-b; the same phones, unchanged, register again
+    and take both calls there."""
+    async with platform_of(settings, first, second, tmp_path) as scene:
         home = node_named(scene.settings, "default").sip_uri
         assert routed_pbx(scene, OWNER) == home
         pbx = await scene.api.ok("GET", f"/v1/accounts/{OWNER}/pbx")
         assert pbx["sip_domain"] == sip_domain(OWNER) == "k200300.pbx.lab", pbx
         phone, colleague = await two_phones_registered(scene)
-        contacts = clean_lab.cli("pjsip show contacts")
+        contacts = first.cli("pjsip show contacts")
         assert phone.username in contacts, contacts
         await carrier_call_rings(scene, phone)
         await colleague_call_rings(scene, OWNER, phone, colleague, "101")
@@ -98,7 +116,7 @@ async def test_a_phone_follows_its_pbx_to_another_node_with_no_change_to_the_pho
         for who in (phone, colleague):
             result = scene.register_via_router(OWNER, who)
             assert result.ok, result.evidence()
-        assert phone.username in clean_second_lab.cli("pjsip show contacts")
+        assert phone.username in second.cli("pjsip show contacts")
         await carrier_call_rings(scene, phone)
         await colleague_call_rings(scene, OWNER, phone, colleague, "101")
         print(f"A's phones routed to node-b {routed_in:.1f} s after the PUT")

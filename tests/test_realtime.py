@@ -33,7 +33,7 @@ from lab_helpers import (
 )
 from ports import free_port
 from sipp_peer import SipResult, run_scenario, start_scenario
-from waiting import wait_until
+from waiting import wait_for, wait_until
 
 from provisioner.db import embedded, pjsip_rows
 from provisioner.db.migrate import migrate
@@ -263,13 +263,8 @@ async def test_postgresql_restarted_cached_phones_call_on_and_new_ones_work_when
         assert not register(lab, late).ok  # not in the cache, and the database is away
     finally:
         await asyncio.to_thread(embedded.start, folder)  # and is back
-    last: list[SipResult] = []
-
-    def registered() -> bool:
-        last[:] = [register(lab, late)]
-        return last[0].ok
-
-    await wait_until(registered, lambda: last[0].evidence(), 15, 0.5)
+    await wait_for(lambda: register(lab, late), lambda sip: sip.ok,
+                   "the phone never registered again", 15, 0.5, SipResult.evidence)  # fmt: skip
 
 
 async def test_a_row_changed_by_hand_is_drift_and_the_repair_puts_it_back(

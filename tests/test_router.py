@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -42,7 +41,7 @@ from router_helpers import (
     running_router,
 )
 from sipp_peer import assert_blind_transfer, run_scenario, start_scenario
-from waiting import wait_until
+from waiting import wait_for, wait_until
 
 from bench.sip import Prober, RingingPhone
 from provisioner.db import pjsip_rows
@@ -143,13 +142,11 @@ async def test_a_router_killed_mid_change_routes_right_after_restart(
     scene.router.kill()
     await assign_to_b(scene, inbox)
     # B's config goes live; the router change waits, with the reason; A keeps serving.
-    seen: list[dict[str, Any]] = []
-
-    async def waiting() -> dict[str, Any] | None:
-        seen[:] = [await scene.api.ok("GET", f"/v1/accounts/{TARGET}/pbx/config")]
-        return seen[0] if seen[0]["live"]["router"] == "pending" else None
-
-    state = await wait_until(waiting, lambda: f"B's router state never pending: {seen}", 20, 0.1)
+    state = await wait_for(
+        lambda: scene.api.ok("GET", f"/v1/accounts/{TARGET}/pbx/config"),
+        lambda config: config["live"]["router"] == "pending",
+        "B's router state never pending", 20, 0.1,
+    )  # fmt: skip
     assert state["live"]["router_error"], state
     feed = await scene.api.ok("GET", "/v1/events?after=0&limit=500")
     pending = [e["data"] for e in feed["events"] if e["type"] == "router.pending"]
@@ -342,13 +339,9 @@ async def test_a_block_nobody_uses_leaves_the_router_then_its_node(two_nodes: Pl
 
 async def router_sends(scene: Platform, number: str, node: str, within: float = 20) -> None:
     """Until the router's entry for the number is the node's address (read over RPC)."""
-    found: list[str | None] = []
-
-    async def there() -> bool:
-        found[:] = [await asyncio.to_thread(routed_uri, scene.router, number)]
-        return found[0] == node_uri(scene, node)
-
-    await wait_until(there, lambda: f"{number} not sent to {node}: {found}", within)
+    await wait_for(lambda: asyncio.to_thread(routed_uri, scene.router, number),
+                   lambda uri: uri == node_uri(scene, node), f"{number} not sent to {node}",
+                   within)  # fmt: skip
 
 
 async def test_no_call_is_misrouted_while_a_block_moves_and_resets(

@@ -1,7 +1,8 @@
 """Waiting in tests: for a condition, never for a fixed time.
 
-`wait_until` polls a condition (a plain or an async callable) until it holds and returns
-what it gave; past its timeout it fails, naming what did not happen. A test that must
+`wait_for` polls a probe (a plain or an async callable) until its value holds and
+returns that value; past its timeout it fails, naming what did not happen and the value
+last seen. `wait_until` is the same for a condition that is its own test. A test that must
 show that something does NOT happen (no second mail, no duplicate event) first waits for
 what proves the work is over (`mail_settled`: no mail left that could still be sent),
 then looks: a sleep there would pass whenever the duplicate came a little later."""
@@ -17,6 +18,47 @@ from typing import Any, TypeVar, overload
 import psycopg
 
 T = TypeVar("T")
+
+
+@overload
+async def wait_for(
+    probe: Callable[[], Awaitable[T]],
+    holds: Callable[[T], bool],
+    what: str | Callable[[], str],
+    timeout: float = ...,
+    interval: float = ...,
+    shown: Callable[[T], str] = ...,
+) -> T: ...
+@overload
+async def wait_for(
+    probe: Callable[[], T],
+    holds: Callable[[T], bool],
+    what: str | Callable[[], str],
+    timeout: float = ...,
+    interval: float = ...,
+    shown: Callable[[T], str] = ...,
+) -> T: ...
+async def wait_for(
+    probe: Callable[[], Any],
+    holds: Callable[[Any], bool],
+    what: str | Callable[[], str],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    shown: Callable[[Any], str] = repr,
+) -> Any:
+    """The probe's first value that `holds`; AssertionError("<what>...") after `timeout`,
+    naming the value last seen (`shown`: how to show it, as a SIP exchange's evidence)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
+        if holds(value):
+            return value
+        if time.monotonic() > deadline:
+            said = what() if callable(what) else what
+            raise AssertionError(f"{said} (not within {timeout:g} s; last: {shown(value)})")
+        await asyncio.sleep(interval)
 
 
 @overload
@@ -39,19 +81,9 @@ async def wait_until(
     timeout: float = 10.0,
     interval: float = 0.02,
 ) -> Any:
-    """The condition's first truthy value; AssertionError("<what>...") after `timeout`
-    (`what` may be a callable, asked at that moment: the state last seen, say)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            said = what() if callable(what) else what
-            raise AssertionError(f"{said} (not within {timeout:g} s; last: {value!r})")
-        await asyncio.sleep(interval)
+    """The condition's first truthy value (`wait_for` with truth as the test; `what`
+    may be a callable, asked at the moment it fails)."""
+    return await wait_for(condition, bool, what, timeout, interval)
 
 
 def wait_until_sync(
