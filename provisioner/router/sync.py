@@ -28,9 +28,9 @@ started again (core.uptime's up_since changed: it loaded the table at its start,
 before a change it was told by its previous process was committed), reloads the whole
 table from the database as soon as it answers (`_catch_up`); so does each router the
 first time it answers this step (what it missed before, while another instance of ours
-ran, is not known here). The reload runs under the lock that every
-switch shares (locks.ROUTER_TABLE): the reload reads every switch committed before it,
-and no key is set on that router while it reloads. Why not Kamailio's dmq replication
+ran, is not known here). The reload runs under the lock that every switch shares
+(locks.ROUTER_TABLE): it reads every switch committed before it, and no key is set on
+that router while it reloads. Why not Kamailio's dmq replication
 of the htable: it copies what a router was told to the others that are up, but a
 router that was down or restarted must load from the database anyway, and then two
 paths keep the same table; with the database as the one source and this step telling
@@ -78,7 +78,9 @@ class Instance:
     """One router of several (or the only one), as this step knows it."""
 
     client: Router
-    started: str | None = None  # its core.uptime up_since when last asked
+    # Its core.uptime up_since when its table was last reloaded or found right (None:
+    # not yet by this instance, which reloads it when it first answers).
+    started: str | None = None
     behind: bool = False  # missed a change: reload the table when it answers
     catching: asyncio.Task[None] | None = None  # the catch-up under way, if any
 
